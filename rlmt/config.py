@@ -1,0 +1,559 @@
+"""The experiment configuration: one validated tree for the whole pipeline.
+
+`config/config.yaml` (the embedded default) and `config/paper.yaml` (the paper's grid) are
+instances of :class:`RLMTConfig`. `config/schema.yaml` is generated from these models
+(`rlmt config schema`), so the JSON Schema that the Snakefile validates with and the pydantic
+models the CLI uses cannot drift apart (a test checks they agree).
+
+Every stage reads its own settings block (``SFTConfig``, ``GRPOConfig`` ...): documented fields
+with the paper's values as defaults, like TRL's trainer configs. This module imports nothing
+heavy so that ``snakemake -n`` stays fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ALGORITHMS = ("grpo", "ppo", "dpo")
+STARTS = ("warm-start", "zero", "none")
+NAME_RE = r"^[a-z0-9][a-z0-9.\-]*$"  # cell parts are joined with "__", so no underscores
+
+
+class ConfigError(ValueError):
+    """An invalid configuration, with a message that names the offending key."""
+
+
+class Strict(BaseModel):
+    """Base for every config block: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelSpec(Strict):
+    """A policy backbone (``llama-base``, ``qwen-instruct`` ...)."""
+
+    source: str = Field(description="Hugging Face id (networked machine) or a local directory. "
+                        "'tiny:<name>' names a model of the offline tiny zoo.")
+    family: Literal["llama", "qwen"] = Field(description="Chat-template family of the instruct sibling.")
+    variant: Literal["base", "instruct"]
+    chat_template_from: str | None = Field(
+        default=None,
+        description="Model whose chat template a base model gets for warm-start SFT "
+        "(the paper wraps base Llama in Llama-3.1-8B-Instruct's template).")
+    revision: str | None = None
+    trust_remote_code: bool = Field(default=False, description="Off unless this model needs it.")
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
+
+
+class RewardModelSpec(Strict):
+    """A Bradley-Terry reward model (``AutoModelForSequenceClassification`` with one label)."""
+
+    source: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    max_length: int = Field(default=4096, description="Token budget of one reward-model input.")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SourceSpec(Strict):
+    """One raw prompt source of a mixture."""
+
+    path: str = Field(description="Local file, or 'hf:<dataset id>[:<split>]' (downloaded on a networked machine). "
+                      "'package:demo_prompts' is the project's shipped demo set; '{data_dir}' expands to data_dir.")
+    format: Literal["tulu-preference", "rl-parquet", "ultrafeedback", "chat-jsonl", "instruction-jsonl", "auto"] = "auto"
+    weight: float = Field(default=1.0, gt=0, description="Relative share of the sampled prompts.")
+    name: str | None = Field(default=None, description="Source label written to the mixture's `source` column.")
+
+
+class FilterSpec(Strict):
+    """Curation filters; each is counted in stats.json."""
+
+    keep_multi_turn: bool = Field(default=False, description="Keep earlier turns as context (the paper's data is single-turn).")
+    max_prompt_tokens: int | None = Field(default=1024, description="Drop prompts longer than this in the policy's tokens.")
+    language: str | None = Field(default="en", description="Keep only this language (None: keep all).")
+    dedup_exact: bool = True
+    near_dup_threshold: float | None = Field(default=0.9, description="MinHash Jaccard threshold; None disables.")
+    include_patterns: list[str] = Field(default_factory=list, description="Keep only prompts matching one of these regexes.")
+    exclude_patterns: list[str] = Field(default_factory=list, description="Drop prompts matching any of these regexes.")
+
+
+class MixtureSpec(Strict):
+    sources: list[SourceSpec]
+    n_train: int | None = Field(default=7560, description="Prompts sampled for training (None: all kept).")
+    n_val: int = Field(default=250, ge=0)
+    seed: int = 0
+    tokenizer_model: str | None = Field(default=None, description="Model whose tokenizer measures prompt length.")
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+
+
+class TeacherSpec(Strict):
+    """An OpenAI-compatible chat endpoint that writes warm-start SFT data."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="Environment variable holding the key (never the key itself).")
+    temperature: float = 1.0
+    max_tokens: int = 8192
+    max_tries: int = 2
+    concurrency: int = 16
+    timeout_s: float = 300.0
+
+
+class SFTDataSpec(Strict):
+    """Where warm-start SFT data comes from: a teacher, or a file of teacher outputs already made."""
+
+    prompts: list[SourceSpec] = Field(default_factory=list)
+    teacher: TeacherSpec | None = None
+    path: str | None = Field(default=None, description="JSONL of {id, prompt, thought, response} rows (skips the teacher).")
+    n_prompts: int | None = 10000
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SFTDataSpec":
+        if (self.teacher is None) == (self.path is None):
+            raise ValueError("sft_data: give exactly one of 'teacher' or 'path'")
+        return self
+
+
+# --------------------------------------------------------------------------- training
+
+
+class SFTConfig(Strict):
+    """Warm-start SFT (paper Table 5)."""
+
+    learning_rate: float = 4e-6
+    num_train_epochs: float = 2
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    global_batch_size: int = Field(default=16, description="Examples per optimizer step over all devices.")
+    warmup_ratio: float = 0.1
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_length: int = 20000
+    gradient_checkpointing: bool = False
+    bf16: bool | None = Field(default=None, description="None: bf16 when a GPU supports it.")
+    save_steps: int = 200
+    save_total_limit: int = 2
+    max_steps: int = -1
+    seed: int = 0
+
+
+class RolloutConfig(Strict):
+    """Sampling from the policy during RL."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_prompt_length: int = 1024
+    max_completion_length: int = 4096
+    use_vllm: bool | None = Field(default=None, description="None: use vLLM when it is installed and a GPU is present.")
+
+
+class CheckpointConfig(Strict):
+    save_steps: int = 45
+    save_total_limit: int | None = Field(default=None, description="Keep the last N checkpoints (None: all).")
+    select_step: int | Literal["last", "best_val_reward"] = Field(
+        default="last", description="Checkpoint to evaluate (the paper's README took step 135 of 234).")
+
+
+class GRPOConfig(Strict):
+    """GRPO with the answer-only reward (PAPER.md §4.2): reference settings, never TRL's defaults."""
+
+    learning_rate: float = 1e-6
+    prompts_per_step: int = 64
+    num_generations: int = 8
+    num_train_epochs: float = 2
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "constant"
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    beta: float = Field(default=0.001, description="KL coefficient (k3 / low_var_kl estimator, as a loss term).")
+    entropy_coef: float = Field(default=0.001, description="Entropy bonus where TRL offers it.")
+    epsilon: float = Field(default=0.2, description="Clip ratio.")
+    loss_type: str = Field(default="dapo", description="Token-mean aggregation over the batch (verl's token-mean).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(default="group", description="Divide advantages by the group std.")
+    num_iterations: int = Field(default=1, description="PPO epochs per rollout batch.")
+    strict: bool = Field(default=False, description="Score malformed outputs as '[NULL]' (reference: instruct models only).")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    log_samples_every: int = 10
+    bf16: bool | None = None
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+class PPOConfig(Strict):
+    """Actor-critic PPO with GAE (PAPER.md §4.3); names follow the reference configs."""
+
+    learning_rate: float = 1e-6
+    critic_lr: float = 1e-5
+    prompts_per_step: int = 64
+    mini_batch_size: int = 16
+    ppo_epochs: int = 1
+    num_train_epochs: float = 2
+    max_steps: int = -1
+    clip_ratio: float = 0.2
+    cliprange_value: float = 0.5
+    gamma: float = 1.0
+    lam: float = 1.0
+    kl_coef: float = Field(default=0.0, description="Per-token KL penalty in the reward (reference configs: none).")
+    entropy_coef: float = 0.0
+    whiten_advantages: bool = True
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    critic: Literal["value-head", "token-classification"] = "value-head"
+    strict: bool = False
+    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_prompt_length=896))
+    checkpoints: CheckpointConfig = Field(default_factory=lambda: CheckpointConfig(save_steps=55))
+    log_samples_every: int = 10
+    bf16: bool | None = None
+    seed: int = 0
+
+
+class DPOConfig(Strict):
+    """On-policy DPO (PAPER.md §4.4): pairs sampled from the initial policy, scored answer-only."""
+
+    samples_per_prompt: int = 8
+    min_parsable: int = 4
+    max_pair_tokens: int = 8192
+    val_fraction: float = 0.03
+    beta: float = 0.1
+    learning_rate: float = 3e-7
+    num_train_epochs: float = 2
+    max_steps: int = -1
+    global_batch_size: int = 128
+    per_device_train_batch_size: int = 1
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_length: int = 4096
+    strict: bool = False
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    checkpoints: CheckpointConfig = Field(default_factory=lambda: CheckpointConfig(save_steps=100))
+    bf16: bool | None = None
+    seed: int = 42
+
+
+class AlgorithmSettings(Strict):
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+
+
+# --------------------------------------------------------------------------- grid
+
+
+class GridBlock(Strict):
+    """A cartesian product of cell axes; the grid is the union of its blocks."""
+
+    algo: list[Literal["grpo", "ppo", "dpo"]]
+    base: list[str]
+    start: list[Literal["warm-start", "zero"]]
+    think: list[bool]
+    rm: list[str]
+    mixture: list[str]
+    sft_data: str | None = Field(default=None, description="SFT data set for warm-start cells (default: the first).")
+
+
+class Override(Strict):
+    """Settings for the cells that match: e.g. lr 3e-7 and strict for instruct models."""
+
+    match: dict[str, str | bool | list[str]] = Field(description="Axis -> value (or list of values) to match.")
+    sft: dict[str, Any] = Field(default_factory=dict)
+    grpo: dict[str, Any] = Field(default_factory=dict)
+    ppo: dict[str, Any] = Field(default_factory=dict)
+    dpo: dict[str, Any] = Field(default_factory=dict)
+    note: str | None = None
+
+
+class Cell(BaseModel):
+    """One cell of the ablation grid."""
+
+    model_config = ConfigDict(frozen=True)
+    algo: str
+    base: str
+    start: str
+    think: bool
+    rm: str
+    mixture: str
+    sft_data: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "__".join([self.algo, self.base, self.start, "think" if self.think else "nothink", self.rm, self.mixture])
+
+    @property
+    def policy_name(self) -> str:
+        """The initial policy's model directory name under results/models/."""
+        if self.start == "zero":
+            return f"{self.base}__zero__{'think' if self.think else 'nothink'}"
+        return f"{self.base}__sft__{'think' if self.think else 'nothink'}__{self.sft_data}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Cell":
+        parts = name.split("__")
+        if len(parts) != 6 or parts[3] not in ("think", "nothink"):
+            raise ConfigError(f"not a cell name: {name!r} (want algo__base__start__think|nothink__rm__mixture)")
+        return cls(algo=parts[0], base=parts[1], start=parts[2], think=parts[3] == "think", rm=parts[4], mixture=parts[5])
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class SamplingConfig(Strict):
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens_think: int = 8192
+    max_new_tokens_nothink: int = 4096
+    seed: int = 0
+
+
+class GenerationConfig(Strict):
+    backend: Literal["auto", "transformers", "vllm", "openai"] = "auto"
+    batch_size: int = 16
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 16
+
+
+class BenchmarkSpec(Strict):
+    enabled: bool = True
+    limit: int | None = Field(default=None, description="Evaluate only the first N items (seeded subset).")
+    sampling: SamplingConfig | None = Field(default=None, description="Overrides generation.sampling.")
+    protocol: Literal["paper", "official", "both"] = "both"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class JudgeSpec(Strict):
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    concurrency: int = 8
+    max_retries: int = 6
+    timeout_s: float = 120.0
+    temperature: float = 0.0
+    local_model: str | None = Field(default=None, description="A local transformers model used when no endpoint is set.")
+
+
+class EvaluationConfig(Strict):
+    benchmarks: dict[str, BenchmarkSpec] = Field(default_factory=dict)
+    judges: dict[str, JudgeSpec] = Field(default_factory=dict)
+    reference_model: str | None = Field(default=None, description="Model the reward win rate compares against.")
+    evaluate_initial: bool = Field(default=True, description="Also evaluate each cell's starting policy.")
+
+
+# --------------------------------------------------------------------------- scale-out
+
+
+class Resources(Strict):
+    gpus: int = 0
+    nodes: int = 1
+    cpus_per_task: int = 2
+    mem_mb: int = 8000
+    runtime: int = Field(default=60, description="Minutes.")
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    launcher: Literal["python", "accelerate"] = "python"
+    accelerate_config: str | None = None
+
+
+class TrackingConfig(Strict):
+    tracking_uri: str | None = Field(default=None, description="None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db in the working directory.")
+    experiment: str = "rlmt"
+
+
+# --------------------------------------------------------------------------- root
+
+
+class RLMTConfig(Strict):
+    """The whole experiment."""
+
+    seed: int = 0
+    data_dir: str | None = Field(default=None, description="Benchmark/raw data directory; $RLMT_DATA_DIR overrides.")
+    results_dir: str = "results"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    models: dict[str, ModelSpec]
+    reward_models: dict[str, RewardModelSpec]
+    mixtures: dict[str, MixtureSpec]
+    sft_data: dict[str, SFTDataSpec] = Field(default_factory=dict)
+    grid: list[GridBlock]
+    algorithms: AlgorithmSettings = Field(default_factory=AlgorithmSettings)
+    overrides: list[Override] = Field(default_factory=list)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    resources: dict[str, Resources] = Field(default_factory=lambda: {"default": Resources()})
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("models", "reward_models", "mixtures", "sft_data")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not re.match(NAME_RE, name):
+                raise ValueError(f"name {name!r} must match {NAME_RE} (lowercase, digits, '.', '-')")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> "RLMTConfig":
+        for i, block in enumerate(self.grid):
+            for axis, known in (("base", self.models), ("rm", self.reward_models), ("mixture", self.mixtures)):
+                for value in getattr(block, axis):
+                    if value not in known:
+                        raise ValueError(f"grid[{i}].{axis}: {value!r} is not defined; allowed: {sorted(known)}")
+            if "zero" in block.start:
+                for b in block.base:
+                    if self.models[b].variant != "base":
+                        raise ValueError(f"grid[{i}].start: 'zero' needs a base model, {b!r} is {self.models[b].variant}")
+            if "warm-start" in block.start:
+                if not self.sft_data:
+                    raise ValueError(f"grid[{i}].start: 'warm-start' needs an entry in sft_data")
+                if block.sft_data is not None and block.sft_data not in self.sft_data:
+                    raise ValueError(f"grid[{i}].sft_data: {block.sft_data!r} is not defined; allowed: {sorted(self.sft_data)}")
+        for name, model in self.models.items():
+            if model.chat_template_from is not None and model.chat_template_from not in self.models:
+                raise ValueError(f"models.{name}.chat_template_from: {model.chat_template_from!r} is not defined; "
+                                 f"allowed: {sorted(self.models)}")
+        for i, ov in enumerate(self.overrides):
+            for axis in ov.match:
+                if axis not in Cell.model_fields:
+                    raise ValueError(f"overrides[{i}].match: unknown axis {axis!r}; allowed: {sorted(Cell.model_fields)}")
+            for algo in ("sft", "grpo", "ppo", "dpo"):
+                block_cls = type(getattr(self.algorithms, algo))
+                try:
+                    block_cls.model_validate({**getattr(self.algorithms, algo).model_dump(), **getattr(ov, algo)})
+                except ValidationError as err:
+                    raise ValueError(f"overrides[{i}].{algo}: {_first_error(err)}") from None
+        for bench in self.evaluation.benchmarks:
+            if bench not in KNOWN_BENCHMARKS:
+                raise ValueError(f"evaluation.benchmarks: unknown benchmark {bench!r}; allowed: {sorted(KNOWN_BENCHMARKS)}")
+        if "default" not in self.resources:
+            raise ValueError("resources: a 'default' entry is required")
+        return self
+
+    # ----------------------------------------------------------------- derived views
+
+    def cells(self) -> list[Cell]:
+        """Every cell of the grid, in a stable order, without duplicates."""
+        seen: dict[str, Cell] = {}
+        for block in self.grid:
+            for algo, base, start, think, rm, mix in itertools.product(
+                    block.algo, block.base, block.start, block.think, block.rm, block.mixture):
+                sft = (block.sft_data or next(iter(self.sft_data))) if start == "warm-start" else None
+                cell = Cell(algo=algo, base=base, start=start, think=think, rm=rm, mixture=mix, sft_data=sft)
+                seen.setdefault(cell.name, cell)
+        return list(seen.values())
+
+    def cell(self, name: str) -> Cell:
+        for cell in self.cells():
+            if cell.name == name:
+                return cell
+        raise ConfigError(f"cell {name!r} is not in the grid; run `rlmt config cells` to list them")
+
+    def settings(self, algo: str, cell: Cell | None = None) -> BaseModel:
+        """The settings block of `algo` ('sft', 'grpo', 'ppo', 'dpo') with the cell's overrides applied."""
+        base = getattr(self.algorithms, algo)
+        merged = base.model_dump()
+        for ov in self.overrides:
+            if cell is not None and _matches(ov.match, cell):
+                merged = _deep_merge(merged, getattr(ov, algo))
+        return type(base).model_validate(merged)
+
+    def resources_for(self, rule: str) -> Resources:
+        return self.resources.get(rule, self.resources["default"])
+
+
+KNOWN_BENCHMARKS = {
+    "demo-if", "reward-winrate", "ifeval", "ifbench", "mmlu-redux", "math-500", "zebralogic", "popqa",
+    "alpacaeval2", "wildbench", "arenahard-v2", "creative-writing-v3",
+}
+
+
+def _matches(match: dict[str, Any], cell: Cell) -> bool:
+    for axis, want in match.items():
+        have = getattr(cell, axis)
+        wants = want if isinstance(want, list) else [want]
+        if isinstance(have, bool):
+            wants = [w if isinstance(w, bool) else w in ("think", "true", "True") for w in wants]
+        if have not in wants:
+            return False
+    return True
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+        msg = f"{msg} (allowed: {e['ctx']['expected']})"
+    return f"{loc}: {msg}"
+
+
+def parse_config(raw: dict[str, Any]) -> RLMTConfig:
+    """Validate a raw config mapping; errors name the key path and, where known, the allowed values."""
+    try:
+        return RLMTConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif e["type"] == "literal_error":
+                msg = f"{msg}"
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError("invalid rlmt config:\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> RLMTConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return parse_config(raw)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema that config/schema.yaml holds (draft 2020-12, as Snakemake's validate() reads it)."""
+    schema = RLMTConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "rlmt configuration"
+    return schema
+
+
+def data_dir(cfg: RLMTConfig) -> Path | None:
+    """The data directory: $RLMT_DATA_DIR, else the config's data_dir."""
+    import os
+
+    env = os.environ.get("RLMT_DATA_DIR")
+    value = env or cfg.data_dir
+    return Path(value) if value else None

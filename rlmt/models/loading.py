@@ -1,0 +1,92 @@
+"""Loading models safely: safetensors only, remote code only when a config names the model.
+
+Every stage loads policies and reward models through these functions, so the same
+``from_pretrained`` path serves a tiny test model and Llama-3.1-8B on a cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class UnsafeWeightsError(RuntimeError):
+    """A model directory whose weights are not (only) safetensors."""
+
+
+def check_safetensors(model_dir: str | Path) -> list[Path]:
+    """The directory's safetensors files; raise if there are none or pickled weights sit beside them."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory not found: {model_dir}")
+    safe = sorted(model_dir.glob("*.safetensors"))
+    unsafe = sorted(p for p in model_dir.iterdir() if p.suffix in UNSAFE_WEIGHT_SUFFIXES and "training_args" not in p.name
+                    and p.name not in ("optimizer.pt", "scheduler.pt", "rng_state.pth"))
+    if not safe:
+        found = ", ".join(p.name for p in unsafe) or "no weight files"
+        raise UnsafeWeightsError(f"{model_dir}: no *.safetensors weights ({found}); rlmt loads safetensors only. "
+                                 "Convert the checkpoint with safetensors first.")
+    if unsafe:
+        raise UnsafeWeightsError(f"{model_dir}: pickled weight files beside the safetensors ({', '.join(p.name for p in unsafe)}); "
+                                 "remove them so that nothing can load them by accident")
+    return safe
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    """'auto' -> bf16 on a GPU that supports it, fp32 on CPU."""
+    import torch
+
+    if dtype in (None, "auto"):
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+
+
+def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False, padding_side: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    if padding_side:
+        tok.padding_side = padding_side
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(model_dir: str | Path, *, device: str = "auto", dtype: str | None = "auto",
+                   trust_remote_code: bool = False, **kwargs: Any):
+    """A causal LM from a local directory, safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    check_safetensors(model_dir)
+    device = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code,
+        dtype=resolve_dtype(dtype, device), **kwargs)
+    return model.to(device)
+
+
+def load_reward_model(model_dir: str | Path, *, device: str = "auto", dtype: str | None = "auto",
+                      trust_remote_code: bool = False, **kwargs: Any):
+    """A one-label sequence-classification reward model, safetensors only, in eval mode."""
+    from transformers import AutoModelForSequenceClassification
+
+    check_safetensors(model_dir)
+    device = resolve_device(device)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code,
+        dtype=resolve_dtype(dtype, device), **kwargs)
+    if model.config.num_labels != 1:
+        raise ValueError(f"{model_dir}: a reward model needs exactly one label, found {model.config.num_labels}")
+    return model.to(device).eval()

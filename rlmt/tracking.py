@@ -1,0 +1,212 @@
+"""MLflow tracking: one run per job, nested under one parent run per cell.
+
+The default store is SQLite in the working directory (``sqlite:///mlruns.db``; browse it with
+``mlflow ui --backend-store-uri sqlite:///mlruns.db``); ``MLFLOW_TRACKING_URI`` (or the config's
+``tracking.tracking_uri``) points elsewhere, e.g. a server on a cluster.
+
+Every job opens its run with :func:`stage_run`. Runs carry the tags ``rlmt.cell``, ``rlmt.stage``,
+``rlmt.rule`` and ``rlmt.input.<name>`` (digests of the inputs); output digests are added with
+:func:`log_outputs`. Several jobs may start at once (Snakemake runs them in parallel): creating
+the shared parent run and first touching a SQLite store happen under a file lock.
+
+Secrets never reach MLflow: :func:`redact` drops parameters whose name looks like a credential and
+masks any value equal to a credential found in the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URI = "sqlite:///mlruns.db"
+DEFAULT_EXPERIMENT = "rlmt"
+TAG_CELL, TAG_STAGE, TAG_RULE, TAG_PARENT = "rlmt.cell", "rlmt.stage", "rlmt.rule", "rlmt.is_parent"
+SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|authorization|credential)", re.I)
+MAX_PARAM_LEN = 6000
+
+
+# ---------------------------------------------------------------------- digests
+
+
+def digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, or of a directory's files (names and contents, sorted); 'missing' if absent."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    elif path.is_dir():
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(str(p.relative_to(path)).encode())
+            h.update(digest(p).encode())
+    else:
+        return "missing"
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- secrets
+
+
+def _secret_values() -> set[str]:
+    return {v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8}
+
+
+def redact(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop credential-like names and mask credential values taken from the environment."""
+    secrets = _secret_values()
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if SECRET_NAME.search(key) and not key.endswith("_env"):
+            continue
+        text = str(value)
+        for s in secrets:
+            if s in text:
+                text = text.replace(s, "***")
+                value = text
+        out[key] = value
+    return out
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> dotted keys (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------------- store
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """A cross-process lock beside a local SQLite store (no-op for servers)."""
+    if uri.startswith("sqlite:///"):
+        lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".lock")
+    else:
+        lock_path = Path(tempfile.gettempdir()) / f"rlmt-mlflow-{hashlib.sha1(uri.encode()).hexdigest()[:12]}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _retry(fn, *args, attempts: int = 8, **kwargs):
+    """SQLite under concurrent writers can report 'database is locked': back off and retry."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # mlflow wraps sqlalchemy errors in MlflowException
+            if "locked" not in str(err).lower() or i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**i)
+    return None
+
+
+def _setup(uri: str, experiment: str):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        exp = _retry(client.get_experiment_by_name, experiment)
+        exp_id = exp.experiment_id if exp else _retry(client.create_experiment, experiment)
+    return client, exp_id
+
+
+def parent_run_id(cell: str, *, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """The id of the cell's parent run, creating it (once, even under concurrency)."""
+    uri = tracking_uri(uri)
+    client, exp_id = _setup(uri, experiment)
+    with _store_lock(uri):
+        found = _retry(client.search_runs, [exp_id],
+                       filter_string=f"tags.`{TAG_CELL}` = '{cell}' and tags.`{TAG_PARENT}` = 'true'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        run = _retry(client.create_run, exp_id, run_name=cell, tags={TAG_CELL: cell, TAG_PARENT: "true"})
+        _retry(client.set_terminated, run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    *,
+    cell: str | None = None,
+    rule: str | None = None,
+    run_name: str | None = None,
+    inputs: Mapping[str, str | Path] | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+):
+    """Open the MLflow run of one job; nested under the cell's parent run when `cell` is given.
+
+    Yields the active ``mlflow.ActiveRun``; metrics and artifacts go through ``mlflow.log_*`` as
+    usual. A failing job ends its run as FAILED and re-raises.
+    """
+    import mlflow
+
+    uri = tracking_uri(uri)
+    _, exp_id = _setup(uri, experiment)
+    all_tags = {TAG_STAGE: stage, TAG_RULE: rule or stage, **(tags or {})}
+    parent = None
+    if cell:
+        all_tags[TAG_CELL] = cell
+        parent = parent_run_id(cell, uri=uri, experiment=experiment)
+    for name, path in (inputs or {}).items():
+        all_tags[f"rlmt.input.{name}"] = f"{path}@{digest(path)[:16]}"
+    with _store_lock(uri):
+        run = _retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name or stage,
+                     parent_run_id=parent, nested=parent is not None, tags=all_tags)
+    try:
+        if params:
+            log_params(params)
+        yield run
+    except BaseException:
+        _retry(mlflow.end_run, "FAILED")
+        raise
+    else:
+        _retry(mlflow.end_run, "FINISHED")
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log (flattened, redacted, length-capped) parameters to the active run."""
+    import mlflow
+
+    flat = redact(flatten(params))
+    clean = {k: (json.dumps(v) if isinstance(v, (list, tuple)) else v) for k, v in flat.items()}
+    clean = {k: str(v)[:MAX_PARAM_LEN] for k, v in clean.items()}
+    items = list(clean.items())
+    for i in range(0, len(items), 90):  # MLflow accepts at most 100 params per batch
+        _retry(mlflow.log_params, dict(items[i:i + 90]))
+
+
+def log_outputs(outputs: Mapping[str, str | Path]) -> None:
+    """Tag the active run with the digests of its outputs (large files are referenced, not copied)."""
+    import mlflow
+
+    _retry(mlflow.set_tags, {f"rlmt.output.{n}": f"{p}@{digest(p)[:16]}" for n, p in outputs.items()})

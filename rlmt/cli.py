@@ -116,6 +116,114 @@ def models_prepare(
     typer.echo(str(path))
 
 
+@models_app.command("zero")
+def models_zero(
+    base: Path = typer.Option(..., help="Base model directory (safetensors)."),
+    out: Path = typer.Option(..., help="Output directory for the zero model."),
+    think: bool = typer.Option(..., "--think/--nothink", help="Ask for <think> … </think> before the response, or not."),
+    eos_token: Optional[str] = typer.Option(None, help="Chat EOS for a family other than Llama/Qwen."),
+) -> None:
+    """Give a base model the paper's fixed zero chat template, longcot_config.json and stop.txt."""
+    from rlmt.models.zero import convert_to_zero
+    from rlmt.tracking import log_outputs, stage_run
+
+    if not base.is_dir():
+        typer.echo(f"--base: model directory not found: {base}", err=True)
+        raise typer.Exit(2)
+    with stage_run("zero", rule="zero_model", run_name=f"zero:{out.name}",
+                   params={"base": str(base), "think": think, "eos_token": eos_token}, inputs={"base": base}):
+        try:
+            path = convert_to_zero(base, out, think, eos_token=eos_token)
+        except ValueError as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(2) from None
+        log_outputs({"model": path})
+    typer.echo(str(path))
+
+
+# ----------------------------------------------------------------------------- benchmarks (scoring, data)
+
+
+@eval_app.command("score")
+def eval_score(
+    bench: str = typer.Option(..., help="Benchmark name (rlmt.config.KNOWN_BENCHMARKS)."),
+    generations: Path = typer.Option(..., help="generations.jsonl of the evaluated model."),
+    out: Path = typer.Option(..., help="scores.json to write (per_item.jsonl lands next to it)."),
+    config: Path = ConfigOpt,
+    data_dir: Optional[Path] = typer.Option(None, help="Benchmark data directory; default: $RLMT_DATA_DIR, then the config's data_dir."),
+    limit: Optional[int] = typer.Option(None, help="Score the seeded N-item subset; default: the benchmark's configured limit."),
+    option: list[str] = typer.Option([], help="Benchmark option KEY=VALUE (overrides the config's options)."),
+    reference_generations: Optional[Path] = typer.Option(None, help="reward-winrate: the reference model's generations.jsonl."),
+    reward_model: Optional[Path] = typer.Option(None, help="reward-winrate: the reward model directory."),
+    cell: Optional[str] = typer.Option(None, help="Cell name: nest the MLflow run under the cell's parent run."),
+) -> None:
+    """Score a benchmark's generations into scores.json (one MLflow run)."""
+    from rlmt.benchmarks.base import BenchmarkError, read_generations
+    from rlmt.benchmarks.scoring import score_file
+    from rlmt.config import KNOWN_BENCHMARKS
+    from rlmt.config import data_dir as configured_data_dir
+    from rlmt.tracking import log_outputs, stage_run
+
+    cfg = _load(config)
+    if bench not in KNOWN_BENCHMARKS:
+        typer.echo(f"--bench: unknown benchmark {bench!r}; allowed: {sorted(KNOWN_BENCHMARKS)}", err=True)
+        raise typer.Exit(2)
+    spec = cfg.evaluation.benchmarks.get(bench)
+    options = dict(spec.options) if spec else {}
+    for pair in option:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            typer.echo(f"--option: expected KEY=VALUE, got {pair!r}", err=True)
+            raise typer.Exit(2)
+        options[key] = value
+    ctx: dict = {}
+    if bench == "reward-winrate":
+        if reference_generations is None or reward_model is None:
+            typer.echo("reward-winrate needs --reference-generations and --reward-model", err=True)
+            raise typer.Exit(2)
+    inputs = {"generations": generations, **({"reference_generations": reference_generations} if reference_generations else {})}
+    try:
+        for name, path in inputs.items():
+            if not path.exists():
+                raise BenchmarkError(f"--{name.replace('_', '-')}: file not found: {path}")
+        with stage_run("score", cell=cell, rule="score", run_name=f"score:{bench}", inputs=inputs,
+                       params={"bench": bench, "limit": limit if limit is not None else (spec.limit if spec else None),
+                               "seed": cfg.seed, "options": options},
+                       uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+            if bench == "reward-winrate":
+                from rlmt.rewards import AnswerRewardScorer
+                from rlmt.thinking import WARM_NOTHINK
+
+                ctx = {"reference_generations": read_generations(reference_generations),
+                       "scorer": AnswerRewardScorer(reward_model, WARM_NOTHINK, device=cfg.device)}
+            result = score_file(bench, generations, out, data_dir=data_dir or configured_data_dir(cfg),
+                                limit=limit if limit is not None else (spec.limit if spec else None),
+                                seed=cfg.seed, options=options, **ctx)
+            log_outputs({"scores": out})
+    except BenchmarkError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    headline = result.metrics["score"]
+    typer.echo(f"{bench}: score {headline.value:.2f} [{headline.ci_low}, {headline.ci_high}] "
+               f"n={result.n} n_failed={result.n_failed} -> {out}")
+
+
+@data_app.command("fetch-benchmarks")
+def data_fetch_benchmarks(
+    out: Path = typer.Option(..., help="Data directory to fill (then set data_dir / $RLMT_DATA_DIR to it)."),
+    only: list[str] = typer.Option([], help="Fetch only these benchmarks (repeatable)."),
+) -> None:
+    """Download the rule-based benchmarks and nltk data from their official sources (needs network)."""
+    from rlmt.benchmarks.fetch import SOURCES, fetch_benchmarks
+
+    unknown = sorted(set(only) - set(SOURCES))
+    if unknown:
+        typer.echo(f"--only: unknown benchmark(s) {unknown}; fetchable: {sorted(SOURCES)}", err=True)
+        raise typer.Exit(2)
+    for name, path in fetch_benchmarks(out, only or None).items():
+        typer.echo(f"{name}: {path}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -105,9 +105,11 @@ class TeacherSpec(Strict):
     api_key_env: str | None = Field(default="OPENAI_API_KEY", description="Environment variable holding the key (never the key itself).")
     temperature: float = 1.0
     max_tokens: int = 8192
-    max_tries: int = 2
+    max_tries: int = Field(default=2, ge=1, description="Tries per prompt in all (reference: 2); an output failing the format filters is asked again.")
     concurrency: int = 16
     timeout_s: float = 300.0
+    max_retries: int = Field(default=6, ge=0, description="HTTP retries per request (429, 5xx, timeouts, malformed bodies).")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry.")
 
 
 class SFTDataSpec(Strict):
@@ -143,6 +145,9 @@ class SFTConfig(Strict):
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     max_length: int = 20000
+    chat_template_path: str | None = Field(
+        default=None, description="Jinja template with {% generation %} markers for the assistant-only loss, for "
+        "chat templates that lack them and that TRL cannot patch (e.g. Llama-3.1-Instruct's); None: the model's own.")
     gradient_checkpointing: bool = False
     bf16: bool | None = Field(default=None, description="None: bf16 when a GPU supports it.")
     save_steps: int = 200
@@ -215,7 +220,14 @@ class PPOConfig(Strict):
     whiten_advantages: bool = True
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    critic: Literal["value-head", "token-classification"] = "value-head"
+    critic: Literal["value-head", "token-classification"] = Field(
+        default="value-head", description="Critic initialised from the policy: its body plus a zero-initialised "
+        "linear value head, or a one-label AutoModelForTokenClassification (verl's critic).")
+    micro_batch_size: int = Field(default=16, ge=1, description="Sequences per forward/backward pass on one device "
+                                  "(the reference's micro-batch 16 per GPU); gradients accumulate over a mini-batch.")
+    generation_batch_size: int = Field(default=64, ge=1, description="Prompts per generate() call in a rollout.")
+    val_prompts: int | None = Field(default=64, description="Validation prompts scored at each checkpoint "
+                                    "(for select_step: best_val_reward); None: all.")
     strict: bool = False
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_prompt_length=896))
     checkpoints: CheckpointConfig = Field(default_factory=lambda: CheckpointConfig(save_steps=55))
@@ -351,6 +363,13 @@ class JudgeSpec(Strict):
     timeout_s: float = 120.0
     temperature: float = 0.0
     local_model: str | None = Field(default=None, description="A local transformers model used when no endpoint is set.")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry (with jitter).")
+    max_backoff_s: float = Field(default=60.0, ge=0, description="Cap on one retry delay.")
+    max_tokens: int | None = Field(default=None, description="Judge reply budget; None: each benchmark's own.")
+    cache_path: str = Field(default="results/judges/cache.sqlite",
+                            description="SQLite cache of judge replies, keyed by model + prompt + parameters.")
+    price_input_per_mtok: float | None = Field(default=None, description="USD per 1M prompt tokens (None: built-in table).")
+    price_output_per_mtok: float | None = Field(default=None, description="USD per 1M completion tokens (None: built-in table).")
 
 
 class EvaluationConfig(Strict):
@@ -466,12 +485,17 @@ class RLMTConfig(Strict):
                 return cell
         raise ConfigError(f"cell {name!r} is not in the grid; run `rlmt config cells` to list them")
 
-    def settings(self, algo: str, cell: Cell | None = None) -> BaseModel:
-        """The settings block of `algo` ('sft', 'grpo', 'ppo', 'dpo') with the cell's overrides applied."""
+    def settings(self, algo: str, cell: "Cell | dict[str, Any] | None" = None) -> BaseModel:
+        """The settings block of `algo` ('sft', 'grpo', 'ppo', 'dpo') with the cell's overrides applied.
+
+        `cell` may also be a partial mapping of axes (SFT is shared by the cells of one
+        base × think × sft_data): an override matches only if every axis it names is given and equal.
+        """
         base = getattr(self.algorithms, algo)
         merged = base.model_dump()
+        axes = cell.model_dump() if isinstance(cell, Cell) else dict(cell or {})
         for ov in self.overrides:
-            if cell is not None and _matches(ov.match, cell):
+            if axes and _matches(ov.match, axes):
                 merged = _deep_merge(merged, getattr(ov, algo))
         return type(base).model_validate(merged)
 
@@ -485,9 +509,11 @@ KNOWN_BENCHMARKS = {
 }
 
 
-def _matches(match: dict[str, Any], cell: Cell) -> bool:
+def _matches(match: dict[str, Any], axes: dict[str, Any]) -> bool:
     for axis, want in match.items():
-        have = getattr(cell, axis)
+        if axis not in axes:
+            return False
+        have = axes[axis]
         wants = want if isinstance(want, list) else [want]
         if isinstance(have, bool):
             wants = [w if isinstance(w, bool) else w in ("think", "true", "True") for w in wants]

@@ -14,20 +14,28 @@ Otherwise:
 
 1. **Delimiter** (``</think>`` for warm-start models, ``<response>`` for zero models): the
    thought ends at its *first* occurrence. If it never occurs the thought never ended (typically a
-   truncated generation): ``answer_found`` is false, the answer is empty, and the thought is *never*
-   passed on as an answer. In ``strict`` mode the answer is the literal ``[NULL]``.
-2. A delimiter that occurs *again* in the answer is kept in the answer text, and the output is
-   not well-formed (``repeated-delimiter``).
-3. **Start marker** (``<think>``): removed from the start of the thought if present; a missing
-   marker is tolerated (zero models often omit it) but recorded (``missing-start-marker``). For zero
-   think models the ``</think>`` closing tag inside the thought is removed as well.
-4. **End delimiter** (``</response>``): the answer is cut at its first occurrence; text after it
-   is dropped (``text-after-end``). A missing end delimiter means the answer was cut off by the
-   token limit (``missing-end-delimiter``); the partial answer is kept.
-5. Thought and answer are stripped of surrounding whitespace. An empty answer is not well-formed
+   truncated generation, or a model that skipped its thought): the answer is empty and the issue
+   is ``missing-delimiter``. The thought is *never* passed on as an answer, strict or not (the
+   reference scored thought+answer here when not strict; we keep the thought away from the
+   reward model always, so an unfinished thought earns the reward of an empty answer).
+2. A delimiter that occurs *again* after the first is kept in the answer text and makes the
+   output malformed (``repeated-delimiter``); so does a thinking tag (``<think>``, ``</think>``)
+   inside the answer (``think-tag-in-answer``): the thought leaked into the answer.
+3. **Start marker** (``<think>``): removed from the start of the thought if present. A missing
+   marker is tolerated (zero models often omit it, and some chat templates put it in the
+   generation prompt): it is recorded as a *note*, not an issue. For zero think models the
+   ``</think>`` closing tag before ``<response>`` is removed as well (its absence is a note).
+4. **End delimiter** (``</response>``; a ``<response>`` delimiter implies it even when the file's
+   ``end_delimiter`` is null, as in the reference): the answer is cut at its first occurrence.
+   Text after it is dropped and noted (``text-after-end``). A missing end delimiter means the
+   answer was cut off by the token limit: the partial answer is kept and the output is
+   malformed (``missing-end-delimiter``).
+5. Thought and answer are stripped of surrounding whitespace. An empty answer is malformed
    (``empty-answer``).
-6. ``strict``: any of the issues above makes the answer the literal ``[NULL]`` (as the paper's
+6. ``strict``: any *issue* (not a note) makes the answer the literal ``[NULL]`` (as the paper's
    ``reward_model.strict``), which the reward model then scores.
+
+``Extraction.well_formed`` is true when the output has no issue; notes never change the answer.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ from typing import Literal
 LONGCOT_FILE = "longcot_config.json"
 NULL_ANSWER = "[NULL]"
 STOP_STRING = "</response>"
+
+REQUIRED_WHEN_LONGCOT = ("longcot_delimiter", "end_delimiter", "start_think_marker")
+THINK_TAGS = ("<think>", "</think>")
 
 FormatName = Literal["warm-think", "warm-nothink", "zero-think", "zero-nothink"]
 
@@ -75,9 +86,19 @@ class ThinkingFormat:
         return self.name in ("warm-think", "zero-think")
 
     @property
+    def answer_end(self) -> str | None:
+        """Where the answer ends: ``end_delimiter``, or ``</response>`` for a ``<response>`` delimiter
+        (the reference's default, so its zero configs with ``end_delimiter: null`` read the same)."""
+        if not self.longcot:
+            return None
+        if self.end_delimiter:
+            return self.end_delimiter
+        return STOP_STRING if self.longcot_delimiter == "<response>" else None
+
+    @property
     def stop_strings(self) -> list[str]:
         """Strings at which generation stops (zero models stop at ``</response>``)."""
-        return [self.end_delimiter] if self.end_delimiter else []
+        return [self.answer_end] if self.answer_end else []
 
     # ------------------------------------------------------------------ file I/O
 
@@ -103,11 +124,19 @@ class ThinkingFormat:
         if "longcot" not in d:
             raise ThinkingFormatError(f"{LONGCOT_FILE}: missing required field 'longcot'")
         if not isinstance(d["longcot"], bool):
-            raise ThinkingFormatError(f"{LONGCOT_FILE}: 'longcot' must be true or false")
-        for key in known - {"longcot"}:
+            raise ThinkingFormatError(f"{LONGCOT_FILE}: 'longcot' must be true or false, got {d['longcot']!r}")
+        if d["longcot"]:
+            missing = [k for k in REQUIRED_WHEN_LONGCOT if k not in d]
+            if missing:
+                raise ThinkingFormatError(f"{LONGCOT_FILE}: missing required field(s) {missing} "
+                                          "(a thinking format names all of them; use null for none)")
+        for key in sorted(known - {"longcot"}):
             if d.get(key) is not None and not isinstance(d[key], str):
-                raise ThinkingFormatError(f"{LONGCOT_FILE}: {key!r} must be a string or null")
-        return cls(**d)
+                raise ThinkingFormatError(f"{LONGCOT_FILE}: {key!r} must be a string or null, got {d[key]!r}")
+        try:
+            return cls(**d)
+        except ThinkingFormatError as err:
+            raise ThinkingFormatError(f"{LONGCOT_FILE}: {err}") from None
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "ThinkingFormat":
@@ -119,7 +148,10 @@ class ThinkingFormat:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ThinkingFormatError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_dict(raw)
+        try:
+            return cls.from_dict(raw)
+        except ThinkingFormatError as err:
+            raise ThinkingFormatError(f"{path.parent}/{err}") from None
 
 
 WARM_THINK = ThinkingFormat(True, "</think>", None, "<think>")
@@ -147,10 +179,17 @@ def format_for(start: str, think: bool) -> ThinkingFormat:
 
 @dataclass(frozen=True)
 class Extraction:
+    """One output split by :func:`extract`.
+
+    ``issues`` make an output malformed (``strict`` scores it as ``[NULL]``); ``notes`` record
+    tolerated irregularities that never change the answer.
+    """
+
     thought: str
     answer: str
     answer_found: bool
     issues: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def well_formed(self) -> bool:
@@ -171,24 +210,30 @@ def extract(output: str, fmt: ThinkingFormat, strict: bool = False) -> Extractio
         return Extraction(_clean_thought(output, fmt), NULL_ANSWER if strict else "", False, ("missing-delimiter",))
 
     issues: list[str] = []
+    notes: list[str] = []
     thought = _clean_thought(head, fmt)
     if fmt.start_think_marker and not head.lstrip().startswith(fmt.start_think_marker):
-        issues.append("missing-start-marker")
+        notes.append("missing-start-marker")
+    if fmt.name == "zero-think" and not head.rstrip().endswith("</think>"):
+        notes.append("missing-think-end")
     answer = tail
-    if fmt.end_delimiter:
-        answer, ended, after = answer.partition(fmt.end_delimiter)
+    end = fmt.answer_end
+    if end:
+        answer, ended, after = answer.partition(end)
         if not ended:
             issues.append("missing-end-delimiter")
         elif after.strip():
-            issues.append("text-after-end")
+            notes.append("text-after-end")
     if delim in answer:
         issues.append("repeated-delimiter")
+    if fmt.longcot and any(tag in answer for tag in THINK_TAGS if tag != delim):
+        issues.append("think-tag-in-answer")
     answer = answer.strip()
     if not answer:
         issues.append("empty-answer")
     if strict and issues:
         answer = NULL_ANSWER
-    return Extraction(thought, answer, True, tuple(issues))
+    return Extraction(thought, answer, True, tuple(issues), tuple(notes))
 
 
 def _clean_thought(text: str, fmt: ThinkingFormat) -> str:

@@ -1,0 +1,32 @@
+# rlmt: the RLMT experiment DAG.
+#   snakemake --profile workflow/profiles/default all                  # embedded default (tiny, CPU)
+#   snakemake --profile slurm --configfile config/paper.yaml all       # the paper's grid on a cluster
+#   snakemake results/eval/<cell>/scores.json                          # one ablation cell
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The embedded default unless a config is given (--configfile REPLACES it rather than being
+# merged into it: a tiny-model entry must never leak into the paper's grid).
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+# Defaults are filled by the pydantic models (rlmt/config.py) the schema is generated from.
+validate(config, "config/schema.yaml", set_default=False)
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        cell_scores=expand("results/eval/{cell}/scores.json", cell=CELL_NAMES),
+        report="results/report/report.md",
+    default_target: True

@@ -1,0 +1,177 @@
+"""Checkpoint layout of a training run, crash-safe resume, and the choice of the evaluated checkpoint.
+
+Layout of ``OUT`` (``results/checkpoints/<cell>/`` for RL, ``<model>.work/`` for SFT)::
+
+    OUT/step-<N>/        a complete checkpoint: model dir (safetensors, tokenizer, longcot_config.json)
+                         + trainer_state.json + optimizer/scheduler/RNG state + checkpoint.json
+    OUT/checkpoint-<N>/  the Hugging Face Trainer's staging dir while it writes; never read
+    OUT/final/           the selected checkpoint as a plain model dir + selected.json (written last)
+
+Why this shape: the Trainer writes ``checkpoint-<N>`` file by file, so a ``kill -9`` can leave a
+half-written dir. Only after the Trainer has written everything (``on_save``) is the staging dir
+renamed to ``step-<N>`` — a rename is atomic on one filesystem — so every ``step-<N>`` is complete
+and resume never has to guess. ``final/`` is the Snakemake output of the rule, so it is built in a
+temporary dir and renamed into place last: its existence means the run finished.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from rlmt.thinking import LONGCOT_FILE, ThinkingFormat
+
+STEP_PREFIX = "step-"
+STAGING_PREFIX = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR
+FINAL_DIR = "final"
+META_FILE = "checkpoint.json"
+SELECTED_FILE = "selected.json"
+# Trainer state that a resume needs but an evaluated model dir does not carry.
+TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin",
+                        META_FILE)
+_STEP_RE = re.compile(rf"^{STEP_PREFIX}(\d+)$")
+
+SelectRule = int | Literal["last", "best_val_reward"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be selected or found."""
+
+
+def step_dir(out: str | Path, step: int) -> Path:
+    return Path(out) / f"{STEP_PREFIX}{step}"
+
+
+def completed_steps(out: str | Path) -> dict[int, Path]:
+    """Complete checkpoints under `out` (step -> dir), ascending; staging and temp dirs are ignored."""
+    out = Path(out)
+    found: dict[int, Path] = {}
+    if not out.is_dir():
+        return found
+    for p in out.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / META_FILE).is_file():
+            found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    """The newest complete checkpoint to resume from, or None for a fresh start."""
+    steps = completed_steps(out)
+    return steps[max(steps)] if steps else None
+
+
+def discard_incomplete(out: str | Path) -> list[Path]:
+    """Remove what a crash left behind (Trainer staging dirs, half-built final/ or step dirs)."""
+    out = Path(out)
+    removed: list[Path] = []
+    if not out.is_dir():
+        return removed
+    for p in out.iterdir():
+        incomplete_step = _STEP_RE.match(p.name) and not (p / META_FILE).is_file()
+        if p.is_dir() and (p.name.startswith(STAGING_PREFIX) or p.name.endswith(".tmp") or incomplete_step):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def read_meta(ckpt: str | Path) -> dict:
+    return json.loads((Path(ckpt) / META_FILE).read_text())
+
+
+def finalize_checkpoint(staging: str | Path, out: str | Path, step: int, fmt: ThinkingFormat,
+                        val_reward: float | None = None) -> Path:
+    """Turn the Trainer's finished staging dir into ``step-<N>``: thinking format, metadata, atomic rename."""
+    staging, target = Path(staging), step_dir(out, step)
+    write_format(staging, fmt)
+    (staging / META_FILE).write_text(json.dumps({"step": step, "val_reward": val_reward}, indent=2) + "\n")
+    if target.exists():  # a step re-saved after resume: the new one wins
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def write_format(model_dir: str | Path, fmt: ThinkingFormat) -> None:
+    """The model dir's longcot_config.json: written for thinking formats, absent for non-thinking ones."""
+    path = Path(model_dir) / LONGCOT_FILE
+    if fmt.longcot:
+        fmt.save(model_dir)
+    elif path.exists():
+        path.unlink()
+
+
+def prune(out: str | Path, keep_last: int | None, protect: set[int] = frozenset()) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints (None keeps all); `protect` steps stay."""
+    if keep_last is None:
+        return []
+    steps = completed_steps(out)
+    doomed = [s for s in list(steps)[: max(len(steps) - keep_last, 0)] if s not in protect]
+    for s in doomed:
+        shutil.rmtree(steps[s])
+    return [steps[s] for s in doomed]
+
+
+def select_step(out: str | Path, rule: SelectRule) -> int:
+    """The step the rule picks among the complete checkpoints.
+
+    ``int``: exactly that step (the paper's README took 135 of 234); ``"last"``: the newest;
+    ``"best_val_reward"``: the highest validation reward recorded with a checkpoint (ties: earliest).
+    """
+    steps = completed_steps(out)
+    if not steps:
+        raise CheckpointError(f"{out}: no complete checkpoint (step-<N>/ with {META_FILE}) to select from")
+    if rule == "last":
+        return max(steps)
+    if rule == "best_val_reward":
+        scored = {s: read_meta(p).get("val_reward") for s, p in steps.items()}
+        scored = {s: v for s, v in scored.items() if v is not None}
+        if not scored:
+            raise CheckpointError(f"{out}: select_step 'best_val_reward' needs validation rewards, but no checkpoint "
+                                  "has one (was a validation set given?)")
+        return max(scored, key=lambda s: (scored[s], -s))
+    if isinstance(rule, int) and not isinstance(rule, bool):
+        if rule not in steps:
+            raise CheckpointError(f"{out}: select_step {rule} is not a saved checkpoint; saved steps: {list(steps)} "
+                                  "(make it a multiple of checkpoints.save_steps, or the last step)")
+        return rule
+    raise CheckpointError(f"select_step: unknown rule {rule!r}; allowed: an int step, 'last', 'best_val_reward'")
+
+
+def protected_steps(out: str | Path, rule: SelectRule) -> set[int]:
+    """Steps that pruning must keep so that `rule` can still pick them at the end."""
+    if rule == "best_val_reward":
+        try:
+            return {select_step(out, rule)}
+        except CheckpointError:
+            return set()
+    if isinstance(rule, int) and not isinstance(rule, bool):
+        return {rule}
+    return set()
+
+
+def write_final(out: str | Path, step: int, fmt: ThinkingFormat, rule: SelectRule) -> Path:
+    """Copy checkpoint `step` into ``OUT/final/`` as a plain model dir, atomically (tmp dir, then rename)."""
+    out = Path(out)
+    src = completed_steps(out).get(step)
+    if src is None:
+        raise CheckpointError(f"{out}: step {step} has no complete checkpoint")
+    tmp, final = out / f"{FINAL_DIR}.tmp", out / FINAL_DIR
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.name not in TRAINING_STATE_FILES and not f.name.startswith("rng_state"):
+            shutil.copy2(f, tmp / f.name)
+    write_format(tmp, fmt)
+    meta = read_meta(src)
+    (tmp / SELECTED_FILE).write_text(json.dumps(
+        {"step": step, "rule": rule, "source": str(src), "val_reward": meta.get("val_reward")}, indent=2) + "\n")
+    old = out / f"{FINAL_DIR}.old"
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -1,0 +1,281 @@
+"""GRPO with the answer-only reward (PAPER.md §4.2) on TRL's GRPOTrainer.
+
+Every reference setting is passed explicitly, so TRL's defaults (which differ: beta 0,
+temperature 1, bf16 on, gradient checkpointing on, a KL importance weight verl does not use)
+never leak in. Mapping from the reference verl config to TRL 1.16:
+
+=============================================  ==========================================
+verl                                           here (GRPOConfig field -> TRL argument)
+=============================================  ==========================================
+rollout.n = 8                                  num_generations
+train_batch_size = 64 prompts, 1 update        prompts_per_step x num_generations completions
+                                               per optimizer step (accumulated micro-batches)
+temperature 0.7, top_p 1.0                     rollout.temperature / rollout.top_p, top_k off
+kl_loss_coef 0.001, low_var_kl (k3), as loss   beta (TRL's KL term *is* k3); the importance
+                                               weight on it (use_bias_correction_kl) is off
+entropy_coeff 0.001                            entropy_coef (TRL offers the bonus)
+clip_ratio 0.2                                 epsilon (= epsilon_high)
+loss_agg_mode token-mean                       loss_type "dapo" (mean over the batch's tokens)
+norm_adv_by_std_in_grpo                        scale_rewards "group"
+max_prompt_length 1024                         enforced here: longer prompts are dropped and
+                                               counted (TRL 1.16 has no prompt limit)
+max_response_length 4096                       rollout.max_completion_length
+lr 1e-6 const, wd 0.01, grad_clip 1.0          learning_rate, lr_scheduler_type, weight_decay,
+                                               max_grad_norm
+=============================================  ==========================================
+
+Zero models stop at ``</response>``: with vLLM as a stop string kept in the text; with
+transformers through ``stop_strings`` (see :func:`_stop_at_strings`).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from pathlib import Path
+from typing import Any, Callable
+
+from rlmt.config import GRPOConfig
+from rlmt.thinking import ThinkingFormat, extract
+from rlmt.train import checkpoints as ckpt
+from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback, SampleBuffer, SamplesTableCallback
+from rlmt.train.runtime import (
+    TrainingSetupError,
+    accumulation_steps,
+    prompt_tokens,
+    read_prompt_table,
+    use_bf16,
+    vllm_wanted,
+)
+
+VAL_METRIC = "eval_reward"
+
+
+def _text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(m.get("content", "")) for m in completion if m.get("role", "assistant") == "assistant")
+
+
+class AnswerRewardWithLogging:
+    """The answer-only reward as TRL calls it, plus the per-step metrics RLMT needs.
+
+    Wraps a TRL reward function (normally ``AnswerRewardScorer.as_trl_reward_func()``) and logs,
+    through TRL's ``log_metric`` hook: the fraction of outputs whose answer was not found or is
+    malformed, and mean thought and answer lengths in policy tokens. It also hands the batch, with
+    thought and answer apart, to the samples table.
+    """
+
+    __name__ = "answer_reward"  # TRL names the reward metrics after it: rewards/answer_reward/mean
+
+    def __init__(self, reward_fn: Callable[..., list[float]], fmt: ThinkingFormat, tokenizer, *,
+                 strict: bool = False, buffer: SampleBuffer | None = None):
+        self.reward_fn = reward_fn
+        self.fmt = fmt
+        self.tokenizer = tokenizer
+        self.strict = strict
+        self.buffer = buffer
+
+    def __call__(self, prompts, completions, log_metric=None, **kwargs) -> list[float]:
+        scores = self.reward_fn(prompts=prompts, completions=completions, **kwargs)
+        texts = [_text(c) for c in completions]
+        found = [extract(t, self.fmt, self.strict) for t in texts]
+        if log_metric is not None and texts:
+            n = len(texts)
+            log_metric("answer/not_found_fraction", sum(not e.answer_found for e in found) / n)
+            log_metric("answer/malformed_fraction", sum(not e.well_formed for e in found) / n)
+            log_metric("answer/thought_tokens_mean", statistics.fmean(self._tokens(e.thought) for e in found))
+            log_metric("answer/answer_tokens_mean", statistics.fmean(self._tokens(e.answer) for e in found))
+        if self.buffer is not None:
+            self.buffer.record([
+                {"id": str(i), "prompt": _last_user(p), "thought": e.thought, "answer": e.answer,
+                 "well_formed": e.well_formed, "reward": float(s)}
+                for i, p, e, s in zip(kwargs.get("id") or [None] * len(texts), prompts, found, scores)])
+        return scores
+
+    def _tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
+def _last_user(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+def _stop_at_strings(model, tokenizer, stops: list[str]) -> None:
+    """Make ``model.generate`` honour `stops` (and keep them in the text) for TRL's transformers path.
+
+    TRL passes no tokenizer to ``generate``, which ``stop_strings`` needs, and after a stop string
+    transformers pads the rest of the row — TRL would then train on those pad tokens, as it only
+    cuts completions at EOS. So the tokenizer is bound in, and the first pad after a stopped row's
+    stop string becomes EOS: the completion ends right after the stop string, as with vLLM.
+    """
+    import torch
+
+    original = model.generate
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        kwargs.setdefault("tokenizer", tokenizer)
+        config = kwargs.get("generation_config")
+        if config is not None and not config.stop_strings:
+            config.stop_strings = list(stops)
+        out = original(*args, **kwargs)
+        prompt_len = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else args[0].shape[1]
+        completion = out[:, prompt_len:]
+        if pad is not None and pad != eos:
+            is_pad = completion == pad
+            has_pad = is_pad.any(dim=1)
+            first = torch.where(has_pad, is_pad.int().argmax(dim=1), torch.full_like(has_pad, -1, dtype=torch.long))
+            rows = torch.nonzero(has_pad).flatten()
+            completion[rows, first[rows]] = eos
+        return out
+
+    model.generate = generate
+
+
+def _prompt_dataset(path: str | Path, tokenizer, max_prompt_length: int):
+    """(dataset with ``prompt`` and ``id``, number of prompts dropped as too long)."""
+    from datasets import Dataset
+
+    rows = read_prompt_table(path)
+    kept = [{"id": str(r["id"]), "prompt": r["messages"]} for r in rows
+            if prompt_tokens(tokenizer, r["messages"]) <= max_prompt_length]
+    if not kept:
+        raise TrainingSetupError(f"{path}: every prompt is longer than max_prompt_length={max_prompt_length} tokens")
+    return Dataset.from_list(kept), len(rows) - len(kept)
+
+
+def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_val: bool, use_vllm: bool):
+    """TRL's GRPOConfig with every reference setting given explicitly."""
+    from trl import GRPOConfig as TRLGRPOConfig
+
+    completions_per_step = settings.prompts_per_step * settings.num_generations
+    per_device = min(settings.per_device_train_batch_size, completions_per_step)
+    stops = fmt.stop_strings
+    gen_kwargs: dict[str, Any] | None = None
+    if stops and use_vllm:
+        gen_kwargs = {"stop": stops, "include_stop_str_in_output": True}
+    return TRLGRPOConfig(
+        output_dir=str(out),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation_steps(completions_per_step, per_device,
+                                                       "prompts_per_step x num_generations"),
+        num_generations=settings.num_generations,
+        temperature=settings.rollout.temperature,
+        top_p=settings.rollout.top_p,
+        top_k=0,
+        max_completion_length=settings.rollout.max_completion_length,
+        beta=settings.beta,
+        use_bias_correction_kl=False,
+        entropy_coef=settings.entropy_coef,
+        epsilon=settings.epsilon,
+        loss_type=settings.loss_type,
+        scale_rewards=settings.scale_rewards,
+        num_iterations=settings.num_iterations,
+        mask_truncated_completions=False,
+        importance_sampling_level="token",
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        warmup_steps=settings.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        max_grad_norm=settings.max_grad_norm,
+        bf16=use_bf16(settings.bf16),
+        gradient_checkpointing=settings.gradient_checkpointing,
+        use_vllm=use_vllm,
+        vllm_mode="colocate",
+        generation_kwargs=gen_kwargs,
+        remove_unused_columns=False,
+        shuffle_dataset=True,
+        save_strategy="steps",
+        save_steps=settings.checkpoints.save_steps,
+        save_total_limit=None,  # CheckpointCallback keeps the last N step-<N> dirs
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=settings.checkpoints.save_steps if has_val else None,
+        per_device_eval_batch_size=per_device,
+        logging_steps=1,
+        report_to="none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        log_completions=False,
+    )
+
+
+def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, train_path: str | Path,
+               val_path: str | Path | None, out: str | Path, settings: GRPOConfig, *,
+               reward_fn: Callable[..., list[float]] | None = None, reward_max_length: int | None = None,
+               callbacks: list | None = None) -> Path:
+    """Train `policy_dir` with GRPO; write ``out/step-<N>/`` checkpoints and ``out/final/``; return final.
+
+    The reward is the answer-only reward model at `reward_model_dir`; `reward_fn` (a TRL reward
+    function) replaces it, e.g. a rule applied to the extracted answer in tests. Rerunning after a
+    crash resumes from the newest complete checkpoint.
+    """
+    from trl import GRPOTrainer
+
+    from rlmt.models.loading import load_causal_lm, load_tokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.discard_incomplete(out)
+    resume = ckpt.latest_checkpoint(out)
+    fmt = ThinkingFormat.load(policy_dir)
+    use_vllm = vllm_wanted(settings.rollout.use_vllm)
+
+    tokenizer = load_tokenizer(policy_dir, padding_side="left")
+    train_ds, dropped = _prompt_dataset(train_path, tokenizer, settings.rollout.max_prompt_length)
+    val_ds = _prompt_dataset(val_path, tokenizer, settings.rollout.max_prompt_length)[0] if val_path else None
+    _log_setup({"prompts_train": len(train_ds), "prompts_dropped_too_long": dropped,
+                "prompts_val": len(val_ds) if val_ds is not None else 0, "format": fmt.name, "use_vllm": use_vllm})
+
+    if reward_fn is None:
+        if reward_model_dir is None:
+            raise TrainingSetupError("train_grpo needs a reward model dir or a reward_fn")
+        from rlmt.rewards import AnswerRewardScorer
+
+        reward_fn = AnswerRewardScorer(reward_model_dir, fmt, strict=settings.strict,
+                                       max_length=reward_max_length).as_trl_reward_func()
+    buffer = SampleBuffer()
+    reward = AnswerRewardWithLogging(reward_fn, fmt, tokenizer, strict=settings.strict, buffer=buffer)
+
+    model = load_causal_lm(policy_dir, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    if fmt.stop_strings and not use_vllm:
+        _stop_at_strings(model, tokenizer, fmt.stop_strings)
+    args = trl_grpo_args(settings, out, fmt, has_val=val_ds is not None, use_vllm=use_vllm)
+    ckpt_cb = CheckpointCallback(out, fmt, keep_last=settings.checkpoints.save_total_limit,
+                                 select_rule=settings.checkpoints.select_step, val_metric=VAL_METRIC)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                          processing_class=tokenizer,
+                          callbacks=[MLflowMetricsCallback(), SamplesTableCallback(buffer, settings.log_samples_every),
+                                     ckpt_cb, *(callbacks or [])])
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return finish(out, fmt, settings.checkpoints.select_step)
+
+
+def finish(out: Path, fmt: ThinkingFormat, rule: ckpt.SelectRule) -> Path:
+    """Select the evaluated checkpoint, write ``out/final/`` last, and record it in MLflow."""
+    step = ckpt.select_step(out, rule)
+    final = ckpt.write_final(out, step, fmt, rule)
+    _log_setup({"selected_step": step})
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        from rlmt.tracking import log_outputs
+
+        log_outputs({"final": final})
+    return final
+
+
+def _log_setup(params: dict) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        from rlmt.tracking import log_params
+
+        log_params({f"run.{k}": v for k, v in params.items()})

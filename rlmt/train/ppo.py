@@ -1,0 +1,390 @@
+"""Actor-critic PPO with the answer-only reward (PAPER.md §4.3), readable in one sitting.
+
+TRL 1.x ships no PPO trainer, so this is ours. One training step:
+
+1. **rollout**   sample one response per prompt from the current policy (``rollout.sample``);
+2. **reward**    the reward model scores only the extracted answer (``AnswerRewardScorer``);
+3. **values**    the critic's value of every response token; the old log-probs come with the rollout;
+4. **rewards**   token-level: the score on the last generated token, ``- kl_coef * KL`` per token;
+5. **GAE**       advantages and returns (gamma = lam = 1 by default), advantages whitened;
+6. **update**    ``ppo_epochs`` passes over shuffled mini-batches: clipped policy loss, clipped
+                 value loss, optional entropy bonus; one optimizer step per mini-batch;
+7. **log/save**  metrics to the job's MLflow run; ``OUT/step-<N>/`` checkpoints; ``OUT/final/``.
+
+Distributed runs (``accelerate launch``, DDP) split each step's prompts over the processes; the
+advantage whitening and the logged metrics are computed over all of them. The math lives in
+:mod:`rlmt.train.ppo_math`, the sampling in :mod:`rlmt.train.rollout`, the critic in
+:mod:`rlmt.train.actor_critic`, the checkpoint layout in :mod:`rlmt.train.checkpoints`.
+
+A checkpoint ``OUT/step-<N>/`` is the policy's model dir plus ``trainer_state.json``, the
+optimizer state (``optimizer.pt``) and ``critic/`` (safetensors). After a crash (even ``kill -9``)
+the run resumes from the newest complete checkpoint and continues the global step; each step's
+sampling is seeded from ``(seed, step, rank)``, so the resumed run draws what the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from rlmt.config import PPOConfig
+from rlmt.rewards import RewardBatch
+from rlmt.thinking import ThinkingFormat, extract
+from rlmt.train import checkpoints as ckpt
+from rlmt.train import ppo_math as pm
+from rlmt.train.actor_critic import CRITIC_DIR, ActorCritic, load_critic, save_critic
+from rlmt.train.rollout import Rollout, sample
+
+TRAINER_STATE = "trainer_state.json"
+
+
+class Scorer(Protocol):
+    """What PPO needs from a reward: :class:`rlmt.rewards.AnswerRewardScorer` or a rule reward in tests."""
+
+    def score(self, prompts: Sequence[list[dict]], outputs: Sequence[str]) -> RewardBatch: ...
+
+
+@dataclass
+class PPOBatch:
+    """One step's experience, response-aligned ``[B, R]`` tensors (see :mod:`rlmt.train.rollout`)."""
+
+    rollout: Rollout
+    scores: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    kl: torch.Tensor
+
+
+# ----------------------------------------------------------------------------- the training function
+
+
+def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train_path: str | Path,
+              val_path: str | Path | None, out: str | Path, settings: PPOConfig, *,
+              scorer: Scorer | None = None) -> Path:
+    """Train the policy in `policy_dir` with PPO; returns ``OUT/final/``.
+
+    `scorer` replaces the reward model (tests use a rule reward on the extracted answer).
+    """
+    from accelerate import Accelerator
+
+    from rlmt.models.loading import load_causal_lm, load_tokenizer
+    from rlmt.train.runtime import read_prompt_table, use_bf16
+
+    out = Path(out)
+    policy_dir = Path(policy_dir)
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16(settings.bf16) else "no")
+    if accelerator.distributed_type.name == "DEEPSPEED":
+        raise RuntimeError("PPO runs under DDP (config/accelerate/ddp*.yaml); its DeepSpeed path (actor and critic "
+                           "state sharded by ZeRO) is not implemented yet")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    _check_geometry(settings, world)
+    fmt = ThinkingFormat.load(policy_dir)
+    train_rows = read_prompt_table(train_path)
+    val_rows = read_prompt_table(val_path)[: settings.val_prompts] if val_path else []
+    total_steps = _total_steps(settings, len(train_rows))
+
+    # -- resume: the newest complete checkpoint, else the initial policy with a fresh critic head
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.discard_incomplete(out)
+    accelerator.wait_for_everyone()
+    resume = ckpt.latest_checkpoint(out)
+    start_dir = resume or policy_dir
+    tokenizer = load_tokenizer(policy_dir, padding_side="left")
+    policy = load_causal_lm(start_dir, device="cpu", dtype="float32")
+    critic = load_critic(resume / CRITIC_DIR if resume else policy_dir, settings.critic, fresh_head=resume is None)
+    model = ActorCritic(policy, critic)
+    optimizer = torch.optim.AdamW(model.param_groups(settings.learning_rate, settings.critic_lr, settings.weight_decay))
+    state = {"global_step": 0, "log_history": []}
+    if resume:
+        optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location="cpu", weights_only=True))
+        state = json.loads((resume / TRAINER_STATE).read_text())
+        accelerator.print(f"resuming from {resume} at step {state['global_step']}")
+    reference = None
+    if settings.kl_coef:
+        # The KL penalty compares with the *initial* policy, also after a resume.
+        reference = load_causal_lm(policy_dir, device=accelerator.device, dtype="float32").eval().requires_grad_(False)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if scorer is None:
+        from rlmt.rewards import AnswerRewardScorer
+
+        if reward_model_dir is None:
+            raise ValueError("train_ppo needs a reward model dir (or a scorer)")
+        scorer = AnswerRewardScorer(reward_model_dir, fmt, strict=settings.strict, device=str(accelerator.device))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=state["global_step"], desc="ppo", unit="step",
+               disable=not accelerator.is_main_process)
+    for step in range(state["global_step"] + 1, total_steps + 1):
+        prompts = _prompts_for_step(train_rows, step, settings, world, rank)
+        _seed_step(settings.seed, step, rank)
+        batch = make_experience(accelerator, model, reference, tokenizer, scorer, prompts, fmt, settings)
+        metrics = ppo_update(accelerator, model, optimizer, batch, settings)
+        metrics.update(_rollout_metrics(accelerator, batch))
+        state["global_step"] = step
+        state["log_history"].append({"step": step, **metrics})
+        _log(accelerator, metrics, step)
+        if settings.log_samples_every and step % settings.log_samples_every == 0:
+            _log_samples(accelerator, prompts, batch, fmt, settings.strict, step)
+        if step % settings.checkpoints.save_steps == 0 or step == total_steps:
+            val_reward = validate(accelerator, model, tokenizer, scorer, val_rows, fmt, settings) if val_rows else None
+            save_checkpoint(accelerator, model, optimizer, tokenizer, state, out, fmt, settings, val_reward)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    final = out / ckpt.FINAL_DIR
+    if accelerator.is_main_process:
+        chosen = ckpt.select_step(out, settings.checkpoints.select_step)
+        final = ckpt.write_final(out, chosen, fmt, settings.checkpoints.select_step)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ----------------------------------------------------------------------------- one step, in named parts
+
+
+@torch.no_grad()
+def make_experience(accelerator, model, reference, tokenizer, scorer: Scorer, prompts: list[list[dict]],
+                    fmt: ThinkingFormat, settings: PPOConfig) -> PPOBatch:
+    """Steps 1-5: rollout, answer-only reward, values, token-level rewards, GAE and whitening."""
+    core: ActorCritic = accelerator.unwrap_model(model)
+    ro = settings.rollout
+    rollout = sample(core.policy, tokenizer, prompts, max_prompt_length=ro.max_prompt_length,
+                     max_new_tokens=ro.max_completion_length, temperature=ro.temperature, top_p=ro.top_p,
+                     stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size)
+    rewarded = scorer.score(prompts, rollout.texts)
+    scores = torch.tensor(rewarded.scores, dtype=torch.float32)
+    rollout.malformed_fraction = rewarded.malformed_fraction
+
+    mask = rollout.response_mask
+    values, ref_logprobs = [], []
+    device = accelerator.device
+    for i in range(0, len(rollout), settings.micro_batch_size):
+        ids = rollout.input_ids[i:i + settings.micro_batch_size].to(device)
+        att = rollout.attention_mask[i:i + settings.micro_batch_size].to(device)
+        with accelerator.autocast():
+            _, v = core(ids, att, rollout.prompt_width)
+            values.append(v.float().cpu())
+            if reference is not None:
+                from rlmt.train.rollout import response_logprobs
+
+                ref_logprobs.append(response_logprobs(reference, ids, att, rollout.prompt_width,
+                                                      ro.temperature).float().cpu())
+    values = torch.cat(values) * mask
+    # log pi_old - log pi_ref per token: the sampled estimate of KL(pi_old || pi_ref)
+    kl = (rollout.old_logprobs - torch.cat(ref_logprobs)) * mask if reference is not None else torch.zeros_like(mask)
+
+    rewards = pm.token_level_rewards(scores, mask, kl, settings.kl_coef)
+    advantages, returns = pm.gae(rewards, values, mask, settings.gamma, settings.lam)
+    if settings.whiten_advantages:
+        advantages = whiten_across_processes(accelerator, advantages, mask)
+    return PPOBatch(rollout=rollout, scores=scores, values=values, advantages=advantages, returns=returns, kl=kl)
+
+
+def ppo_update(accelerator, model, optimizer, batch: PPOBatch, settings: PPOConfig) -> dict[str, float]:
+    """Step 6: ``ppo_epochs`` passes of clipped policy + value updates over shuffled mini-batches."""
+    rollout = batch.rollout
+    n = len(rollout)
+    mini = settings.mini_batch_size // accelerator.num_processes
+    micro = min(settings.micro_batch_size, mini)
+    temperature = settings.rollout.temperature
+    stats: dict[str, list[float]] = {}
+    model.train()
+    for _ in range(settings.ppo_epochs):
+        order = torch.randperm(n).tolist()
+        for start in range(0, n, mini):
+            idx = order[start:start + mini]
+            tokens_in_minibatch = rollout.response_mask[idx].sum().clamp(min=1)
+            for m0 in range(0, len(idx), micro):
+                rows = idx[m0:m0 + micro]
+                mask = rollout.response_mask[rows].to(accelerator.device)
+                with accelerator.autocast():
+                    logits, values = model(rollout.input_ids[rows].to(accelerator.device),
+                                           rollout.attention_mask[rows].to(accelerator.device), rollout.prompt_width)
+                logits = logits.float() / temperature
+                logprobs = pm.logprobs_from_logits(logits, rollout.response_ids[rows].to(accelerator.device))
+                p_loss, p_stats = pm.policy_loss(logprobs, rollout.old_logprobs[rows].to(accelerator.device),
+                                                 batch.advantages[rows].to(accelerator.device), mask,
+                                                 settings.clip_ratio)
+                v_loss, v_stats = pm.value_loss(values.float(), batch.values[rows].to(accelerator.device),
+                                                batch.returns[rows].to(accelerator.device), mask,
+                                                settings.cliprange_value)
+                entropy = pm.masked_mean(pm.entropy_from_logits(logits), mask)
+                loss = p_loss - settings.entropy_coef * entropy + v_loss
+                # token-mean over the whole mini-batch: weigh each micro-batch by its share of tokens
+                accelerator.backward(loss * mask.sum() / tokens_in_minibatch)
+                for key, value in {"policy/loss": p_loss, "critic/loss": v_loss, "policy/entropy": entropy,
+                                   **p_stats, **v_stats}.items():
+                    stats.setdefault(key, []).append(float(value))
+            grad_norms = clip_per_group(accelerator, optimizer, settings.max_grad_norm)
+            for key, value in grad_norms.items():
+                stats.setdefault(key, []).append(value)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {k: _mean_across_processes(accelerator, sum(v) / len(v)) for k, v in stats.items()}
+
+
+def clip_per_group(accelerator, optimizer, max_norm: float) -> dict[str, float]:
+    """Clip the policy's and the critic's gradients separately (their scales differ: verl clips each model)."""
+    norms = {}
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if params:
+            norms[f"{group.get('name', 'group')}/grad_norm"] = float(accelerator.clip_grad_norm_(params, max_norm))
+    return norms
+
+
+@torch.no_grad()
+def validate(accelerator, model, tokenizer, scorer: Scorer, val_rows: list[dict], fmt: ThinkingFormat,
+             settings: PPOConfig) -> float:
+    """Mean answer-only reward of one sampled response per validation prompt (for best_val_reward)."""
+    core: ActorCritic = accelerator.unwrap_model(model)
+    mine = [r["messages"] for r in val_rows[accelerator.process_index::accelerator.num_processes]]
+    total, count = 0.0, 0
+    if mine:
+        ro = settings.rollout
+        rollout = sample(core.policy, tokenizer, mine, max_prompt_length=ro.max_prompt_length,
+                         max_new_tokens=ro.max_completion_length, temperature=ro.temperature, top_p=ro.top_p,
+                         stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size)
+        scores = scorer.score(mine, rollout.texts).scores
+        total, count = float(sum(scores)), len(scores)
+    sums = accelerator.reduce(torch.tensor([total, count], device=accelerator.device, dtype=torch.float64), "sum")
+    return float(sums[0] / sums[1].clamp(min=1))
+
+
+def whiten_across_processes(accelerator, x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """:func:`ppo_math.masked_whiten` with the mean and variance of all processes' tokens."""
+    if accelerator.num_processes == 1:
+        return pm.masked_whiten(x, mask, eps=eps)
+    sums = torch.stack([pm.masked_sum(x, mask), pm.masked_sum(x * x, mask), mask.sum()]).double()
+    s, s2, n = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
+    mean = s / n
+    var = (s2 / n - mean ** 2) * n / (n - 1).clamp(min=1)
+    return ((x - mean) * torch.rsqrt(var + eps)).float() * mask
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(accelerator, model, optimizer, tokenizer, state: dict, out: Path, fmt: ThinkingFormat,
+                    settings: PPOConfig, val_reward: float | None) -> Path | None:
+    """Write ``OUT/checkpoint-<N>/`` (staging), then let :mod:`checkpoints` rename it to ``step-<N>``."""
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+        step = state["global_step"]
+        staging = out / f"{ckpt.STAGING_PREFIX}{step}"
+        core: ActorCritic = accelerator.unwrap_model(model)
+        core.policy.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        save_critic(core.critic, staging / CRITIC_DIR, settings.critic)
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        (staging / TRAINER_STATE).write_text(json.dumps({**state, "val_reward": val_reward}, indent=1) + "\n")
+        path = ckpt.finalize_checkpoint(staging, out, step, fmt, val_reward)
+        ckpt.prune(out, settings.checkpoints.save_total_limit,
+                   ckpt.protected_steps(out, settings.checkpoints.select_step))
+        _log(accelerator, {"val/reward": val_reward} if val_reward is not None else {}, step)
+    accelerator.wait_for_everyone()
+    return path
+
+
+# ----------------------------------------------------------------------------- data, seeds, metrics
+
+
+def _total_steps(settings: PPOConfig, n_prompts: int) -> int:
+    if settings.max_steps > 0:
+        return settings.max_steps
+    return max(1, math.ceil(settings.num_train_epochs * n_prompts / settings.prompts_per_step))
+
+
+def _check_geometry(settings: PPOConfig, world: int) -> None:
+    from rlmt.train.runtime import TrainingSetupError
+
+    if settings.prompts_per_step % world or settings.mini_batch_size % world:
+        raise TrainingSetupError(f"prompts_per_step ({settings.prompts_per_step}) and mini_batch_size "
+                                 f"({settings.mini_batch_size}) must be divisible by the number of processes ({world})")
+    if settings.mini_batch_size > settings.prompts_per_step:
+        raise TrainingSetupError(f"mini_batch_size ({settings.mini_batch_size}) exceeds prompts_per_step "
+                                 f"({settings.prompts_per_step}): one response per prompt makes a step's batch")
+
+
+def _prompts_for_step(rows: list[dict], step: int, settings: PPOConfig, world: int, rank: int) -> list[list[dict]]:
+    """This process's share of step `step`'s prompts: a seeded shuffle per epoch, read as one stream."""
+    n, k = len(rows), settings.prompts_per_step
+    picked = []
+    for position in range((step - 1) * k, step * k):
+        epoch, offset = divmod(position, n)
+        order = list(range(n))
+        random.Random(settings.seed * 100_003 + epoch).shuffle(order)
+        picked.append(rows[order[offset]]["messages"])
+    return picked[rank::world]
+
+
+def _seed_step(seed: int, step: int, rank: int) -> None:
+    torch.manual_seed(seed * 1_000_003 + step * 1_009 + rank)
+
+
+def _rollout_metrics(accelerator, batch: PPOBatch) -> dict[str, float]:
+    r, mask = batch.rollout, batch.rollout.response_mask
+    scores = accelerator.gather(batch.scores.to(accelerator.device)).float()
+    lengths = accelerator.gather(r.response_lengths.to(accelerator.device)).float()
+    finished = torch.tensor(r.finished, dtype=torch.float32)
+    return {
+        "reward/mean": float(scores.mean()),
+        "reward/std": float(scores.std()) if scores.numel() > 1 else 0.0,
+        "response/length_mean": float(lengths.mean()),
+        "response/length_max": float(lengths.max()),
+        "response/finished_fraction": _mean_across_processes(accelerator, float(finished.mean())),
+        "response/malformed_fraction": _mean_across_processes(accelerator, r.malformed_fraction),
+        "prompt/truncated": _mean_across_processes(accelerator, float(r.n_prompt_truncated)),
+        "critic/values_mean": _mean_across_processes(accelerator, float(pm.masked_mean(batch.values, mask))),
+        "critic/returns_mean": _mean_across_processes(accelerator, float(pm.masked_mean(batch.returns, mask))),
+        "critic/explained_variance": _mean_across_processes(
+            accelerator, float(pm.explained_variance(batch.values, batch.returns, mask))),
+        "policy/kl_to_reference": _mean_across_processes(accelerator, float(pm.masked_mean(batch.kl, mask))),
+    }
+
+
+def _mean_across_processes(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    return float(accelerator.reduce(torch.tensor(value, device=accelerator.device, dtype=torch.float64), "mean"))
+
+
+def _log(accelerator, metrics: dict[str, float], step: int) -> None:
+    import mlflow
+
+    if not accelerator.is_main_process or mlflow.active_run() is None:
+        return
+    from rlmt.tracking import _retry
+
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    if clean:
+        _retry(mlflow.log_metrics, clean, step=step)
+
+
+def _log_samples(accelerator, prompts: list[list[dict]], batch: PPOBatch, fmt: ThinkingFormat, strict: bool,
+                 step: int, max_rows: int = 8) -> None:
+    import mlflow
+
+    if not accelerator.is_main_process or mlflow.active_run() is None:
+        return
+    from rlmt.tracking import _retry
+
+    rows: dict[str, list[Any]] = {"step": [], "prompt": [], "thought": [], "answer": [], "reward": []}
+    for messages, text, score in list(zip(prompts, batch.rollout.texts, batch.scores.tolist()))[:max_rows]:
+        e = extract(text, fmt, strict)
+        for key, value in (("step", step), ("prompt", messages[-1]["content"]), ("thought", e.thought),
+                           ("answer", e.answer), ("reward", score)):
+            rows[key].append(value)
+    _retry(mlflow.log_table, data=rows, artifact_file=f"samples/step-{step:06d}.json")

@@ -1,0 +1,187 @@
+"""Sampling from the policy for on-policy RL: token ids, the mask of generated tokens, old log-probs.
+
+A rollout turns a batch of chat prompts into the tensors PPO needs:
+
+- ``input_ids``: ``[batch, P + R]``, the prompt left-padded to width ``P`` followed by the response
+  padded on the right to width ``R``;
+- ``response_mask``: ``[batch, R]``, 1 on the tokens the policy generated up to and including the
+  token that ended the response (EOS, or the token completing a stop string such as
+  ``</response>`` for zero models), 0 on padding after it;
+- ``old_logprobs``: ``[batch, R]``, log pi_old(token) at sampling temperature, from one forward pass
+  of the policy that sampled (the same computation the update repeats, so the first PPO ratio is 1).
+
+Prompts are rendered with the *policy's* chat template (the zero template for zero models).
+Response-aligned tensors use one convention everywhere: position ``t`` of a ``[batch, R]`` tensor
+belongs to response token ``t``, scored from the logits (or critic output) at the position before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses (see the module docstring for the tensor layout)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor  # [B, P+R]: prompt padding 0, everything after the prompt 1
+    response_mask: torch.Tensor   # [B, R]
+    old_logprobs: torch.Tensor    # [B, R]
+    texts: list[str]              # decoded responses, cut after a stop string
+    prompt_width: int
+    finished: list[bool] = field(default_factory=list)  # ended by EOS or a stop string (not the length cap)
+    n_prompt_truncated: int = 0
+    malformed_fraction: float = 0.0  # filled in by the reward step
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width:]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def render_prompts(tokenizer, prompts: Sequence[list[dict]], max_prompt_length: int) -> tuple[list[list[int]], int]:
+    """Prompt token ids from the policy's chat template (with the generation prompt).
+
+    An over-long prompt keeps its *last* ``max_prompt_length`` tokens, so the generation prompt
+    the model continues from is never cut; the number of cut prompts is returned for logging.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the policy tokenizer has no chat template; prepare the policy (warm-start SFT or "
+                         "the zero template) before RL")
+    rows, n_truncated = [], 0
+    for i, messages in enumerate(prompts):
+        if not messages or messages[-1].get("role") != "user":
+            raise ValueError(f"prompt {i} must end with a user turn, got roles {[m.get('role') for m in messages]}")
+        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        bos = tokenizer.bos_token
+        ids = tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+        if len(ids) > max_prompt_length:
+            ids, n_truncated = ids[-max_prompt_length:], n_truncated + 1
+        rows.append(ids)
+    return rows, n_truncated
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, exactly as ``generate`` assigns them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def response_end(tokens: list[int], tokenizer, eos: set[int], stop_strings: Sequence[str]) -> tuple[int, bool]:
+    """Number of tokens that belong to the response, and whether it ended (EOS or stop string).
+
+    Ends at the first EOS (kept: the policy is trained to emit it) or at the token that completes
+    the first stop string; otherwise the response ran into the length cap.
+    """
+    text = ""
+    for i, tok in enumerate(tokens):
+        if tok in eos:
+            return i + 1, True
+        if stop_strings:
+            text += tokenizer.decode([tok], skip_special_tokens=False)
+            if any(s in text for s in stop_strings):
+                return i + 1, True
+    return len(tokens), False
+
+
+@torch.no_grad()
+def sample(policy, tokenizer, prompts: Sequence[list[dict]], *, max_prompt_length: int, max_new_tokens: int,
+           temperature: float, top_p: float = 1.0, stop_strings: Sequence[str] = (), batch_size: int = 64) -> Rollout:
+    """Sample one response per prompt and compute the old log-probs (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    device = next(policy.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_rows, n_truncated = render_prompts(tokenizer, prompts, max_prompt_length)
+    eos = eos_ids(policy, tokenizer)
+    was_training = policy.training
+    policy.eval()
+
+    response_rows: list[list[int]] = []
+    finished: list[bool] = []
+    for start in tqdm(range(0, len(prompt_rows), batch_size), desc="rollout", unit="batch", leave=False,
+                      disable=len(prompt_rows) <= batch_size):
+        chunk = prompt_rows[start:start + batch_size]
+        ids, mask = left_pad(chunk, pad_id)
+        out = policy.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=temperature,
+            top_p=top_p, max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(eos),
+            stop_strings=list(stop_strings) or None, tokenizer=tokenizer if stop_strings else None,
+        )
+        for row in out[:, ids.shape[1]:].tolist():
+            n, ended = response_end(row, tokenizer, eos, stop_strings)
+            response_rows.append(row[:max(n, 1)])
+            finished.append(ended)
+
+    prompt_ids, prompt_mask = left_pad(prompt_rows, pad_id)
+    width = max(len(r) for r in response_rows)
+    response_ids = torch.full((len(response_rows), width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(response_rows), width), dtype=torch.float32)
+    for i, r in enumerate(response_rows):
+        response_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        response_mask[i, :len(r)] = 1.0
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1)
+    texts = [tokenizer.decode(r, skip_special_tokens=True) for r in response_rows]
+    texts = [cut_at_stop(t, stop_strings) for t in texts]
+
+    old_logprobs = torch.cat([
+        response_logprobs(policy, input_ids[i:i + batch_size].to(device), attention_mask[i:i + batch_size].to(device),
+                          prompt_ids.shape[1], temperature).float().cpu()
+        for i in range(0, len(response_rows), batch_size)])
+    policy.train(was_training)
+    return Rollout(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
+                   old_logprobs=old_logprobs * response_mask, texts=texts, prompt_width=prompt_ids.shape[1],
+                   finished=finished, n_prompt_truncated=n_truncated)
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """Keep text up to and including the first stop string (a token may run past it)."""
+    for s in stop_strings:
+        head, found, _ = text.partition(s)
+        if found:
+            text = head + s
+    return text
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
+    """Logits that predict each response token: the positions from P-1 to the second to last."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                   use_cache=False).logits
+    return logits[:, prompt_width - 1:-1]
+
+
+def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
+                      temperature: float) -> torch.Tensor:
+    """log pi(response token) at the sampling temperature, ``[batch, R]``."""
+    from rlmt.train.ppo_math import logprobs_from_logits
+
+    logits = response_logits(model, input_ids, attention_mask, prompt_width) / temperature
+    return logprobs_from_logits(logits, input_ids[:, prompt_width:])

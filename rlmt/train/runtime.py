@@ -1,0 +1,82 @@
+"""What every trainer decides the same way: precision, batch geometry, vLLM, and reading prompt files.
+
+Kept in one place so SFT, GRPO and DPO cannot disagree on, e.g., how a global batch of 64
+prompts is split into micro-batches and accumulation steps on N devices.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class TrainingSetupError(ValueError):
+    """Settings or inputs that cannot make a valid training run."""
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def use_bf16(bf16: bool | None) -> bool:
+    """None: bf16 exactly when a CUDA GPU supports it (CPU runs in fp32)."""
+    import torch
+
+    if bf16 is None:
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if bf16 and not torch.cuda.is_available():
+        raise TrainingSetupError("bf16: true needs a CUDA GPU; set bf16: null (auto) or false on CPU")
+    return bf16
+
+
+def accumulation_steps(global_batch: int, per_device: int, what: str = "global_batch_size") -> int:
+    """Gradient-accumulation steps so that per_device x world_size x steps == global_batch."""
+    per_step = per_device * world_size()
+    if global_batch % per_step:
+        raise TrainingSetupError(f"{what}={global_batch} is not divisible by per_device_train_batch_size "
+                                 f"({per_device}) x devices ({world_size()})")
+    return global_batch // per_step
+
+
+def vllm_wanted(use_vllm: bool | None) -> bool:
+    """None: vLLM when it is installed and a GPU is present."""
+    import importlib.util
+
+    import torch
+
+    installed = importlib.util.find_spec("vllm") is not None
+    if use_vllm is None:
+        return installed and torch.cuda.is_available()
+    if use_vllm and not installed:
+        raise TrainingSetupError("rollout.use_vllm: true, but vllm is not installed (pip install 'rlmt[vllm]')")
+    return use_vllm
+
+
+def read_prompt_table(path: str | Path) -> list[dict]:
+    """Rows of a mixture parquet (``id``, ``messages`` ending with a user turn, ...), checked."""
+    import polars as pl
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    df = pl.read_parquet(path)
+    missing = {"id", "messages"} - set(df.columns)
+    if missing:
+        raise TrainingSetupError(f"{path}: missing column(s) {sorted(missing)}; a mixture has id, messages, source, n_tokens")
+    rows = df.select("id", "messages").to_dicts()
+    for r in rows:
+        msgs = r["messages"]
+        if not msgs or msgs[-1].get("role") != "user":
+            raise TrainingSetupError(f"{path}: row {r['id']!r}: messages must end with a user turn")
+        r["messages"] = [{"role": m["role"], "content": m["content"]} for m in msgs]
+    if not rows:
+        raise TrainingSetupError(f"{path}: no prompts")
+    return rows
+
+
+def prompt_tokens(tokenizer, messages: list[dict]) -> int:
+    """Length of a prompt as the policy sees it (its chat template with the generation prompt)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return len(ids)

@@ -1,0 +1,156 @@
+"""Warm-start SFT (PAPER.md §4.5) on TRL's SFTTrainer with loss on the assistant turns only.
+
+Input: a model dir (a base model's dir already carries its instruct family's chat template,
+``rlmt models prepare`` copies it) and an SFT JSONL in the warm-start format (``messages`` with
+the assistant turn built by :func:`rlmt.thinking.sft_messages`). Output: a model dir with the
+right ``longcot_config.json`` — ``</think>`` for think data (the reference ``sft.py`` wrote the
+wrong ``<response>``), none for nothink data. The format is read off the data itself, so a
+think model can never be saved with a nothink config or the other way round.
+
+Assistant-only loss needs ``{% generation %}`` markers
+-----------------------------------------------------
+TRL builds the loss mask from ``apply_chat_template(..., return_assistant_tokens_mask=True)``,
+which only works when the template wraps assistant content in ``{% generation %} ...
+{% endgeneration %}``. The tiny zoo's templates have them. The real templates do not:
+TRL 1.16 swaps in a bundled training template for the ones it knows (Llama-3 and Qwen2.5's
+ChatML among them), but not for Llama-3.1-8B-Instruct's template. For such a template set
+``sft.chat_template_path`` to a Jinja file that renders the same text with the assistant
+content (and its end-of-turn token, so the model learns to stop) inside the markers; training
+stops with a message saying so rather than silently training on the prompt tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from rlmt.config import SFTConfig
+from rlmt.thinking import WARM_NOTHINK, WARM_THINK, ThinkingFormat
+from rlmt.train import checkpoints as ckpt
+from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback
+from rlmt.train.runtime import TrainingSetupError, accumulation_steps, use_bf16
+
+
+def read_sft_rows(path: str | Path) -> list[dict]:
+    """SFT rows (``messages`` ending with an assistant turn); a malformed line is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SFT data not found: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TrainingSetupError(f"{path}:{n}: not JSON ({err})") from None
+        msgs = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(msgs, list) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
+            raise TrainingSetupError(f"{path}:{n}: 'messages' must be a list ending with an assistant turn")
+        rows.append({"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
+    if not rows:
+        raise TrainingSetupError(f"{path}: no SFT examples")
+    return rows
+
+
+def data_format(rows: list[dict]) -> ThinkingFormat:
+    """WARM_THINK when every assistant turn is ``<think>…</think>…``, WARM_NOTHINK when none is; mixed is an error."""
+    thinks = [r["messages"][-1]["content"].lstrip().startswith("<think>") and "</think>" in r["messages"][-1]["content"]
+              for r in rows]
+    if all(thinks):
+        return WARM_THINK
+    if not any(thinks):
+        return WARM_NOTHINK
+    raise TrainingSetupError(f"SFT data mixes think ({sum(thinks)}) and nothink ({len(thinks) - sum(thinks)}) examples")
+
+
+def _check_template(tokenizer, chat_template_path: str | None) -> None:
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if chat_template_path or has_generation_markers(tokenizer.chat_template or ""):
+        return
+    if not tokenizer.chat_template:
+        raise TrainingSetupError("the model has no chat template; prepare base models with chat_template_from")
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError:
+        raise TrainingSetupError(
+            "assistant-only loss needs {% generation %} markers in the chat template, this template has none and "
+            "TRL has no training version of it: set sft.chat_template_path to a Jinja file with the markers "
+            "(see rlmt/train/sft.py)") from None
+
+
+def train_sft(model_dir: str | Path, data_path: str | Path, out: str | Path, settings: SFTConfig, *,
+              expect_think: bool | None = None) -> Path:
+    """Fine-tune `model_dir` on `data_path`; write the model dir `out` (atomically) and return it.
+
+    Checkpoints go to ``<out>.work/step-<N>/``; a rerun after a crash resumes from the newest one,
+    and the work dir is removed once `out` is in place.
+    """
+    from datasets import Dataset
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    from rlmt.models.loading import load_causal_lm, load_tokenizer
+
+    out = Path(out)
+    rows = read_sft_rows(data_path)
+    fmt = data_format(rows)
+    if expect_think is not None and fmt.thinks != expect_think:
+        raise TrainingSetupError(f"{data_path}: the cell wants {'think' if expect_think else 'nothink'} data, "
+                                 f"the file holds {fmt.name} examples")
+    work = Path(str(out) + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt.discard_incomplete(work)
+    resume = ckpt.latest_checkpoint(work)
+
+    tokenizer = load_tokenizer(model_dir)
+    _check_template(tokenizer, settings.chat_template_path)
+    model = load_causal_lm(model_dir, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    args = TRLSFTConfig(
+        output_dir=str(work),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=accumulation_steps(settings.global_batch_size,
+                                                       settings.per_device_train_batch_size),
+        warmup_steps=settings.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=settings.lr_scheduler_type,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        max_length=settings.max_length,
+        assistant_only_loss=True,
+        chat_template_path=settings.chat_template_path,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=use_bf16(settings.bf16),
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=None,  # CheckpointCallback keeps the last N step-<N> dirs
+        logging_steps=1,
+        report_to="none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataset_num_proc=None,
+        disable_tqdm=False,
+    )
+    callbacks = [MLflowMetricsCallback(),
+                 CheckpointCallback(work, fmt, keep_last=settings.save_total_limit)]
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    tmp = Path(str(out) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    for junk in ("training_args.bin",):
+        (tmp / junk).unlink(missing_ok=True)
+    ckpt.write_format(tmp, fmt)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out

@@ -1,0 +1,54 @@
+# Data: prompt mixtures, warm-start SFT sets, benchmark items.
+
+
+rule curate:
+    input:
+        tokenizer=lambda w: (
+            [PLAN.model_dir(CFG.mixtures[w.mixture].tokenizer_model)]
+            if CFG.mixtures[w.mixture].tokenizer_model
+            else []
+        ),
+    output:
+        train="results/data/mixtures/{mixture}/train.parquet",
+        val="results/data/mixtures/{mixture}/val.parquet",
+        quarantine="results/data/mixtures/{mixture}/quarantine.parquet",
+        stats="results/data/mixtures/{mixture}/stats.json",
+    params:
+        tokenizer=lambda w, input: f"--tokenizer {input.tokenizer[0]}" if input.tokenizer else "",
+        outdir=lambda w, output: os.path.dirname(output.train),
+    log:
+        "results/logs/curate/{mixture}.log",
+    resources:
+        mem_mb=res("curate", "mem_mb"),
+        runtime=res("curate", "runtime"),
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "rlmt data curate --config {CONFIG} --mixture {wildcards.mixture} {params.tokenizer} "
+        "--out {params.outdir} > {log} 2>&1"
+
+
+rule sft_data:
+    output:
+        think="results/data/sft/{sft}/think.jsonl",
+        nothink="results/data/sft/{sft}/nothink.jsonl",
+    log:
+        "results/logs/sft_data/{sft}.log",
+    resources:
+        runtime=res("sft_data", "runtime"),
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "rlmt data sft --config {CONFIG} --name {wildcards.sft} "
+        "--out-think {output.think} --out-nothink {output.nothink} > {log} 2>&1"
+
+
+rule benchmark_items:
+    output:
+        "results/data/benchmarks/{bench}/items.jsonl",
+    log:
+        "results/logs/benchmark_items/{bench}.log",
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "rlmt eval items --config {CONFIG} --bench {wildcards.bench} --out {output} > {log} 2>&1"

@@ -1,0 +1,102 @@
+# Evaluation: generate once per (model, benchmark), then score (rules) or judge (LLM judges).
+# Generation and judging are separate jobs, so generation can run on an offline GPU node and
+# judging later on a node with network access.
+
+
+rule generate:
+    input:
+        model=lambda w: EVAL_MODELS[w.evalmodel].directory,
+        prompts=lambda w: PLAN.items_file(w.bench),
+    output:
+        "results/eval/{evalmodel}/{bench}/generations.jsonl",
+    params:
+        cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
+        max_new_tokens=lambda w: PLAN.max_new_tokens(w.evalmodel, w.bench),
+    log:
+        "results/logs/generate/{evalmodel}/{bench}.log",
+    resources:
+        gpus=res("generate", "gpus"),
+        mem_mb=res("generate", "mem_mb"),
+        runtime=res("generate", "runtime"),
+        slurm_partition=res("generate", "slurm_partition"),
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "rlmt eval generate --config {CONFIG} --model {input.model} --model-name {wildcards.evalmodel} {params.cell} "
+        "--bench {wildcards.bench} --prompts {input.prompts} --max-new-tokens {params.max_new_tokens} "
+        "--out {output} > {log} 2>&1"
+
+
+rule score:
+    input:
+        generations="results/eval/{evalmodel}/{rulebench}/generations.jsonl",
+        prompts=lambda w: PLAN.items_file(w.rulebench),
+    output:
+        "results/eval/{evalmodel}/{rulebench}/scores.json",
+    params:
+        cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
+    log:
+        "results/logs/score/{evalmodel}/{rulebench}.log",
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "rlmt eval score --config {CONFIG} --bench {wildcards.rulebench} --model-name {wildcards.evalmodel} "
+        "{params.cell} --items {input.prompts} --generations {input.generations} --out {output} > {log} 2>&1"
+
+
+rule score_winrate:
+    input:
+        generations="results/eval/{evalmodel}/reward-winrate/generations.jsonl",
+        reference=lambda w: PLAN.generations_file(CFG.evaluation.reference_model, "reward-winrate"),
+        reward_model=lambda w: PLAN.model_dir(PLAN.winrate_reward_model()),
+        prompts=lambda w: PLAN.items_file("reward-winrate"),
+    output:
+        "results/eval/{evalmodel}/reward-winrate/scores.json",
+    params:
+        cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
+    log:
+        "results/logs/score/{evalmodel}/reward-winrate.log",
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "rlmt eval score --config {CONFIG} --bench reward-winrate --model-name {wildcards.evalmodel} {params.cell} "
+        "--items {input.prompts} --generations {input.generations} --reference {input.reference} "
+        "--reward-model {input.reward_model} --out {output} > {log} 2>&1"
+
+
+rule judge:
+    input:
+        generations="results/eval/{evalmodel}/{judgedbench}/generations.jsonl",
+        prompts=lambda w: PLAN.items_file(w.judgedbench),
+    output:
+        judgments="results/eval/{evalmodel}/{judgedbench}/judgments.jsonl",
+        scores="results/eval/{evalmodel}/{judgedbench}/scores.json",
+    params:
+        cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
+    log:
+        "results/logs/judge/{evalmodel}/{judgedbench}.log",
+    resources:
+        runtime=res("judge", "runtime"),
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "rlmt eval judge --config {CONFIG} --bench {wildcards.judgedbench} --model-name {wildcards.evalmodel} "
+        "{params.cell} --items {input.prompts} --generations {input.generations} "
+        "--out-judgments {output.judgments} --out {output.scores} > {log} 2>&1"
+
+
+rule model_scores:
+    input:
+        lambda w: [PLAN.scores_file(w.evalmodel, b) for b in PLAN.benchmarks_for(w.evalmodel)],
+    output:
+        "results/eval/{evalmodel}/scores.json",
+    params:
+        cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
+        checkpoint=lambda w: f"--checkpoint {EVAL_MODELS[w.evalmodel].directory}",
+    log:
+        "results/logs/model_scores/{evalmodel}.log",
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "rlmt eval collect --config {CONFIG} --model-name {wildcards.evalmodel} {params.cell} {params.checkpoint} "
+        "--out {output} {input} > {log} 2>&1"

@@ -1,0 +1,1 @@
+"""Reports: collect each model's scores, build the tables, figures and documents."""

@@ -1,0 +1,148 @@
+"""Build ``results/report/``: main table, think deltas, figures, report.md and report.html.
+
+Every number in the HTML report links to the MLflow run that produced it (the cell's parent
+run for trained policies, the collect run for initial policies), so a reader can go from the
+table to the training curves, parameters and sample generations behind it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from rlmt.report.figures import plot_benchmark_bars, plot_deltas, plot_training_curves, training_histories
+from rlmt.report.tables import COLUMNS, load_rows, main_table, think_deltas, to_markdown
+from rlmt.workflow import Plan
+
+
+@dataclass
+class ReportConfig:
+    out_dir: str = "results/report"
+    eval_root: str = "results/eval"
+    tracking_uri: str | None = None
+    experiment: str = "rlmt"
+    ui_url: str = "http://127.0.0.1:5000"
+
+
+def run_links(models: list[str], *, uri: str | None, experiment: str, ui_url: str) -> dict[str, str]:
+    """model -> URL of its MLflow run in the UI (parent run of a cell, else its collect run)."""
+    from mlflow.tracking import MlflowClient
+
+    from rlmt.tracking import TAG_CELL, TAG_PARENT, tracking_uri
+
+    resolved = tracking_uri(uri)
+    base = resolved.rstrip("/") if resolved.startswith("http") else ui_url
+    client = MlflowClient(resolved)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    links = {}
+    for model in models:
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_CELL}` = '{model}' and tags.`{TAG_PARENT}` = 'true'",
+                                  max_results=1)
+        if not runs:
+            runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`rlmt.model` = '{model}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            links[model] = f"{base}/#/experiments/{exp.experiment_id}/runs/{runs[0].info.run_id}"
+    return links
+
+
+def build_report(plan: Plan, cfg: ReportConfig) -> dict[str, Path]:
+    out = Path(cfg.out_dir)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    rows = load_rows(plan, cfg.eval_root)
+    benchmarks = plan.benchmarks
+    table = main_table(rows, benchmarks)
+    deltas = think_deltas(rows, benchmarks)
+    table.write_csv(out / "main_table.csv")
+    deltas.write_csv(out / "think_deltas.csv")
+    shown = [c for c in table.columns if not c.endswith(" CI") and c not in ("model", "avg_over")] if rows else []
+    (out / "main_table.md").write_text(to_markdown(table.select(shown)) if rows else "_(no scores)_\n")
+
+    histories = training_histories(plan.cell_names, uri=cfg.tracking_uri, experiment=cfg.experiment)
+    fig_paths = plot_training_curves(histories, figures)
+    labels = [COLUMNS.get(b, b) for b in benchmarks]
+    fig_paths += plot_benchmark_bars(table, labels + ["Avg"], figures) if rows else []
+    fig_paths += plot_deltas(deltas, figures)
+    (out / "training_curves.json").write_text(json.dumps(histories, indent=1))
+    links = run_links([r.model for r in rows], uri=cfg.tracking_uri, experiment=cfg.experiment, ui_url=cfg.ui_url)
+
+    md = _markdown(plan, table, deltas, shown, fig_paths, links, out)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(_html(plan, table, deltas, shown, fig_paths, links, out))
+    return {"report": out / "report.md", "html": out / "report.html", "table": out / "main_table.csv",
+            "figures": figures}
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path) -> str:
+    lines = ["# RLMT report", "",
+             f"{len(plan.cells)} cells; benchmarks: {', '.join(plan.benchmarks)}. "
+             "Scores are in points (0–100; WildBench −100..100) with 95 % bootstrap CIs in `main_table.csv`. "
+             "Averages use only the benchmarks a row has (`avg_over`).", "",
+             "## Main table (paper Table 1 layout)", ""]
+    if not table.is_empty():
+        md_table = table.select(shown)
+        lines.append(to_markdown(md_table))
+        lines += ["MLflow runs behind each row:", ""]
+        for model in table["model"]:
+            link = links.get(model)
+            lines.append(f"- `{model}`: {f'[run]({link})' if link else 'no run found'}")
+    else:
+        lines.append("_(no scores yet)_")
+    lines += ["", "## Thinking minus non-thinking (paired bootstrap over items)", "", to_markdown(deltas), "",
+              "## Figures", ""]
+    for p in fig_paths:
+        lines.append(f"![{p.stem}]({p.relative_to(out)})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _html(plan, table, deltas, shown, fig_paths, links, out: Path) -> str:
+    esc = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>RLMT report</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
+             "img{max-width:100%}</style></head><body>",
+             "<h1>RLMT report</h1>",
+             f"<p>{len(plan.cells)} cells; benchmarks: {esc(', '.join(plan.benchmarks))}. Each number links to its MLflow run "
+             "(local store: start <code>mlflow ui --backend-store-uri sqlite:///mlruns.db</code>).</p>",
+             "<h2>Main table</h2>"]
+    if not table.is_empty():
+        parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in shown) + "</tr>")
+        for row in table.iter_rows(named=True):
+            link = links.get(row["model"])
+            cells = []
+            for c in shown:
+                text = esc(_fmt(row[c]))
+                ci = row.get(f"{c} CI")
+                if ci:
+                    text += f"<br><small>{esc(ci)}</small>"
+                if link and c not in ("backbone", "start", "stage", "think"):
+                    text = f"<a href='{esc(link)}'>{text}</a>"
+                cells.append(f"<td>{text}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Thinking minus non-thinking</h2>")
+    if not deltas.is_empty():
+        parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in deltas.columns) + "</tr>")
+        for row in deltas.iter_rows():
+            parts.append("<tr>" + "".join(f"<td>{esc(_fmt(v))}</td>" for v in row) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    for p in fig_paths:
+        parts.append(f"<figure><img src='{esc(str(p.relative_to(out)))}'><figcaption>{esc(p.stem)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,171 @@
+"""The main table in the paper's Table 1 layout, and think-minus-nothink deltas.
+
+Rows: backbone × starting point × stage (the initial policy, then each algorithm), thinking ✗/✓.
+Columns: the paper's seven main benchmarks with AvgChat (WB, AE2, AH2) and Avg (all seven), plus
+any other benchmark the config evaluates (the embedded default: the demo IF set and the reward
+win rate). Averages are taken only over the benchmarks a row has; the ``avg_over`` column says which.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from rlmt.workflow import Plan
+
+COLUMNS = {  # benchmark -> column label, in the paper's order
+    "wildbench": "WB", "alpacaeval2": "AE2", "arenahard-v2": "AH2",
+    "creative-writing-v3": "CWv3", "popqa": "PopQA", "ifbench": "IFBen", "mmlu-redux": "MMLU-R",
+    "ifeval": "IFEval", "math-500": "MATH500", "zebralogic": "Zebra",
+    "demo-if": "DemoIF", "reward-winrate": "RM-WR",
+}
+CHAT = ("wildbench", "alpacaeval2", "arenahard-v2")
+MAIN7 = ("wildbench", "alpacaeval2", "arenahard-v2", "creative-writing-v3", "popqa", "ifbench", "mmlu-redux")
+STAGES = {"grpo": "+ GRPO", "ppo": "+ PPO", "dpo": "+ DPO"}
+
+
+@dataclass
+class Row:
+    model: str
+    backbone: str
+    start: str
+    stage: str
+    think: bool
+    cell: str | None
+    scores: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple:
+        return (self.backbone, self.start, self.stage)
+
+
+def describe(plan: Plan, model: str) -> tuple[str, str, str, bool, str | None]:
+    """(backbone, start, stage, think, cell) of an evaluated model."""
+    if model in plan.cell_by_name:
+        c = plan.cell_by_name[model]
+        extra = [x for x, default in ((c.rm, plan.cells[0].rm), (c.mixture, plan.cells[0].mixture)) if x != default]
+        stage = STAGES[c.algo] + (f" ({', '.join(extra)})" if extra else "")
+        return c.base, c.start, stage, c.think, c.name
+    p = plan.parse_policy(model)
+    return p["base"], p["start"], ("+ SFT" if p["start"] == "warm-start" else "prompted"), p["think"], None
+
+
+def load_rows(plan: Plan, eval_root: str | Path = "results/eval") -> list[Row]:
+    rows = []
+    for model in plan.eval_models:
+        path = Path(eval_root) / model / "scores.json"
+        if not plan.benchmarks_for(model) or not path.exists():
+            continue
+        backbone, start, stage, think, cell = describe(plan, model)
+        doc = json.loads(path.read_text())
+        rows.append(Row(model, backbone, start, stage, think, cell, doc["benchmarks"]))
+    order = {"+ SFT": 0, "prompted": 0}
+    rows.sort(key=lambda r: (r.backbone, r.start, order.get(r.stage, 1), r.stage, r.think))
+    return rows
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def main_table(rows: list[Row], benchmarks: list[str]) -> pl.DataFrame:
+    """One row per model; value and CI columns per benchmark, then AvgChat and Avg."""
+    benches = [b for b in COLUMNS if b in benchmarks] + [b for b in benchmarks if b not in COLUMNS]
+    records = []
+    for r in rows:
+        rec: dict = {"backbone": r.backbone, "start": r.start, "stage": r.stage,
+                     "think": "✓" if r.think else "✗", "model": r.model}
+        for b in benches:
+            s = r.scores.get(b)
+            label = COLUMNS.get(b, b)
+            rec[label] = s["value"] if s else None
+            rec[f"{label} CI"] = (f"[{s['ci_low']:.1f}, {s['ci_high']:.1f}]"
+                                  if s and s.get("ci_low") is not None else None)
+        chat = [r.scores[b]["value"] for b in CHAT if b in r.scores]
+        rec["AvgChat"] = _mean(chat) if len(chat) == len(CHAT) else None
+        main = [b for b in MAIN7 if b in r.scores]
+        avg_over = main if main else [b for b in benches if b in r.scores]
+        rec["Avg"] = _mean([r.scores[b]["value"] for b in avg_over]) if avg_over else None
+        rec["avg_over"] = ",".join(COLUMNS.get(b, b) for b in avg_over)
+        records.append(rec)
+    return pl.DataFrame(records)
+
+
+# ---------------------------------------------------------------------- paired deltas
+
+
+def _per_item(path: str | None) -> dict[str, float]:
+    if not path or not Path(path).exists():
+        return {}
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[str(row["id"])] = 0.0 if row.get("value") is None else float(row["value"])
+    return out
+
+
+def paired_bootstrap(a: list[float], b: list[float], n_resamples: int = 2000, seed: int = 0,
+                     alpha: float = 0.05) -> tuple[float, float, float]:
+    """mean(a - b) over paired items, with a percentile bootstrap CI over items."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.size == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_resamples, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def think_deltas(rows: list[Row], benchmarks: list[str], scale: float = 100.0) -> pl.DataFrame:
+    """Think minus nothink per (backbone, start, stage) and benchmark, paired over items."""
+    by_key: dict[tuple, dict[bool, Row]] = {}
+    for r in rows:
+        by_key.setdefault(r.key, {})[r.think] = r
+    records = []
+    for key, pair in by_key.items():
+        if True not in pair or False not in pair:
+            continue
+        for b in benchmarks:
+            t, n = pair[True].scores.get(b), pair[False].scores.get(b)
+            if not t or not n:
+                continue
+            ti, ni = _per_item(t.get("per_item")), _per_item(n.get("per_item"))
+            common = sorted(set(ti) & set(ni))
+            if common:
+                # per-item values are on the benchmark's own 0-1 (or -1..1) scale; report in points
+                item_scale = scale if abs(t["value"]) > 1.5 or abs(n["value"]) > 1.5 else 1.0
+                d, lo, hi = paired_bootstrap([ti[i] for i in common], [ni[i] for i in common])
+                d, lo, hi = d * item_scale, lo * item_scale, hi * item_scale
+            else:
+                d, lo, hi = t["value"] - n["value"], None, None
+            records.append({"backbone": key[0], "start": key[1], "stage": key[2], "benchmark": COLUMNS.get(b, b),
+                            "think": t["value"], "nothink": n["value"], "delta": d, "ci_low": lo, "ci_high": hi,
+                            "n_paired": len(common)})
+    return pl.DataFrame(records, schema={
+        "backbone": pl.Utf8, "start": pl.Utf8, "stage": pl.Utf8, "benchmark": pl.Utf8, "think": pl.Float64,
+        "nothink": pl.Float64, "delta": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n_paired": pl.Int64})
+
+
+def to_markdown(df: pl.DataFrame, float_fmt: str = "{:.1f}") -> str:
+    """A GitHub-flavoured Markdown table of a polars frame."""
+    if df.is_empty():
+        return "_(no rows)_\n"
+    cols = df.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.iter_rows():
+        cells = []
+        for v in row:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("–")
+            elif isinstance(v, float):
+                cells.append(float_fmt.format(v))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

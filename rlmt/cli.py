@@ -141,6 +141,62 @@ def models_zero(
     typer.echo(str(path))
 
 
+# ----------------------------------------------------------------------------- generation
+
+
+@eval_app.command("generate")
+def eval_generate(
+    model: str = typer.Option(..., help="Model directory (or, with --backend openai, the endpoint's model name)."),
+    prompts: Path = typer.Option(..., help="JSONL or parquet of {id, messages}."),
+    out: Path = typer.Option(..., help="generations.jsonl to write; a rerun generates only the missing ids."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="rlmt config (generation settings); default: built-in defaults."),
+    bench: Optional[str] = typer.Option(None, help="Benchmark whose sampling override applies (evaluation.benchmarks.<bench>.sampling)."),
+    backend: Optional[str] = typer.Option(None, help="auto | transformers | vllm | openai (default: the config's)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Override the token budget (default: by thinking format)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Thinking format of an HTTP model (warm-think, zero-think, ...)."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: the config's generation.base_url)."),
+    cell: Optional[str] = typer.Option(None, help="Cell name: nest the MLflow run under the cell's parent run."),
+    model_name: Optional[str] = typer.Option(None, help="Name of the evaluated model in MLflow (default: the directory name)."),
+) -> None:
+    """Generate completions for a prompt file into generations.jsonl (one MLflow run)."""
+    import mlflow
+
+    from rlmt.generation import BACKENDS, GenerationError, PromptFileError
+    from rlmt.generation.job import run_generation_job
+    from rlmt.models.loading import UnsafeWeightsError
+    from rlmt.thinking import ThinkingFormatError
+    from rlmt.tracking import log_outputs, log_params, stage_run
+
+    cfg = _load(config) if config is not None else None
+    if backend is not None and backend not in BACKENDS:
+        typer.echo(f"--backend: unknown backend {backend!r}; allowed: {list(BACKENDS)}", err=True)
+        raise typer.Exit(2)
+    if max_new_tokens is not None and max_new_tokens < 1:
+        typer.echo(f"--max-new-tokens must be >= 1, got {max_new_tokens}", err=True)
+        raise typer.Exit(2)
+    if not prompts.exists():
+        typer.echo(f"--prompts: file not found: {prompts}", err=True)
+        raise typer.Exit(2)
+    tracking = cfg.tracking if cfg is not None else None
+    try:
+        name = model_name or Path(model).name
+        with stage_run("generate", cell=cell, rule="generate", run_name=f"generate:{name}:{bench or prompts.stem}",
+                       inputs={"prompts": prompts}, uri=tracking.tracking_uri if tracking else None,
+                       **({"experiment": tracking.experiment} if tracking else {})):
+            job = run_generation_job(model, prompts, out, config=cfg, bench=bench, backend=backend,
+                                     max_new_tokens=max_new_tokens, fmt_name=fmt, base_url=base_url)
+            log_params({"model_name": name, **job.settings})
+            mlflow.log_metrics(job.stats)
+            mlflow.log_dict(job.samples, "samples/generations_head.json")
+            log_outputs({"generations": job.out})
+    except (GenerationError, PromptFileError, ThinkingFormatError, UnsafeWeightsError) as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    s = job.stats
+    typer.echo(f"{job.out}: {s['n_rows']} rows, {s['n_length']} hit the token limit, "
+               f"{s['n_answer_missing']} without an answer, mean {s['mean_n_tokens']:.1f} tokens")
+
+
 # ----------------------------------------------------------------------------- benchmarks (scoring, data)
 
 
@@ -153,7 +209,10 @@ def eval_score(
     data_dir: Optional[Path] = typer.Option(None, help="Benchmark data directory; default: $RLMT_DATA_DIR, then the config's data_dir."),
     limit: Optional[int] = typer.Option(None, help="Score the seeded N-item subset; default: the benchmark's configured limit."),
     option: list[str] = typer.Option([], help="Benchmark option KEY=VALUE (overrides the config's options)."),
-    reference_generations: Optional[Path] = typer.Option(None, help="reward-winrate: the reference model's generations.jsonl."),
+    items: Optional[Path] = typer.Option(None, help="items.jsonl from `rlmt eval items` (default: load from the data dir)."),
+    model_name: Optional[str] = typer.Option(None, help="Evaluated model's name (run name and tag)."),
+    reference_generations: Optional[Path] = typer.Option(None, "--reference-generations", "--reference",
+                                                         help="reward-winrate: the reference model's generations.jsonl."),
     reward_model: Optional[Path] = typer.Option(None, help="reward-winrate: the reward model directory."),
     cell: Optional[str] = typer.Option(None, help="Cell name: nest the MLflow run under the cell's parent run."),
 ) -> None:
@@ -181,13 +240,15 @@ def eval_score(
         if reference_generations is None or reward_model is None:
             typer.echo("reward-winrate needs --reference-generations and --reward-model", err=True)
             raise typer.Exit(2)
-    inputs = {"generations": generations, **({"reference_generations": reference_generations} if reference_generations else {})}
+    inputs = {"generations": generations, **({"reference_generations": reference_generations} if reference_generations else {}),
+              **({"items": items} if items else {})}
     try:
         for name, path in inputs.items():
             if not path.exists():
                 raise BenchmarkError(f"--{name.replace('_', '-')}: file not found: {path}")
-        with stage_run("score", cell=cell, rule="score", run_name=f"score:{bench}", inputs=inputs,
-                       params={"bench": bench, "limit": limit if limit is not None else (spec.limit if spec else None),
+        with stage_run("score", cell=cell, rule="score", run_name=f"score:{model_name + ':' if model_name else ''}{bench}",
+                       inputs=inputs, tags={"rlmt.model": model_name} if model_name else None,
+                       params={"bench": bench, "model": model_name, "limit": limit if limit is not None else (spec.limit if spec else None),
                                "seed": cfg.seed, "options": options},
                        uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
             if bench == "reward-winrate":
@@ -198,7 +259,7 @@ def eval_score(
                        "scorer": AnswerRewardScorer(reward_model, WARM_NOTHINK, device=cfg.device)}
             result = score_file(bench, generations, out, data_dir=data_dir or configured_data_dir(cfg),
                                 limit=limit if limit is not None else (spec.limit if spec else None),
-                                seed=cfg.seed, options=options, **ctx)
+                                seed=cfg.seed, options=options, items_path=items, **ctx)
             log_outputs({"scores": out})
     except BenchmarkError as err:
         typer.echo(str(err), err=True)
@@ -206,6 +267,151 @@ def eval_score(
     headline = result.metrics["score"]
     typer.echo(f"{bench}: score {headline.value:.2f} [{headline.ci_low}, {headline.ci_high}] "
                f"n={result.n} n_failed={result.n_failed} -> {out}")
+
+
+# ----------------------------------------------------------------------------- LLM judges (issue 9)
+
+
+def _judge_run_params(judge_name: str, judge, extra: dict) -> dict:
+    """MLflow params of a judging run: settings and the *name* of the key variable, never a key."""
+    return {"judge": judge_name, **{f"judge.{k}": v for k, v in judge.describe().items()}, **extra}
+
+
+@eval_app.command("judge")
+def eval_judge(
+    bench: str = typer.Option(..., help="Judged benchmark: alpacaeval2, wildbench, arenahard-v2, creative-writing-v3."),
+    generations: Path = typer.Option(..., help="generations.jsonl of the evaluated model."),
+    out_judgments: Path = typer.Option(..., help="judgments.jsonl to write (every judge reply, parsed or not)."),
+    out: Path = typer.Option(..., help="scores.json to write."),
+    config: Path = ConfigOpt,
+    judge: Optional[str] = typer.Option(None, help="Judge name under evaluation.judges (default: the only one)."),
+    protocol: Optional[str] = typer.Option(None, help="paper | official | both (default: the benchmark's config)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Benchmark data directory; default: $RLMT_DATA_DIR, then the config's."),
+    limit: Optional[int] = typer.Option(None, help="Judge the seeded N-item subset; default: the configured limit."),
+    option: list[str] = typer.Option([], help="Benchmark option KEY=VALUE (overrides the config's options)."),
+    cache: Optional[Path] = typer.Option(None, help="Judge cache (SQLite); default: the judge's cache_path."),
+    items: Optional[Path] = typer.Option(None, help="items.jsonl from `rlmt eval items` (default: load the benchmark's data)."),
+    model_name: Optional[str] = typer.Option(None, help="Evaluated model's name (labels the MLflow run)."),
+    cell: Optional[str] = typer.Option(None, help="Cell name: nest the MLflow run under the cell's parent run."),
+) -> None:
+    """Judge a benchmark's generations with an LLM judge into judgments.jsonl + scores.json (one MLflow run)."""
+    import mlflow
+
+    from rlmt.benchmarks.base import BenchmarkError
+    from rlmt.config import data_dir as configured_data_dir
+    from rlmt.judges.client import JudgeError, make_judge
+    from rlmt.judges.run import judge_benchmark, pick_judge
+    from rlmt.tracking import log_outputs, stage_run
+
+    cfg = _load(config)
+    judged = ("alpacaeval2", "wildbench", "arenahard-v2", "creative-writing-v3")
+    if bench not in judged:
+        typer.echo(f"--bench: {bench!r} is not a judged benchmark; allowed: {list(judged)}", err=True)
+        raise typer.Exit(2)
+    if protocol is not None and protocol not in ("paper", "official", "both"):
+        typer.echo(f"--protocol: unknown protocol {protocol!r}; allowed: paper, official, both", err=True)
+        raise typer.Exit(2)
+    spec = cfg.evaluation.benchmarks.get(bench)
+    options = dict(spec.options) if spec else {}
+    for pair in option:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            typer.echo(f"--option: expected KEY=VALUE, got {pair!r}", err=True)
+            raise typer.Exit(2)
+        options[key] = yaml_value(value)
+    protocol = protocol or (spec.protocol if spec else "paper")
+    limit = limit if limit is not None else (spec.limit if spec else None)
+    try:
+        if not generations.exists():
+            raise BenchmarkError(f"--generations: file not found: {generations}")
+        judge_name, judge_spec = pick_judge(cfg, judge, options)
+        client = make_judge(judge_spec, cache, device=cfg.device)
+        inputs = {"generations": generations, **({"items": items} if items else {})}
+        with stage_run("judge", cell=cell, rule="judge", run_name=f"judge:{bench}" + (f":{model_name}" if model_name else ""),
+                       inputs=inputs,
+                       params=_judge_run_params(judge_name, client, {"bench": bench, "protocol": protocol, "limit": limit,
+                                                                     "seed": cfg.seed, "options": options,
+                                                                     "model_name": model_name}),
+                       uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+            result = judge_benchmark(bench, generations, out_judgments, out, client,
+                                     data_dir=data_dir or configured_data_dir(cfg), options=options,
+                                     protocol=protocol, limit=limit, seed=cfg.seed, items_path=items)
+            mlflow.log_metrics({k.replace("@", "_"): m.value for k, m in result.metrics.items() if m.value == m.value})
+            mlflow.log_metrics({f"judge.{k}": float(v) for k, v in client.usage.to_dict().items() if v is not None})
+            mlflow.log_artifact(str(out))
+            log_outputs({"scores": out, "judgments": out_judgments})
+    except (BenchmarkError, JudgeError, ValueError) as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    headline = result.metrics["score"]
+    usage = client.usage
+    typer.echo(f"{bench} ({result.protocol}): score {headline.value:.2f} [{headline.ci_low}, {headline.ci_high}] "
+               f"n={result.n} n_failed={result.n_failed} judge_failures={_judge_failures(result)} "
+               f"requests={usage.requests_sent} cache_hits={usage.cache_hits} cost_usd={usage.cost_usd} -> {out}")
+
+
+def _judge_failures(result) -> int:
+    extra = result.extra
+    if "judge_failures" in extra:
+        return int(extra["judge_failures"])
+    return sum(int(v.get("judge_failures", 0)) for v in extra.values() if isinstance(v, dict))
+
+
+def yaml_value(text: str):
+    """A --option value as YAML reads it (true, 500, null ...), so options keep their types."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+@eval_app.command("traits")
+def eval_traits(
+    generations_a: Path = typer.Option(..., help="generations.jsonl of model A (with thoughts)."),
+    generations_b: Path = typer.Option(..., help="generations.jsonl of model B, same prompts."),
+    out_dir: Path = typer.Option(..., help="Directory for traits.csv, traits.md, traits.png, traits.json."),
+    name_a: str = typer.Option("A", help="Label of model A in the table and figure."),
+    name_b: str = typer.Option("B", help="Label of model B."),
+    config: Path = ConfigOpt,
+    judge: Optional[str] = typer.Option(None, help="Judge name under evaluation.judges (default: the only one)."),
+    batch_size: int = typer.Option(20, help="Prompts per comparison batch."),
+    n_batches: int = typer.Option(10, help="Random batches to compare."),
+    max_traits: int = typer.Option(8, help="Surviving traits at most."),
+    cache: Optional[Path] = typer.Option(None, help="Judge cache (SQLite); default: the judge's cache_path."),
+) -> None:
+    """Planning-trait analysis (paper §5): which planning traits separate two models' thoughts."""
+    from rlmt.benchmarks.base import BenchmarkError, read_generations
+    from rlmt.judges.client import JudgeError, make_judge
+    from rlmt.judges.run import pick_judge
+    from rlmt.report.planning_traits import TraitsConfig, TraitsError, planning_traits
+    from rlmt.tracking import log_outputs, stage_run
+
+    cfg = _load(config)
+    try:
+        judge_name, judge_spec = pick_judge(cfg, judge)
+        gens_a, gens_b = read_generations(generations_a), read_generations(generations_b)
+        client = make_judge(judge_spec, cache, device=cfg.device)
+        with stage_run("traits", rule="traits", run_name=f"traits:{name_a}-vs-{name_b}",
+                       inputs={"generations_a": generations_a, "generations_b": generations_b},
+                       params=_judge_run_params(judge_name, client, {"batch_size": batch_size, "n_batches": n_batches,
+                                                                     "max_traits": max_traits}),
+                       uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+            import mlflow
+
+            summary = planning_traits(gens_a, gens_b, client, out_dir, name_a, name_b,
+                                      TraitsConfig(batch_size=batch_size, n_batches=n_batches, max_traits=max_traits,
+                                                   seed=cfg.seed))
+            for name in ("traits.csv", "traits.md", "traits.png", "traits.json"):
+                mlflow.log_artifact(str(out_dir / name))
+            log_outputs({"traits": out_dir / "traits.json"})
+    except (BenchmarkError, JudgeError, TraitsError) as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    for row in summary["traits"]:
+        typer.echo(f"{row['win_rate_a']:5.1f}  {row['trait']}")
+    typer.echo(f"-> {out_dir}/traits.md")
 
 
 @data_app.command("fetch-benchmarks")
@@ -222,6 +428,343 @@ def data_fetch_benchmarks(
         raise typer.Exit(2)
     for name, path in fetch_benchmarks(out, only or None).items():
         typer.echo(f"{name}: {path}")
+
+
+@data_app.command("curate")
+def data_curate(
+    mixture: str = typer.Option(..., help="Mixture name in the config's `mixtures`."),
+    out: Path = typer.Option(..., help="Output directory, results/data/mixtures/<name>/."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Prepared model directory of the mixture's tokenizer_model "
+                                             "(results/models/<name>/); needed when max_prompt_tokens is set."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Curate a prompt mixture: read sources, filter, deduplicate, sample train/val, write stats."""
+    from rlmt.config import data_dir
+    from rlmt.data.curate import CurationError, curate_mixture, log_curation
+    from rlmt.data.sources import SourceError
+    from rlmt.tracking import stage_run
+
+    cfg = _load(config)
+    spec = cfg.mixtures.get(mixture)
+    if spec is None:
+        typer.echo(f"unknown mixture {mixture!r}; allowed: {sorted(cfg.mixtures)}", err=True)
+        raise typer.Exit(2)
+    inputs = {"tokenizer": tokenizer} if tokenizer else {}
+    try:
+        with stage_run("curate", rule="curate", run_name=f"curate:{mixture}", inputs=inputs,
+                       params={"mixture": mixture}, uri=cfg.tracking.tracking_uri,
+                       experiment=cfg.tracking.experiment):
+            result = curate_mixture(spec, out, name=mixture, tokenizer_dir=tokenizer, data_dir=data_dir(cfg))
+            log_curation(result, spec)
+    except (CurationError, SourceError, ValueError) as err:
+        typer.echo(f"curate {mixture}: {err}", err=True)
+        raise typer.Exit(2) from None
+    s = result.stats
+    typer.echo(f"{mixture}: in={s['in']} kept={s['kept']} dropped={s['dropped_total']} "
+               f"train={s['sampled']['train']} val={s['sampled']['val']} -> {out}")
+
+
+# ----------------------------------------------------------------------------- SFT data and training (issue 4)
+
+
+@data_app.command("sft")
+def data_sft(
+    name: str = typer.Option(..., help="SFT data set name in the config's `sft_data`."),
+    out_think: Path = typer.Option(..., help="Think SFT set (JSONL, warm-start format)."),
+    out_nothink: Path = typer.Option(..., help="Nothink SFT set (JSONL, same examples without thoughts)."),
+    stats: Optional[Path] = typer.Option(None, help="Filter counts (default: <out-think stem>.stats.json)."),
+    cache: Optional[Path] = typer.Option(None, help="Teacher answer cache (default: teacher_cache.sqlite beside out-think)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Build warm-start SFT data from a teacher endpoint (or a file of teacher outputs)."""
+    from rlmt.config import data_dir
+    from rlmt.data.sft_data import SFTDataError, build_sft_data
+    from rlmt.data.teacher import TeacherError
+    from rlmt.tracking import _retry, log_outputs, stage_run
+
+    cfg = _load(config)
+    spec = cfg.sft_data.get(name)
+    if spec is None:
+        typer.echo(f"unknown sft_data {name!r}; allowed: {sorted(cfg.sft_data)}", err=True)
+        raise typer.Exit(2)
+    try:
+        with stage_run("sft_data", rule="sft_data", run_name=f"sft_data:{name}",
+                       params={"sft_data": name, **spec.model_dump()}, uri=cfg.tracking.tracking_uri,
+                       experiment=cfg.tracking.experiment):
+            import mlflow
+
+            result = build_sft_data(spec, out_think, out_nothink, stats_path=stats, cache_path=cache,
+                                    data_dir=data_dir(cfg))
+            _retry(mlflow.log_metrics, {f"sft_data.{k}": float(v) for k, v in result.stats["counts"].items()})
+            _retry(mlflow.log_dict, result.stats, "sft_data_stats.json")
+            log_outputs({"think": out_think, "nothink": out_nothink})
+    except (SFTDataError, TeacherError, FileNotFoundError) as err:
+        typer.echo(f"data sft {name}: {err}", err=True)
+        raise typer.Exit(2) from None
+    c = result.stats["counts"]
+    typer.echo(f"{name}: in={c.get('rows_in', 0)} kept={c['kept']} -> {out_think}, {out_nothink}")
+
+
+def _train_context(config: Path, cell_name: Optional[str], algo: str):
+    """(cfg, cell or None, settings) with the cell's overrides applied; errors exit 2 with the message."""
+    from rlmt.config import ConfigError
+
+    cfg = _load(config)
+    cell = None
+    if cell_name:
+        try:
+            cell = cfg.cell(cell_name)
+        except ConfigError as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(2) from None
+    return cfg, cell, cfg.settings(algo, cell)
+
+
+def _training_errors():
+    from rlmt.train.checkpoints import CheckpointError
+    from rlmt.train.runtime import TrainingSetupError
+
+    return (TrainingSetupError, CheckpointError, FileNotFoundError)
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    model: Path = typer.Option(..., help="Prepared model dir (base models carry their instruct chat template)."),
+    data: Path = typer.Option(..., help="SFT JSONL from `rlmt data sft` (think or nothink)."),
+    out: Path = typer.Option(..., help="Output model dir."),
+    cell: Optional[str] = typer.Option(None, help="Cell whose overrides apply (and whose think axis the data must match)."),
+    policy_name: Optional[str] = typer.Option(
+        None, help="Warm-start policy name (<base>__sft__<think|nothink>__<sft_data>): the overrides matching its "
+        "base, think and sft_data apply. One SFT policy serves every cell that starts from it."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Warm-start SFT (assistant-only loss) -> a model dir with the right longcot_config.json."""
+    from rlmt.tracking import log_outputs, stage_run
+    from rlmt.train.sft import train_sft
+    from rlmt.workflow import Plan
+
+    cfg, cell_obj, settings = _train_context(config, cell, "sft")
+    expect_think = cell_obj.think if cell_obj else None
+    if policy_name:
+        try:
+            axes = Plan(cfg).parse_policy(policy_name)
+        except ValueError as err:
+            typer.echo(f"--policy-name: {err}", err=True)
+            raise typer.Exit(2) from None
+        settings, expect_think = cfg.settings("sft", axes), axes["think"]
+    try:
+        with stage_run("sft", cell=cell, rule="sft", run_name=f"sft:{out.name}", inputs={"model": model, "data": data},
+                       tags={"rlmt.model": policy_name or out.name},
+                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+            path = train_sft(model, data, out, settings, expect_think=expect_think)
+            log_outputs({"model": path})
+    except _training_errors() as err:
+        typer.echo(f"train sft: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(str(path))
+
+
+@train_app.command("grpo")
+def train_grpo_cmd(
+    cell: str = typer.Option(..., help="Cell name (its overrides apply; names the MLflow parent run)."),
+    policy: Path = typer.Option(..., help="Initial policy dir (with its longcot_config.json)."),
+    reward_model: Path = typer.Option(..., help="Reward model dir."),
+    train: Path = typer.Option(..., help="Mixture train.parquet."),
+    val: Optional[Path] = typer.Option(None, help="Mixture val.parquet (validation reward per checkpoint)."),
+    out: Path = typer.Option(..., help="Checkpoint dir, results/checkpoints/<cell>/ (final/ is written last)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """GRPO with the answer-only reward; resumes from OUT's newest complete checkpoint."""
+    from rlmt.tracking import stage_run
+    from rlmt.train.grpo import train_grpo
+
+    cfg, cell_obj, settings = _train_context(config, cell, "grpo")
+    inputs = {"policy": policy, "reward_model": reward_model, "train": train, **({"val": val} if val else {})}
+    try:
+        with stage_run("grpo", cell=cell, rule="train", run_name=f"grpo:{cell}", inputs=inputs,
+                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+            final = train_grpo(policy, reward_model, train, val, out, settings,
+                               reward_max_length=cfg.reward_models[cell_obj.rm].max_length)
+    except _training_errors() as err:
+        typer.echo(f"train grpo: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(str(final))
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(
+    cell: str = typer.Option(..., help="Cell name (its overrides apply; names the MLflow parent run)."),
+    policy: Path = typer.Option(..., help="Initial policy dir: samples come from it, training starts from it."),
+    reward_model: Path = typer.Option(..., help="Reward model dir (scores the answers of the samples)."),
+    train: Path = typer.Option(..., help="Mixture train.parquet (the prompts pairs are built from)."),
+    val: Optional[Path] = typer.Option(None, help="Accepted for a uniform interface and recorded as an input; "
+                                       "DPO validates on its own 3% split of the pairs."),
+    out: Path = typer.Option(..., help="Checkpoint dir, results/checkpoints/<cell>/ (pairs/ and final/ inside)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """On-policy DPO: sample from the initial policy, pair best/worst by answer reward, train with TRL."""
+    from rlmt.tracking import stage_run
+    from rlmt.train.dpo import train_dpo
+
+    cfg, cell_obj, settings = _train_context(config, cell, "dpo")
+    inputs = {"policy": policy, "reward_model": reward_model, "train": train, **({"val": val} if val else {})}
+    try:
+        with stage_run("dpo", cell=cell, rule="train", run_name=f"dpo:{cell}", inputs=inputs,
+                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+            final = train_dpo(policy, reward_model, train, out, settings,
+                              reward_max_length=cfg.reward_models[cell_obj.rm].max_length,
+                              generation_backend=cfg.generation.backend)
+    except _training_errors() as err:
+        typer.echo(f"train dpo: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(str(final))
+
+
+@train_app.command("ppo")
+def train_ppo_cmd(
+    cell: str = typer.Option(..., help="Cell name (its overrides apply; names the MLflow parent run)."),
+    policy: Path = typer.Option(..., help="Initial policy dir (with its longcot_config.json); the critic starts from it too."),
+    reward_model: Path = typer.Option(..., help="Reward model dir."),
+    train: Path = typer.Option(..., help="Mixture train.parquet."),
+    val: Optional[Path] = typer.Option(None, help="Mixture val.parquet (validation reward per checkpoint)."),
+    out: Path = typer.Option(..., help="Checkpoint dir, results/checkpoints/<cell>/ (final/ is written last)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Actor-critic PPO (GAE) with the answer-only reward; resumes from OUT's newest complete checkpoint."""
+    from rlmt.tracking import stage_run
+    from rlmt.train.ppo import train_ppo
+
+    cfg, cell_obj, settings = _train_context(config, cell, "ppo")
+    inputs = {"policy": policy, "reward_model": reward_model, "train": train, **({"val": val} if val else {})}
+    try:
+        with stage_run("ppo", cell=cell, rule="train", run_name=f"ppo:{cell}", inputs=inputs,
+                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+            final = train_ppo(policy, reward_model, train, val, out, settings,
+                              reward_max_length=cfg.reward_models[cell_obj.rm].max_length)
+    except _training_errors() as err:
+        typer.echo(f"train ppo: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(str(final))
+
+
+# ----------------------------------------------------------------------------- items, collection, report
+
+
+@eval_app.command("items")
+def eval_items(
+    bench: str = typer.Option(..., help="Benchmark name."),
+    out: Path = typer.Option(..., help="items.jsonl to write (id, messages, reference)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Load a benchmark's items (seeded subset per the config's limit) into items.jsonl."""
+    from rlmt.benchmarks.base import BenchmarkError, get_benchmark
+    from rlmt.benchmarks.item_files import write_items
+    from rlmt.config import data_dir
+
+    from rlmt.workflow import Plan
+
+    cfg = _load(config)
+    spec = cfg.evaluation.benchmarks.get(bench)
+    options = {**(spec.options if spec else {}), **Plan(cfg).items_options(bench)}
+    try:
+        benchmark = get_benchmark(bench, **options)
+        items = benchmark.load_items(data_dir(cfg), limit=spec.limit if spec else None, seed=cfg.seed)
+    except BenchmarkError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    write_items(items, out)
+    typer.echo(f"{bench}: {len(items)} items -> {out}")
+
+
+@eval_app.command("collect")
+def eval_collect(
+    scores: list[Path] = typer.Argument(..., help="Per-benchmark scores.json files of one model."),
+    model_name: str = typer.Option(..., help="Evaluated model (cell or policy name)."),
+    out: Path = typer.Option(..., help="The model's scores.json."),
+    config: Path = ConfigOpt,
+    cell: Optional[str] = typer.Option(None, help="Cell name: nest the MLflow run under the cell's parent run."),
+    checkpoint: Optional[str] = typer.Option(None, help="The evaluated model directory (recorded, with its digest)."),
+) -> None:
+    """Merge one model's benchmark scores (a cell's Snakemake target) and log them to MLflow."""
+    from rlmt.report.collect import CollectConfig, collect_model_scores, log_collected
+    from rlmt.tracking import log_outputs, stage_run
+
+    cfg = _load(config)
+    inputs = {f"scores.{p.parent.name}": p for p in scores}
+    if checkpoint:
+        inputs["checkpoint"] = Path(checkpoint)
+    with stage_run("collect", cell=cell, rule="model_scores", run_name=f"collect:{model_name}", inputs=inputs,
+                   tags={"rlmt.model": model_name}, uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+        doc = collect_model_scores(CollectConfig(model_name, cell, checkpoint), scores, out)
+        log_collected(doc)
+        log_outputs({"scores": out})
+    for bench, b in doc["benchmarks"].items():
+        typer.echo(f"{model_name} {bench}: {b['value']:.2f}")
+
+
+@report_app.command("build")
+def report_build(
+    out: Path = typer.Option(Path("results/report"), help="Report directory."),
+    eval_root: Path = typer.Option(Path("results/eval"), help="Where the models' scores live."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Build the tables, figures, report.md and report.html from every model's scores."""
+    import mlflow
+
+    from rlmt.report.build import ReportConfig, build_report
+    from rlmt.tracking import log_outputs, stage_run
+    from rlmt.workflow import Plan
+
+    cfg = _load(config)
+    with stage_run("report", rule="report", run_name="report", uri=cfg.tracking.tracking_uri,
+                   experiment=cfg.tracking.experiment):
+        paths = build_report(Plan(cfg), ReportConfig(out_dir=str(out), eval_root=str(eval_root),
+                                                     tracking_uri=cfg.tracking.tracking_uri,
+                                                     experiment=cfg.tracking.experiment))
+        for key in ("report", "html", "table"):
+            mlflow.log_artifact(str(paths[key]), "report")
+        mlflow.log_artifacts(str(paths["figures"]), "report/figures")
+        log_outputs({k: v for k, v in paths.items()})
+    typer.echo(f"report: {paths['report']}")
+
+
+# ----------------------------------------------------------------------------- launching (scale-out)
+
+
+@app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def launch_cmd(
+    ctx: typer.Context,
+    nodes: int = typer.Option(1, help="Nodes (more than one: one launcher per node via srun)."),
+    gpus_per_node: int = typer.Option(0, help="GPUs per node = processes per node."),
+    accelerate_config: Optional[Path] = typer.Option(None, help="accelerate config (config/accelerate/*.yaml)."),
+    cpus_per_task: int = typer.Option(2, help="CPUs of each node's launcher task."),
+    port: int = typer.Option(29500, help="Rendezvous port on the first node."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the command instead of running it."),
+) -> None:
+    """Run a training command under its launcher: rlmt launch --nodes 2 --gpus-per-node 8 -- rlmt train grpo ..."""
+    import os
+
+    from rlmt.config import Resources
+    from rlmt.launch import launch_command
+
+    command = list(ctx.args)
+    if not command:
+        typer.echo("rlmt launch: give the command to run after --, e.g. -- rlmt train grpo ...", err=True)
+        raise typer.Exit(2)
+    if nodes < 1 or gpus_per_node < 0:
+        typer.echo(f"rlmt launch: --nodes must be >= 1 and --gpus-per-node >= 0 (got {nodes}, {gpus_per_node})", err=True)
+        raise typer.Exit(2)
+    if accelerate_config is not None and not accelerate_config.is_file():
+        typer.echo(f"--accelerate-config: file not found: {accelerate_config}", err=True)
+        raise typer.Exit(2)
+    res = Resources(nodes=nodes, gpus=gpus_per_node, cpus_per_task=cpus_per_task,
+                    launcher="accelerate" if accelerate_config or gpus_per_node > 1 or nodes > 1 else "python",
+                    accelerate_config=str(accelerate_config) if accelerate_config else None)
+    line = launch_command(res, command, port=port)
+    if dry_run:
+        typer.echo(line)
+        return
+    os.execvp("bash", ["bash", "-c", line])
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -61,6 +61,8 @@ class RewardModelSpec(Strict):
     revision: str | None = None
     trust_remote_code: bool = False
     max_length: int = Field(default=4096, description="Token budget of one reward-model input.")
+    max_tokens_per_batch: int = Field(default=16384, ge=1, description="Padded tokens per reward-model forward pass "
+                                      "(length-bucketed batches; 1 scores one answer at a time).")
 
 
 # --------------------------------------------------------------------------- data
@@ -84,6 +86,11 @@ class FilterSpec(Strict):
     language: str | None = Field(default="en", description="Keep only this language (None: keep all).")
     dedup_exact: bool = True
     near_dup_threshold: float | None = Field(default=0.9, description="MinHash Jaccard threshold; None disables.")
+    near_dup_num_perm: int = Field(default=32, ge=8, description="MinHash permutations (candidates are then verified "
+                                   "with the exact Jaccard similarity, so this only sets the recall of LSH banding).")
+    near_dup_shingle_words: int = Field(default=3, ge=1, description="Words per shingle for near-duplicate similarity.")
+    language_min_confidence: float = Field(default=0.5, ge=0, le=1, description="Drop a prompt for its language only "
+                                           "when the detector gives another language at least this confidence.")
     include_patterns: list[str] = Field(default_factory=list, description="Keep only prompts matching one of these regexes.")
     exclude_patterns: list[str] = Field(default_factory=list, description="Drop prompts matching any of these regexes.")
 
@@ -383,8 +390,8 @@ class EvaluationConfig(Strict):
 
 
 class Resources(Strict):
-    gpus: int = 0
-    nodes: int = 1
+    gpus: int = Field(default=0, ge=0, description="GPUs per node; one training process per GPU (rlmt.launch).")
+    nodes: int = Field(default=1, ge=1, description="Nodes; more than one starts one launcher per node via srun.")
     cpus_per_task: int = 2
     mem_mb: int = 8000
     runtime: int = Field(default=60, description="Minutes.")
@@ -407,7 +414,6 @@ class RLMTConfig(Strict):
 
     seed: int = 0
     data_dir: str | None = Field(default=None, description="Benchmark/raw data directory; $RLMT_DATA_DIR overrides.")
-    results_dir: str = "results"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     models: dict[str, ModelSpec]
     reward_models: dict[str, RewardModelSpec]

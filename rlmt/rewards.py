@@ -11,7 +11,8 @@ This is the heart of RLMT (PAPER.md §2.4). For each (prompt, output):
    oldest turns first, then the start of the earliest remaining turn. The answer is never cut
    unless the answer alone exceeds the budget; then its *end* goes and the item is counted.
 4. Inputs are scored in length buckets (sorted by length, padded per bucket to the bucket's
-   longest, at most ``max_tokens_per_batch`` padded tokens per forward), then put back in order.
+   longest, at most ``max_tokens_per_batch`` padded tokens per forward, no row under 80% of the
+   bucket's width), then put back in order.
    Right padding with the model's own pad id keeps every real token at the position it has
    when scored alone, and lets ``*ForSequenceClassification`` pool its scalar at the last real
    token, exactly as it does for one unpadded input.
@@ -32,6 +33,7 @@ from rlmt.thinking import Extraction, ThinkingFormat, extract
 log = logging.getLogger(__name__)
 
 Messages = list[dict]
+BUCKET_MIN_FILL = 0.8  # a row of a length bucket is at least this fraction of the bucket's longest row
 
 
 @dataclass
@@ -44,6 +46,7 @@ class RewardBatch:
     n_prompt_truncated: int = 0  # inputs whose prompt lost tokens from the left
     n_answer_truncated: int = 0  # inputs whose answer alone exceeded the budget (its end was cut)
     reward_inputs: list[str] = field(default_factory=list, repr=False)  # exact text each RM input was rendered from
+    input_lengths: list[int] = field(default_factory=list, repr=False)  # reward-model tokens per input
 
 
 @dataclass
@@ -98,6 +101,13 @@ class AnswerRewardScorer:
         # from its rows (see _pad_id_for).
         self._config_pad_id = self.model.config.pad_token_id
         self._system_supported: bool | None = None
+
+    @classmethod
+    def from_spec(cls, reward_model_dir: str | Path, fmt: ThinkingFormat, spec: Any, *, strict: bool = False,
+                  device: str = "auto", dtype: str | None = "auto") -> "AnswerRewardScorer":
+        """A scorer with a config's :class:`rlmt.config.RewardModelSpec` settings (max_length, batch budget)."""
+        return cls(reward_model_dir, fmt, strict=strict, max_tokens_per_batch=spec.max_tokens_per_batch,
+                   max_length=spec.max_length, device=device, dtype=dtype, trust_remote_code=spec.trust_remote_code)
 
     # ------------------------------------------------------------------ building the input
 
@@ -192,6 +202,7 @@ class AnswerRewardScorer:
             n_prompt_truncated=sum(e.prompt_truncated for e in encoded),
             n_answer_truncated=sum(e.answer_truncated for e in encoded),
             reward_inputs=[e.text for e in encoded],
+            input_lengths=[len(e.ids) for e in encoded],
         )
 
     def score_token_ids(self, sequences: Sequence[Sequence[int]], *, progress: bool = False) -> list[float]:
@@ -272,20 +283,25 @@ class AnswerRewardScorer:
 # ---------------------------------------------------------------------- helpers
 
 
-def length_buckets(lengths: Sequence[int], max_tokens_per_batch: int) -> list[list[int]]:
-    """Group indices into batches of similar length: sort longest first, fill each batch while
-    rows x longest row stays within the budget (a row longer than the budget goes alone)."""
+def length_buckets(lengths: Sequence[int], max_tokens_per_batch: int, min_fill: float = BUCKET_MIN_FILL) -> list[list[int]]:
+    """Group indices into batches of similar length.
+
+    Sort longest first; a batch takes the next row while rows x longest row stays within the
+    token budget *and* the row fills at least `min_fill` of the batch's width, so no row is more
+    than ``1 - min_fill`` padding (a mixed-length batch spends its compute on pad tokens and its
+    attention grows with the square of the width). A row longer than the budget goes alone.
+    """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     buckets: list[list[int]] = []
     current: list[int] = []
     width = 0
     for i in order:
-        new_width = max(width, lengths[i])
-        if current and new_width * (len(current) + 1) > max_tokens_per_batch:
+        if current and (width * (len(current) + 1) > max_tokens_per_batch or lengths[i] < min_fill * width):
             buckets.append(current)
-            current, new_width = [], lengths[i]
+            current = []
+        if not current:
+            width = lengths[i]
         current.append(i)
-        width = new_width
     if current:
         buckets.append(current)
     return buckets

@@ -29,7 +29,8 @@ Otherwise:
    ``end_delimiter`` is null, as in the reference): the answer is cut at its first occurrence.
    Text after it is dropped and noted (``text-after-end``). A missing end delimiter means the
    answer was cut off by the token limit: the partial answer is kept and the output is
-   malformed (``missing-end-delimiter``).
+   malformed (``missing-end-delimiter``). Generation backends therefore keep the stop string in
+   the output (vLLM: ``include_stop_str_in_output=True``; transformers keeps it by default).
 5. Thought and answer are stripped of surrounding whitespace. An empty answer is malformed
    (``empty-answer``).
 6. ``strict``: any *issue* (not a note) makes the answer the literal ``[NULL]`` (as the paper's

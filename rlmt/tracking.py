@@ -30,7 +30,10 @@ from typing import Any
 DEFAULT_URI = "sqlite:///mlruns.db"
 DEFAULT_EXPERIMENT = "rlmt"
 TAG_CELL, TAG_STAGE, TAG_RULE, TAG_PARENT = "rlmt.cell", "rlmt.stage", "rlmt.rule", "rlmt.is_parent"
-SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|authorization|credential)", re.I)
+# Credential-like names: "token" alone is not one (max_new_tokens is a setting), an access token is.
+SECRET_NAME = re.compile(
+    r"(api[_-]?key|secret|password|passwd|authorization|credential|bearer|"
+    r"(access|auth|api|hf|hub|bearer|session|refresh)[_-]?token|(^|[_.-])token$)", re.I)
 MAX_PARAM_LEN = 6000
 
 

@@ -150,9 +150,19 @@ class Plan:
         return (opts.options.get("reward_model") if opts else None) or next(iter(self.cfg.reward_models))
 
     def items_file(self, bench: str) -> str:
-        if bench == "reward-winrate":
-            return f"{self.root}/data/mixtures/{self.winrate_mixture()}/val.parquet"
         return f"{self.root}/data/benchmarks/{bench}/items.jsonl"
+
+    def items_inputs(self, bench: str) -> list[str]:
+        """Files a benchmark's items are made from (the win rate's come from a mixture's val split)."""
+        if bench == "reward-winrate":
+            return [f"{self.root}/data/mixtures/{self.winrate_mixture()}/val.parquet"]
+        return []
+
+    def items_options(self, bench: str) -> dict[str, Any]:
+        """Benchmark options that depend on the plan's paths."""
+        if bench == "reward-winrate":
+            return {"mixture_dir": f"{self.root}/data/mixtures/{self.winrate_mixture()}"}
+        return {}
 
     def scores_file(self, model: str, bench: str | None = None) -> str:
         return f"{self.root}/eval/{model}/{bench}/scores.json" if bench else f"{self.root}/eval/{model}/scores.json"
@@ -190,6 +200,18 @@ class Plan:
         from rlmt.launch import launch_prefix
 
         return launch_prefix(res) + " "
+
+    def slurm_resource(self, rule: str, key: str, algo: str | None = None) -> Any:
+        """One Snakemake resource of `rule` in the Slurm plugin's terms (gpu/gres/tasks/...; see rlmt.launch).
+
+        Every key has a neutral default so that a rule can declare the same keys for any config.
+        """
+        from rlmt.launch import slurm_resources
+
+        res = (self.cfg.resources.get(f"{rule}_{algo}") if algo else None) or self.cfg.resources_for(rule)
+        neutral = {"gpu": 0, "gres": "", "tasks": 1, "tasks_per_gpu": 0, "mpi": "", "slurm_partition": "",
+                   "slurm_account": ""}
+        return slurm_resources(res).get(key, neutral.get(key))
 
     def resources(self, rule: str, key: str, algo: str | None = None) -> Any:
         res: Resources = self.cfg.resources.get(f"{rule}_{algo}") if algo else None  # e.g. train_grpo

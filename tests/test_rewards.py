@@ -19,6 +19,17 @@ PROMPT = [{"role": "system", "content": "You are terse."},
 WORDS = "the a plan answer colour blue green write list code step first then why how".split()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny matmuls gain nothing from a second thread, and OpenMP barriers crawl on a busy shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def scorer(tiny_zoo):
     return AnswerRewardScorer(tiny_zoo["reward"], WARM_THINK, device="cpu", dtype="float32")
@@ -76,15 +87,15 @@ def test_reward_input_uses_the_reward_models_own_template(tiny_zoo, scorer, rm_t
 
 
 def test_batched_scores_equal_one_at_a_time(tiny_zoo, scorer):
-    prompts, outputs = _mixed_batch(48)
+    prompts, outputs = _mixed_batch(32)
     batched = scorer.score(prompts, outputs)
     one_by_one = AnswerRewardScorer(tiny_zoo["reward"], WARM_THINK, max_tokens_per_batch=1, device="cpu",
                                     dtype="float32").score(prompts, outputs)
-    assert len(length_buckets([len(x) for x in batched.reward_inputs], 1)) == 48
+    assert len(length_buckets([len(x) for x in batched.reward_inputs], 1)) == 32
     assert max(abs(a - b) for a, b in zip(batched.scores, one_by_one.scores)) < 1e-4
     assert len(set(round(s, 6) for s in batched.scores)) > 10  # the scores depend on the answer
     # order is restored: scoring a permutation permutes the scores
-    perm = list(range(48))
+    perm = list(range(32))
     random.Random(1).shuffle(perm)
     again = scorer.score([prompts[i] for i in perm], [outputs[i] for i in perm]).scores
     assert max(abs(again[k] - batched.scores[i]) for k, i in enumerate(perm)) < 1e-4
@@ -106,8 +117,11 @@ def test_length_buckets_respect_the_token_budget():
     buckets = length_buckets(lengths, 128)
     assert sorted(i for b in buckets for i in b) == list(range(8))
     for b in buckets:
-        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 128
+        width = max(lengths[i] for i in b)
+        assert len(b) == 1 or width * len(b) <= 128
+        assert min(lengths[i] for i in b) >= 0.8 * width  # at most 20% padding in any row
     assert buckets[0] == [6]  # longest first; an over-budget row goes alone
+    assert buckets == [[6], [1], [4, 3], [7, 2], [0], [5]]
 
 
 def test_same_answer_same_score_whatever_the_thought(scorer):
@@ -179,3 +193,13 @@ def test_bad_input_is_named(scorer, tiny_zoo):
         scorer.reward_input([{"text": "hi"}], "x")
     with pytest.raises(ValueError, match="has no chat template"):
         AnswerRewardScorer(tiny_zoo["llama-base"], WARM_THINK)
+
+
+def test_scorer_from_config_spec(tiny_zoo):
+    from rlmt.config import RewardModelSpec
+
+    spec = RewardModelSpec(source="tiny:reward", max_length=40, max_tokens_per_batch=64)
+    s = AnswerRewardScorer.from_spec(tiny_zoo["reward"], WARM_THINK, spec, strict=True, device="cpu")
+    assert (s.max_length, s.max_tokens_per_batch, s.strict) == (40, 64, True)
+    batch = s.score([PROMPT], ["<think>\nx\n</think>\n\n" + "Blue " * 5])
+    assert batch.input_lengths[0] <= 40 and batch.n_prompt_truncated == 1

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from rlmt.benchmarks.base import (BenchmarkError, BenchmarkResult, Item, ItemScore, Metric, answer_of, bootstrap_ci,
+from rlmt.benchmarks.base import (BenchmarkError, BenchmarkResult, Item, ItemScore, Metric, answer_of,
                                   limit_items, mean_metric, register)
 from rlmt.benchmarks.length_control import official_lc_win_rate, paper_lc_win_rate, read_gamed_table
 from rlmt.judges import prompts
@@ -62,8 +62,12 @@ class AlpacaEval2(JudgedBenchmark):
     # -------------------------------------------------------------- judging
 
     def tasks(self, items: list[Item], generations: dict[str, dict], protocol: str) -> list[JudgeTask]:
-        if protocol == "official":
-            self._gamed_path()  # fail before paying for judgments that cannot be aggregated
+        if protocol == "official":  # fail before paying for judgments that cannot be aggregated
+            known = read_gamed_table(self._gamed_path()).difficulty_by_index
+            unknown = [it.id for it in items if int(it.reference["index"]) not in known]
+            if unknown:
+                raise BenchmarkError(f"alpacaeval2: df_gamed.csv has no instruction difficulty for items "
+                                     f"{unknown[:5]} ({len(unknown)} in all)")
         max_words = self.options.get("max_words", 2000) if protocol == "paper" else None
         out = []
         for item, answer in answered(items, generations):
@@ -136,6 +140,7 @@ class AlpacaEval2(JudgedBenchmark):
                 extra["lc"] = {"estimator": "official AlpacaEval 2 length-controlled GLM (length_controlled_v1)",
                                "weights": lc["weights"], "C": lc["C"], "lc_standard_error": lc["lc_standard_error"],
                                "ci": "normal approximation, 1.96 x standard error of the predicted preferences"}
+        metrics = {"score": metrics.get("lc_win_rate", metrics["win_rate"]), **metrics}  # headline: LC win rate
         return BenchmarkResult(self.name, metrics, n=len(items), n_failed=sum(1 for s in per_item if s.value is None),
                                per_item=per_item, protocol=protocol, metric_version=self.metric_version, extra=extra)
 
@@ -162,4 +167,3 @@ def _bootstrap_lc(prefs: list[float], d_words: list[float], n_resamples: int = 2
     return float(lo), float(hi)
 
 
-__all__ = ["AlpacaEval2", "bootstrap_ci"]

@@ -181,7 +181,11 @@ def answer_of(row: dict | None) -> str | None:
 
 
 def read_generations(path: str | Path) -> dict[str, dict]:
-    """Read ``generations.jsonl`` into id -> row; a malformed line is an error naming its line."""
+    """Read ``generations.jsonl`` into id -> row; a malformed line is an error naming its line.
+
+    The paper scores one sample per prompt: when a file holds several samples of an id, the first
+    one is scored.
+    """
     path = Path(path)
     if not path.exists():
         raise BenchmarkError(f"generations file not found: {path}")
@@ -195,7 +199,7 @@ def read_generations(path: str | Path) -> dict[str, dict]:
             raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({err})") from None
         if not isinstance(row, dict) or "id" not in row:
             raise BenchmarkError(f"{path}:{lineno}: a generations row must be an object with an 'id'")
-        rows[str(row["id"])] = row
+        rows.setdefault(str(row["id"]), row)  # n > 1 samples per id: the first sample is scored
     return rows
 
 

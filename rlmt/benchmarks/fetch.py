@@ -28,12 +28,12 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "ifeval": Source("google/IFEval", "train", "ifeval/input_data.jsonl"),
-    "ifbench": Source("allenai/IFBench_test", "train", "ifbench/IFBench_test.jsonl"),
-    "mmlu-redux": Source("edinburgh-dawg/mmlu-redux-2.0", "test", "mmlu_redux/data.jsonl", all_configs=True),
-    "math-500": Source("HuggingFaceH4/MATH-500", "test", "math_500/test.jsonl"),
-    "zebralogic": Source("WildEval/ZebraLogic", "test", "zebra_logic/grid_mode.jsonl", config="grid_mode"),
-    "popqa": Source("akariasai/PopQA", "test", "popqa/test.jsonl"),
+    "ifeval": Source("google/IFEval", "train", "benchmarks/ifeval/input_data.jsonl"),
+    "ifbench": Source("allenai/IFBench_test", "train", "benchmarks/ifbench/IFBench_test.jsonl"),
+    "mmlu-redux": Source("edinburgh-dawg/mmlu-redux-2.0", "test", "benchmarks/mmlu_redux/data.jsonl", all_configs=True),
+    "math-500": Source("HuggingFaceH4/MATH-500", "test", "benchmarks/math_500/test.jsonl"),
+    "zebralogic": Source("WildEval/ZebraLogic", "test", "benchmarks/zebra_logic/grid_mode.jsonl", config="grid_mode"),
+    "popqa": Source("akariasai/PopQA", "test", "benchmarks/popqa/test.jsonl"),
 }
 NLTK_RESOURCES = ("punkt_tab", "averaged_perceptron_tagger_eng")
 

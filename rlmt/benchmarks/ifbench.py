@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from rlmt.benchmarks import ifbench_checkers
 from rlmt.benchmarks.base import Item, limit_items, register
@@ -36,16 +36,20 @@ class IFBench(InstructionFollowingBenchmark):
         path = find_data_file(data_dir, "ifbench", ("data.json", "IFBench_test.jsonl", "data.jsonl"), self.name)
         return limit_items(rows_to_items(read_instruction_rows(path)), limit, seed)
 
-    def check(self, instruction_id: str, kwargs: dict, prompt: str, response: str) -> bool:
+    def checker(self, instruction_id: str, kwargs: dict, prompt: str) -> Callable[[str], bool]:
         fn = ifbench_checkers.CHECKERS.get(instruction_id)
         if fn is None:
             raise Unscorable(f"unknown-instruction:{instruction_id}")
         args = {k: v for k, v in (kwargs or {}).items() if v is not None}
         try:
-            inspect.signature(fn).bind(response, **args)
+            inspect.signature(fn).bind("", **args)
         except TypeError as err:
             raise Unscorable(f"bad-kwargs:{instruction_id}") from err
-        try:
-            return bool(response.strip()) and fn(response, **args)
-        except ifbench_checkers.CheckerDataMissing as err:
-            raise Unscorable(f"nltk-data-missing:{instruction_id}") from err
+
+        def check(response: str) -> bool:
+            try:
+                return bool(response.strip()) and fn(response, **args)
+            except ifbench_checkers.CheckerDataMissing as err:
+                raise Unscorable(f"nltk-data-missing:{instruction_id}") from err
+
+        return check

@@ -27,10 +27,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import random
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from rlmt.benchmarks.base import (
     Benchmark,
@@ -97,20 +98,36 @@ def lm_eval_registry() -> dict[str, type]:
     return dict(instructions_registry.INSTRUCTION_DICT)
 
 
-def lm_eval_check(instruction_id: str, kwargs: dict, prompt: str, response: str) -> bool:
-    """One lm-eval instruction check, exactly as lm-eval's whole-prompt functions do it."""
+def lm_eval_checker(instruction_id: str, kwargs: dict, prompt: str, *, seed: int = 0) -> Callable[[str], bool]:
+    """One lm-eval instruction, built exactly as lm-eval's whole-prompt functions build it (kwargs
+    with falsy values dropped, prompt-dependent checkers rebuilt with the prompt), returned as
+    ``check(response) -> bool`` (an empty response fails).
+
+    lm-eval draws a *random* value where a kwarg is unusable (two IFEval prompts give a
+    ``letter`` of "!" and "#", so lm-eval checks a random letter, differently on every run); the
+    draw is seeded here so a rerun scores the same.
+    """
     registry = lm_eval_registry()
     if instruction_id not in registry:
         raise Unscorable(f"unknown-instruction:{instruction_id}")
     instruction = registry[instruction_id](instruction_id)
-    instruction.build_description(**{k: v for k, v in (kwargs or {}).items() if v})
-    args = instruction.get_instruction_args()
-    if args and "prompt" in args:
-        instruction.build_description(prompt=prompt)
+    state = random.getstate()
+    random.seed(seed)
     try:
-        return bool(response.strip() and instruction.check_following(response))
-    except LookupError as err:  # nltk data missing (punkt_tab)
-        raise Unscorable(f"nltk-data-missing:{instruction_id}") from err
+        instruction.build_description(**{k: v for k, v in (kwargs or {}).items() if v})
+        args = instruction.get_instruction_args()
+        if args and "prompt" in args:
+            instruction.build_description(prompt=prompt)
+    finally:
+        random.setstate(state)
+
+    def check(response: str) -> bool:
+        try:
+            return bool(response.strip() and instruction.check_following(response))
+        except LookupError as err:  # nltk data missing (punkt_tab)
+            raise Unscorable(f"nltk-data-missing:{instruction_id}") from err
+
+    return check
 
 
 def loose_variants(response: str) -> list[str]:
@@ -154,14 +171,20 @@ def read_instruction_rows(path: Path) -> list[dict]:
 
 
 def find_data_file(data_dir: Path | None, folder: str, names: tuple[str, ...], bench: str) -> Path:
+    """The first of ``names`` found in ``<data_dir>/benchmarks/<folder>`` or ``<data_dir>/<folder>``.
+
+    ``data_dir`` is the project's data directory (``../shared/data`` layout: benchmarks under
+    ``benchmarks/``, what ``rlmt data fetch-benchmarks`` writes) or a benchmarks folder itself.
+    """
     if data_dir is None:
         raise BenchmarkError(f"{bench}: no data directory (set data_dir in the config, $RLMT_DATA_DIR "
                              "or --data-dir; `rlmt data fetch-benchmarks --out DIR` downloads it)")
-    for name in names:
-        path = Path(data_dir) / folder / name
-        if path.exists():
-            return path
-    raise BenchmarkError(f"{bench}: none of {list(names)} found in {Path(data_dir) / folder}")
+    folders = [Path(data_dir) / "benchmarks" / folder, Path(data_dir) / folder]
+    for base in folders:
+        for name in names:
+            if (base / name).exists():
+                return base / name
+    raise BenchmarkError(f"{bench}: none of {list(names)} found in {folders[0]} or {folders[1]}")
 
 
 def rows_to_items(rows: list[dict]) -> list[Item]:
@@ -185,16 +208,18 @@ class InstructionFollowingBenchmark(Benchmark):
     metric_version: ClassVar[str] = "1"
     headline: ClassVar[str] = "prompt_strict"
 
-    def check(self, instruction_id: str, kwargs: dict, prompt: str, response: str) -> bool:
+    def checker(self, instruction_id: str, kwargs: dict, prompt: str) -> Callable[[str], bool]:
+        """``check(response) -> bool`` for one instruction; raises :class:`Unscorable`."""
         raise NotImplementedError
 
-    def _check_variants(self, iid: str, kwargs: dict, prompt: str, responses: list[str]) -> bool:
+    @staticmethod
+    def _check_variants(check: Callable[[str], bool], responses: list[str]) -> bool:
         # Loose passes when any variant passes; an unscorable variant leaves the decision open only
         # if no other variant passed.
         unscorable: Unscorable | None = None
         for response in responses:
             try:
-                if self.check(iid, kwargs, prompt, response):
+                if check(response):
                     return True
             except Unscorable as err:
                 unscorable = err
@@ -218,19 +243,27 @@ class InstructionFollowingBenchmark(Benchmark):
                     values[metric].extend([0.0] * len(ref["instruction_id_list"]))
                 per_item.append(ItemScore(item.id, None, {"reason": _no_answer_reason(generations.get(item.id))}))
                 continue
-            details: dict[str, Any] = {"instructions": {}}
+            details: dict[str, Any] = {"instructions": [{"id": iid} for iid in ref["instruction_id_list"]]}
+            checks: list[Callable[[str], bool] | Unscorable] = []
+            for iid, kwargs in zip(ref["instruction_id_list"], ref["kwargs"]):
+                try:
+                    checks.append(self.checker(iid, kwargs, ref["prompt"]))
+                except Unscorable as err:
+                    checks.append(err)
             prompt_ok: dict[str, bool | None] = {}
             for mode, variants in (("strict", [answer]), ("loose", loose_variants(answer))):
                 results: list[bool | None] = []
-                for iid, kwargs in zip(ref["instruction_id_list"], ref["kwargs"]):
+                for slot, check in zip(details["instructions"], checks):
                     try:
-                        ok: bool | None = self._check_variants(iid, kwargs, ref["prompt"], variants)
+                        if isinstance(check, Unscorable):
+                            raise check
+                        ok: bool | None = self._check_variants(check, variants)
                     except Unscorable as err:
                         ok = None
                         if mode == "strict":
                             unscorable_reasons[str(err)] += 1
                     results.append(ok)
-                    details["instructions"].setdefault(iid, {})[mode] = ok
+                    slot[mode] = ok
                 values[f"instruction_{mode}"].extend(float(r) for r in results if r is not None)
                 if any(r is False for r in results):
                     prompt_ok[mode] = False
@@ -274,6 +307,6 @@ class IFEval(InstructionFollowingBenchmark):
         path = find_data_file(data_dir, "ifeval", ("data.json", "input_data.jsonl", "data.jsonl"), self.name)
         return limit_items(rows_to_items(read_instruction_rows(path)), limit, seed)
 
-    def check(self, instruction_id: str, kwargs: dict, prompt: str, response: str) -> bool:
-        return lm_eval_check(instruction_id, kwargs, prompt, response)
+    def checker(self, instruction_id: str, kwargs: dict, prompt: str) -> Callable[[str], bool]:
+        return lm_eval_checker(instruction_id, kwargs, prompt)
 

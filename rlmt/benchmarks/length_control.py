@@ -99,7 +99,7 @@ def fit_l1_logistic(X: np.ndarray, p: np.ndarray, weight: np.ndarray, C: float,
 
     start = np.zeros(2 * d) if w0 is None else np.concatenate([np.maximum(w0, 0), np.maximum(-w0, 0)])
     res = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=[(0, None)] * (2 * d),
-                   options={"maxiter": 5000, "ftol": 1e-13, "gtol": 1e-9})
+                   options={"maxiter": 2000, "ftol": 1e-11, "gtol": 1e-8})
     return res.x[:d] - res.x[d:]
 
 

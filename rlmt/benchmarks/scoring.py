@@ -24,10 +24,17 @@ N_SAMPLES = 8
 
 def score_file(bench: str, generations_path: str | Path, out: str | Path, *, data_dir: Path | None = None,
                limit: int | None = None, seed: int = 0, options: dict[str, Any] | None = None,
-               **ctx: Any) -> BenchmarkResult:
-    """Score one generations file; ``ctx`` is passed to ``Benchmark.score`` (e.g. a reward scorer)."""
+               items_path: str | Path | None = None, **ctx: Any) -> BenchmarkResult:
+    """Score one generations file; ``ctx`` is passed to ``Benchmark.score`` (e.g. a reward scorer).
+
+    ``items_path``: the ``items.jsonl`` that ``rlmt eval items`` wrote and generation read, so
+    the model is scored against exactly the items it was asked; without it the items are loaded
+    from ``data_dir`` (same ``limit`` and ``seed`` give the same subset).
+    """
+    from rlmt.benchmarks.item_files import read_items
+
     benchmark = get_benchmark(bench, **(options or {}))
-    items = benchmark.load_items(data_dir, limit=limit, seed=seed)
+    items = read_items(items_path) if items_path else benchmark.load_items(data_dir, limit=limit, seed=seed)
     generations = read_generations(generations_path)
     item_ids = {item.id for item in items}
     stray = [gid for gid in generations if gid not in item_ids]

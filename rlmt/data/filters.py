@@ -101,17 +101,30 @@ def patterns(frame: pl.DataFrame, include: list[str], exclude: list[str]) -> pl.
     return frame.with_columns(reason.alias("reason"))
 
 
-def normalized_text() -> pl.Expr:
-    """The dedup key: roles and contents, Unicode-NFKC, lowercased, whitespace collapsed."""
+# Runs of whitespace, or any single whitespace character other than a plain space: replacing only
+# these gives the same text as replacing every r"\s+" by " ", but leaves the many single spaces alone.
+WHITESPACE_RE = r"\s{2,}|[^\S ]"
+
+
+def with_normalized_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``norm``, the dedup key of eligible rows: roles and contents, NFKC, lowercased, whitespace collapsed.
+
+    NFKC is the identity on ASCII, so it runs only on the rows with other characters.
+    """
     turns = pl.col("messages").list.eval(
         pl.element().struct.field("role") + pl.lit(": ") + pl.element().struct.field("content"))
-    return (turns.list.join("\n").str.normalize("NFKC").str.to_lowercase()
-            .str.replace_all(r"\s+", " ").str.strip_chars())
+    eligible = frame.filter(pl.col("reason").is_null()).select("_i", turns.list.join("\n").alias("norm"))
+    ascii_only = pl.col("norm").str.len_bytes() == pl.col("norm").str.len_chars()
+    parts = [eligible.filter(ascii_only),
+             eligible.filter(~ascii_only).with_columns(pl.col("norm").str.normalize("NFKC"))]
+    norm = (pl.concat(parts).sort("_i")
+            .with_columns(pl.col("norm").str.to_lowercase().str.replace_all(WHITESPACE_RE, " ").str.strip_chars()))
+    return frame.join(norm, on="_i", how="left", maintain_order="left")
 
 
 def exact_duplicates(frame: pl.DataFrame) -> pl.DataFrame:
     """Drop every row whose normalized text equals an earlier eligible row's (first one is kept)."""
-    frame = frame.with_columns(pl.when(pl.col("reason").is_null()).then(normalized_text()).alias("norm"))
+    frame = with_normalized_text(frame)
     eligible = frame.filter(pl.col("reason").is_null()).select("_i", "norm")
     dup_ids = eligible.filter(~pl.col("norm").is_first_distinct())["_i"]
     return frame.with_columns(

@@ -65,9 +65,10 @@ def shingles(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _perm_params(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Odd multipliers and offsets of the permutations x -> a*x + b (mod 2**32)."""
     rng = np.random.default_rng(seed)
-    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
-    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+    a = rng.integers(1, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+    b = rng.integers(0, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32)
     return a, b
 
 
@@ -78,12 +79,16 @@ def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int
     nonempty = np.flatnonzero(np.diff(offsets) > 0)
     if len(nonempty) == 0:
         return sig
-    x = ((hashes >> np.uint64(32)) ^ (hashes & _MASK32))
+    # Fold the 64-bit shingle hashes to 32 bits once; each permutation is then two uint32 passes
+    # (wrapping multiply-add, a bijection for odd a) and one reduceat over the row boundaries.
+    x = ((hashes >> np.uint64(32)) ^ (hashes & _MASK32)).astype(np.uint32)
     a, b = _perm_params(num_perm, seed)
     starts = offsets[:-1][nonempty]
+    v = np.empty_like(x)
     with np.errstate(over="ignore"):
         for p in range(num_perm):
-            v = ((x * a[p] + b[p]) >> np.uint64(32)).astype(np.uint32)
+            np.multiply(x, a[p], out=v)
+            np.add(v, b[p], out=v)
             sig[nonempty, p] = np.minimum.reduceat(v, starts)
     return sig
 
@@ -99,13 +104,15 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray) -
             for c in range(rows):
                 key = key * np.uint64(0x100000001B3) ^ part[:, c].astype(np.uint64)
         order = np.argsort(key, kind="stable")
-        sk = key[order]
-        boundaries = np.flatnonzero(np.diff(sk)) + 1
-        groups = np.split(order, boundaries)
-        for g in groups:
-            if len(g) < 2:
-                continue
-            members = np.sort(idx_valid[g])[:MAX_GROUP]
+        boundaries = np.flatnonzero(np.diff(key[order])) + 1
+        starts = np.concatenate([[0], boundaries])
+        sizes = np.diff(np.concatenate([starts, [len(order)]]))
+        pair_starts = starts[sizes == 2]  # the common case, done without a Python loop
+        if len(pair_starts):
+            a, b = idx_valid[order[pair_starts]], idx_valid[order[pair_starts + 1]]
+            found.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
+        for s, size in zip(starts[sizes > 2], sizes[sizes > 2], strict=True):
+            members = np.sort(idx_valid[order[s:s + size]])[:MAX_GROUP]
             ii, jj = np.triu_indices(len(members), k=1)
             found.append(np.stack([members[ii], members[jj]], axis=1))
     if not found:
@@ -120,7 +127,7 @@ def jaccard(a: set[int], b: set[int]) -> float:
     return len(a & b) / len(a | b)
 
 
-def near_duplicates(texts: pl.Series, threshold: float, *, num_perm: int = 64, shingle_size: int = 3,
+def near_duplicates(texts: pl.Series, threshold: float, *, num_perm: int = 32, shingle_size: int = 3,
                     seed: int = 0) -> np.ndarray:
     """Boolean mask: True for rows at least `threshold`-similar to an earlier kept row."""
     n = len(texts)

@@ -160,15 +160,21 @@ def _row_id(row: dict, messages: list[dict]) -> str:
 
 
 def load_prompts(sources: list[SourceSpec], data_dir: Path | None, quarantine: list[dict]) -> list[dict]:
-    """Prompt rows ``{id, messages, source}`` from local JSONL/parquet sources; unreadable rows quarantined."""
+    """Prompt rows ``{id, messages, source}`` read by the curation stage's source readers (every format
+    it knows); a row it cannot read is quarantined with its reason. The id is a hash of the prompt, so
+    de-duplication by id also removes the same prompt listed twice."""
+    from rlmt.data.sources import read_source, resolve_source
+
     out = []
-    for src in sources:
-        for row in _read_rows(resolve_path(src.path, data_dir)):
-            msgs = _messages_of(row) if "_error" not in row else None
-            if msgs is None:
-                quarantine.append({"row": row, "reason": "malformed_row"})
-                continue
-            out.append({"id": _row_id(row, msgs), "messages": msgs, "source": src.name or src.path})
+    for spec in sources:
+        src = resolve_source(spec.path, spec.format, spec.name, spec.weight, data_dir)
+        for frame in read_source(src):
+            for row in frame.to_dicts():
+                msgs = _messages_of(row) if row.get("error") is None else None
+                if msgs is None:
+                    quarantine.append({"row": row, "reason": "malformed_row", "detail": row.get("error")})
+                    continue
+                out.append({"id": _row_id({}, msgs), "messages": msgs, "source": row["source"]})
     return out
 
 

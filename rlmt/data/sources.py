@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
@@ -149,6 +150,8 @@ def _read_parquet(src: ResolvedSource, batch_rows: int) -> Iterator[pl.DataFrame
         assert isinstance(frame, pl.DataFrame)
         yield _canonical_frame(frame, src, offset)
         offset += frame.height
+        del frame, batch
+        _release_arrow_memory()
 
 
 def _read_hub(src: ResolvedSource, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -204,25 +207,42 @@ def raw_rows(src: ResolvedSource, rows: list[int]) -> dict[int, str]:
     if not wanted:
         return out
     if src.is_hub or _is_parquet(src.location):
-        index = pl.Series("i", sorted(wanted), dtype=pl.Int64)
+        # Batch by batch, so a large file is never decoded whole just to pick a few rows.
         if src.is_hub:
             from datasets import load_dataset
 
             dataset_id, _, split = src.location[len("hf:"):].partition(":")
-            frame = pl.from_arrow(load_dataset(dataset_id, split=split or "train").data.table)
-            lazy = frame.lazy()  # type: ignore[union-attr]
+            batches = load_dataset(dataset_id, split=split or "train").data.table.to_batches(BATCH_ROWS)
         else:
-            lazy = pl.scan_parquet(src.location)
-        picked = (lazy.with_row_index("_row").filter(pl.col("_row").cast(pl.Int64).is_in(index.implode()))
-                  .collect())
-        encoded = picked.select(pl.col("_row").cast(pl.Int64),
-                                pl.struct(pl.exclude("_row")).struct.json_encode().alias("raw"))
-        return dict(zip(encoded["_row"].to_list(), encoded["raw"].to_list(), strict=True))
+            import pyarrow.parquet as pq
+
+            batches = pq.ParquetFile(src.location).iter_batches(batch_size=BATCH_ROWS)
+        index = np.array(sorted(wanted), dtype=np.int64)
+        offset = 0
+        for batch in batches:
+            lo, hi = np.searchsorted(index, [offset, offset + batch.num_rows])
+            if hi > lo:
+                frame = pl.from_arrow(batch)
+                assert isinstance(frame, pl.DataFrame)
+                picked = frame.gather(index[lo:hi] - offset)
+                raw = picked.select(pl.struct(pl.all()).struct.json_encode())
+                out.update(zip(index[lo:hi].tolist(), raw.to_series().to_list(), strict=True))
+            offset += batch.num_rows
+            _release_arrow_memory()
+        return out
     with open(src.location, "rb") as fh:
         for i, line in enumerate(_lines(fh)):
             if i in wanted:
                 out[i] = line.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
     return out
+
+
+def _release_arrow_memory() -> None:
+    """Hand decoded parquet pages back to the OS: arrow's allocator keeps them otherwise, and on a
+    million-row preference file (long chosen/rejected answers) that is gigabytes of peak RSS."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 # ---------------------------------------------------------------------- format fields

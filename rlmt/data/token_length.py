@@ -8,9 +8,16 @@ from their length alone, with bounds measured on the tokenizer:
 * certainly short: a byte-level tokenizer never makes more tokens than the rendered text has
   bytes, so ``bytes(content) + bytes(empty template) <= limit`` proves the row fits. The bound is
   checked on a calibration sample; a tokenizer that breaks it (tokens > bytes) loses the shortcut.
+  Past that, a row is also taken as short when its rendered bytes are at most
+  ``limit * bpt / under_margin``, ``bpt`` being the smallest bytes-per-token ratio on the
+  calibration sample (drawn from the rows the exact bound could not decide, so odd scripts and
+  digit runs in the data pull it down).
 * certainly long: ``chars(content) > limit * cpt`` where ``cpt`` is ``over_margin`` times the
   largest characters-per-token ratio seen on the calibration sample, capped by the longest
   vocabulary entry (no token covers more characters than that).
+
+The two measured bounds are estimates with a safety margin, not proofs; the test suite and
+``bench/curate_throughput.py`` compare their decisions with tokenizing every row.
 
 Everything in between is rendered and tokenized exactly, in batches through the fast tokenizer.
 """
@@ -32,6 +39,8 @@ class LengthBounds:
     """What the calibration measured; reported in stats.json so a reader can check the shortcut."""
 
     byte_bound_holds: bool
+    min_bytes_per_token: float
+    short_bytes_per_token: float
     max_chars_per_token: float
     over_chars_per_token: float
     vocab_max_chars: int
@@ -41,12 +50,13 @@ class LengthBounds:
 class TokenCounter:
     """Counts prompt tokens the way the policy sees them."""
 
-    def __init__(self, tokenizer_dir: str | Path, over_margin: float = 2.0):
+    def __init__(self, tokenizer_dir: str | Path, over_margin: float = 2.0, under_margin: float = 1.25):
         from rlmt.models.loading import load_tokenizer
 
         self.tokenizer = load_tokenizer(tokenizer_dir)
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
         self.over_margin = over_margin
+        self.under_margin = under_margin
         self._overhead_bytes: dict[tuple[str, ...], int] = {}
         self.vocab_max_chars = self._vocab_max_chars()
         self.bounds: LengthBounds | None = None
@@ -96,7 +106,9 @@ class TokenCounter:
         holds = bool(np.all(counts <= rendered_bytes)) if len(counts) else False
         cpt = float(np.max(chars / np.maximum(counts, 1))) if len(counts) else float(self.vocab_max_chars)
         over = min(self.over_margin * max(cpt, 1.0), float(self.vocab_max_chars))
-        self.bounds = LengthBounds(holds, cpt, over, self.vocab_max_chars, len(conversations))
+        bpt = float(np.min(rendered_bytes / np.maximum(counts, 1))) if len(counts) else 1.0
+        short = max(1.0, bpt / self.under_margin) if holds else 0.0
+        self.bounds = LengthBounds(holds, bpt, short, cpt, over, self.vocab_max_chars, len(conversations))
         return self.bounds
 
 
@@ -130,7 +142,7 @@ def token_lengths(frame: pl.DataFrame, counter: TokenCounter, limit: int | None,
         pool = middle if len(middle) >= calibration_rows else np.arange(n)
         sample = np.sort(rng.choice(pool, size=min(calibration_rows, len(pool)), replace=False))
         bounds = counter.calibrate(frame["messages"].gather(sample).to_list())
-        short = (content_bytes + over_head <= limit) if bounds.byte_bound_holds else np.zeros(n, dtype=bool)
+        short = content_bytes + over_head <= limit * bounds.short_bytes_per_token
         long = content_chars > limit * bounds.over_chars_per_token
         uncertain = ~(short | long)
     idx = np.flatnonzero(uncertain)

@@ -122,6 +122,7 @@ def generate_file(model_dir: str | Path, items: list[tuple[str, Messages]], out_
     """
     from rlmt.generation.backends import make_generator, resolve_backend
 
+    _check_items(items)
     out = Path(out_jsonl)
     is_http = (generator.backend == "openai") if generator is not None else \
         resolve_backend(backend, device=generator_options.get("device", "auto"),
@@ -129,7 +130,6 @@ def generate_file(model_dir: str | Path, items: list[tuple[str, Messages]], out_
     if fmt is None:
         fmt = WARM_NOTHINK if is_http else ThinkingFormat.load(model_dir)
     params = (params or SamplingParams.for_format(fmt, sampling)).with_stops(fmt.stop_strings)
-    _check_items(items)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _check_meta(out, params, fmt)
@@ -142,6 +142,7 @@ def generate_file(model_dir: str | Path, items: list[tuple[str, Messages]], out_
     if own:
         if is_http:
             generator_options.setdefault("cache_path", out.with_name(out.name + ".cache.sqlite"))
+        generator_options.setdefault("progress", progress)
         generator = make_generator(backend, model_dir, **generator_options)
     assert generator is not None
     step = chunk_size or generator.chunk_size

@@ -88,7 +88,7 @@ class OpenAIGenerator(Generator):
         for i, messages in enumerate(prompts):
             for k in range(params.n):
                 key = cache_key(self.model, messages, params, k)
-                hit = self.cache.get(key) if self.cache else None
+                hit = self.cache.get(key) if self.cache is not None else None
                 if hit is not None:
                     results[i][k] = hit
                 else:
@@ -105,17 +105,17 @@ class OpenAIGenerator(Generator):
                     except GenerationError as err:
                         failures.append(str(err))
                         continue
-                    if self.cache:
+                    if self.cache is not None:
                         self.cache.put(key, self.model, completion)
                     results[i][k] = completion
         if failures:
-            kept = "cached, so a rerun asks only for the rest" if self.cache else "not cached (no cache_path)"
+            kept = "cached, so a rerun asks only for the rest" if self.cache is not None else "not cached (no cache_path)"
             raise GenerationError(f"{len(failures)} of {len(todo)} requests to {self.url} failed; the others were {kept}. "
                                   f"First failure: {failures[0]}")
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
-        if self.cache:
+        if self.cache is not None:
             self.cache.close()
 
     # ------------------------------------------------------------------ one request

@@ -51,7 +51,8 @@ class VLLMGenerator(Generator):
     backend = "vllm"
 
     def __init__(self, model_dir: str | Path, *, max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
-                 tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0, chunk_size: int = 2048):
+                 tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0, chunk_size: int = 2048,
+                 progress: bool = True):
         if not vllm_available():
             raise GenerationError("backend 'vllm' asked for, but the vllm package is not installed "
                                   "(pip install 'rlmt[vllm]' on a GPU machine, or use backend 'transformers')")
@@ -61,6 +62,7 @@ class VLLMGenerator(Generator):
 
         check_safetensors(model_dir)
         self.model_dir = Path(model_dir)
+        self.progress = progress
         self.chunk_size = chunk_size  # vLLM schedules continuously; large chunks keep it busy
         self.llm = LLM(model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=dtype, seed=seed,
                        trust_remote_code=False, max_model_len=max_model_len,
@@ -71,7 +73,7 @@ class VLLMGenerator(Generator):
         from vllm import SamplingParams as VLLMSamplingParams
 
         inputs = [{"prompt_token_ids": render_prompt_ids(self.tokenizer, p)} for p in prompts]
-        outputs = self.llm.generate(inputs, VLLMSamplingParams(**vllm_sampling_kwargs(params)), use_tqdm=True)
+        outputs = self.llm.generate(inputs, VLLMSamplingParams(**vllm_sampling_kwargs(params)), use_tqdm=self.progress)
         return [[completion_from_vllm(o.text, o.token_ids, o.finish_reason, params.stop) for o in req.outputs]
                 for req in outputs]
 

@@ -122,6 +122,8 @@ def _merge(results: dict[str, BenchmarkResult]) -> BenchmarkResult:
         metrics.update({f"{proto}.{k}": v for k, v in res.metrics.items()})
         extra[proto] = res.extra
         per_item.extend(res.per_item)
+    if "paper.score" in metrics:  # the headline stays the paper protocol's number
+        metrics = {"score": metrics["paper.score"], **metrics}
     return BenchmarkResult(benchmark=first.benchmark, metrics=metrics, n=first.n,
                            n_failed=max(r.n_failed for r in results.values()), per_item=per_item, protocol="both",
                            metric_version=first.metric_version, extra=extra)

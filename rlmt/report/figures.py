@@ -25,7 +25,7 @@ def training_histories(cells: list[str], *, uri: str | None = None, experiment: 
     """cell -> curve -> [(step, value)] from each cell's latest finished training run."""
     from mlflow.tracking import MlflowClient
 
-    from rlmt.tracking import TAG_CELL, TAG_STAGE, tracking_uri
+    from rlmt.tracking import TAG_CELL, TAG_RULE, tracking_uri
 
     client = MlflowClient(tracking_uri(uri))
     exp = client.get_experiment_by_name(experiment)
@@ -34,7 +34,7 @@ def training_histories(cells: list[str], *, uri: str | None = None, experiment: 
         return out
     for cell in cells:
         runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_CELL}` = '{cell}' and "
-                                  f"tags.`{TAG_STAGE}` = 'train' and attributes.status = 'FINISHED'",
+                                  f"tags.`{TAG_RULE}` = 'train' and attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=1)
         if not runs:
             continue

@@ -55,7 +55,7 @@ class TokenClassificationCritic(nn.Module):
 
 def load_critic(model_dir: str | Path, kind: CriticKind, *, fresh_head: bool, dtype=torch.float32) -> nn.Module:
     """A critic from a policy dir (``fresh_head=True``) or from a checkpoint's ``critic/`` dir."""
-    from transformers import AutoModel, AutoModelForTokenClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification
 
     from rlmt.models.loading import check_safetensors
 
@@ -72,9 +72,11 @@ def load_critic(model_dir: str | Path, kind: CriticKind, *, fresh_head: bool, dt
             critic.value_head.load_state_dict(load_file(str(Path(model_dir) / VALUE_HEAD_FILE)))
         return critic
     if kind == "token-classification":
-        model = AutoModelForTokenClassification.from_pretrained(str(model_dir), num_labels=1, use_safetensors=True,
-                                                                dtype=dtype, classifier_dropout=0.0)
+        config = AutoConfig.from_pretrained(str(model_dir), num_labels=1)
         # No dropout: the values that make the advantages and the values being fit must be one function.
+        config.classifier_dropout = 0.0
+        model = AutoModelForTokenClassification.from_pretrained(str(model_dir), config=config, use_safetensors=True,
+                                                                dtype=dtype)
         if fresh_head:
             head = model.score  # *ForTokenClassification names its head `score`
             nn.init.zeros_(head.weight)

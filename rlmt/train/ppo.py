@@ -67,10 +67,11 @@ class PPOBatch:
 
 def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train_path: str | Path,
               val_path: str | Path | None, out: str | Path, settings: PPOConfig, *,
-              scorer: Scorer | None = None) -> Path:
+              scorer: Scorer | None = None, reward_max_length: int | None = None) -> Path:
     """Train the policy in `policy_dir` with PPO; returns ``OUT/final/``.
 
-    `scorer` replaces the reward model (tests use a rule reward on the extracted answer).
+    `scorer` replaces the reward model (tests use a rule reward on the extracted answer);
+    `reward_max_length` is the reward model's token budget (``reward_models.<rm>.max_length``).
     """
     from accelerate import Accelerator
 
@@ -89,6 +90,8 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
     train_rows = read_prompt_table(train_path)
     val_rows = read_prompt_table(val_path)[: settings.val_prompts] if val_path else []
     total_steps = _total_steps(settings, len(train_rows))
+    accelerator.print(f"ppo: {world} processes ({accelerator.distributed_type.value}), {total_steps} steps of "
+                      f"{settings.prompts_per_step} prompts")
 
     # -- resume: the newest complete checkpoint, else the initial policy with a fresh critic head
     if accelerator.is_main_process:
@@ -117,7 +120,8 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
 
         if reward_model_dir is None:
             raise ValueError("train_ppo needs a reward model dir (or a scorer)")
-        scorer = AnswerRewardScorer(reward_model_dir, fmt, strict=settings.strict, device=str(accelerator.device))
+        scorer = AnswerRewardScorer(reward_model_dir, fmt, strict=settings.strict, max_length=reward_max_length,
+                                    device=str(accelerator.device))
 
     from tqdm.auto import tqdm
 
@@ -225,7 +229,7 @@ def ppo_update(accelerator, model, optimizer, batch: PPOBatch, settings: PPOConf
                 accelerator.backward(loss * mask.sum() / tokens_in_minibatch)
                 for key, value in {"policy/loss": p_loss, "critic/loss": v_loss, "policy/entropy": entropy,
                                    **p_stats, **v_stats}.items():
-                    stats.setdefault(key, []).append(float(value))
+                    stats.setdefault(key, []).append(float(value.detach()))
             grad_norms = clip_per_group(accelerator, optimizer, settings.max_grad_norm)
             for key, value in grad_norms.items():
                 stats.setdefault(key, []).append(value)

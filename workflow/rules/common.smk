@@ -38,3 +38,13 @@ wildcard_constraints:
 def res(rule, key, algo=None):
     """A resource value of `rule` from the config's resources block (a callable for Snakemake)."""
     return lambda wildcards: PLAN.resources(rule, key, algo(wildcards) if callable(algo) else algo)
+
+
+def slurm(rule, key, algo=None):
+    """A Slurm-plugin resource (gpu, gres, tasks, tasks_per_gpu, mpi, nodes ...) from the config."""
+    return lambda wildcards: PLAN.slurm_resource(rule, key, algo(wildcards) if callable(algo) else algo)
+
+
+def cell_algo(wildcards):
+    """The training algorithm of the cell a job belongs to."""
+    return PLAN.cell_by_name[wildcards.cell].algo

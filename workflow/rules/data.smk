@@ -14,6 +14,7 @@ rule curate:
         quarantine="results/data/mixtures/{mixture}/quarantine.parquet",
         stats="results/data/mixtures/{mixture}/stats.json",
     params:
+        config=CONFIG,
         tokenizer=lambda w, input: f"--tokenizer {input.tokenizer[0]}" if input.tokenizer else "",
         outdir=lambda w, output: os.path.dirname(output.train),
     log:
@@ -24,7 +25,7 @@ rule curate:
     conda:
         "../../envs/data.yaml"
     shell:
-        "rlmt data curate --config {CONFIG} --mixture {wildcards.mixture} {params.tokenizer} "
+        "rlmt data curate --config {params.config} --mixture {wildcards.mixture} {params.tokenizer} "
         "--out {params.outdir} > {log} 2>&1"
 
 
@@ -32,6 +33,8 @@ rule sft_data:
     output:
         think="results/data/sft/{sft}/think.jsonl",
         nothink="results/data/sft/{sft}/nothink.jsonl",
+    params:
+        config=CONFIG,
     log:
         "results/logs/sft_data/{sft}.log",
     resources:
@@ -39,16 +42,20 @@ rule sft_data:
     conda:
         "../../envs/data.yaml"
     shell:
-        "rlmt data sft --config {CONFIG} --name {wildcards.sft} "
+        "rlmt data sft --config {params.config} --name {wildcards.sft} "
         "--out-think {output.think} --out-nothink {output.nothink} > {log} 2>&1"
 
 
 rule benchmark_items:
+    input:
+        lambda w: PLAN.items_inputs(w.bench),
     output:
         "results/data/benchmarks/{bench}/items.jsonl",
+    params:
+        config=CONFIG,
     log:
         "results/logs/benchmark_items/{bench}.log",
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval items --config {CONFIG} --bench {wildcards.bench} --out {output} > {log} 2>&1"
+        "rlmt eval items --config {params.config} --bench {wildcards.bench} --out {output} > {log} 2>&1"

@@ -10,19 +10,23 @@ rule generate:
     output:
         "results/eval/{evalmodel}/{bench}/generations.jsonl",
     params:
+        config=CONFIG,
         cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
         max_new_tokens=lambda w: PLAN.max_new_tokens(w.evalmodel, w.bench),
     log:
         "results/logs/generate/{evalmodel}/{bench}.log",
     resources:
-        gpus=res("generate", "gpus"),
-        mem_mb=res("generate", "mem_mb"),
-        runtime=res("generate", "runtime"),
-        slurm_partition=res("generate", "slurm_partition"),
+        mem_mb=slurm("generate", "mem_mb"),
+        runtime=slurm("generate", "runtime"),
+        cpus_per_task=slurm("generate", "cpus_per_task"),
+        gpu=slurm("generate", "gpu"),
+        tasks_per_gpu=slurm("generate", "tasks_per_gpu"),
+        slurm_partition=slurm("generate", "slurm_partition"),
+        slurm_account=slurm("generate", "slurm_account"),
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval generate --config {CONFIG} --model {input.model} --model-name {wildcards.evalmodel} {params.cell} "
+        "rlmt eval generate --config {params.config} --model {input.model} --model-name {wildcards.evalmodel} {params.cell} "
         "--bench {wildcards.bench} --prompts {input.prompts} --max-new-tokens {params.max_new_tokens} "
         "--out {output} > {log} 2>&1"
 
@@ -34,13 +38,14 @@ rule score:
     output:
         "results/eval/{evalmodel}/{rulebench}/scores.json",
     params:
+        config=CONFIG,
         cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
     log:
         "results/logs/score/{evalmodel}/{rulebench}.log",
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval score --config {CONFIG} --bench {wildcards.rulebench} --model-name {wildcards.evalmodel} "
+        "rlmt eval score --config {params.config} --bench {wildcards.rulebench} --model-name {wildcards.evalmodel} "
         "{params.cell} --items {input.prompts} --generations {input.generations} --out {output} > {log} 2>&1"
 
 
@@ -53,13 +58,14 @@ rule score_winrate:
     output:
         "results/eval/{evalmodel}/reward-winrate/scores.json",
     params:
+        config=CONFIG,
         cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
     log:
         "results/logs/score/{evalmodel}/reward-winrate.log",
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval score --config {CONFIG} --bench reward-winrate --model-name {wildcards.evalmodel} {params.cell} "
+        "rlmt eval score --config {params.config} --bench reward-winrate --model-name {wildcards.evalmodel} {params.cell} "
         "--items {input.prompts} --generations {input.generations} --reference {input.reference} "
         "--reward-model {input.reward_model} --out {output} > {log} 2>&1"
 
@@ -72,6 +78,7 @@ rule judge:
         judgments="results/eval/{evalmodel}/{judgedbench}/judgments.jsonl",
         scores="results/eval/{evalmodel}/{judgedbench}/scores.json",
     params:
+        config=CONFIG,
         cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
     log:
         "results/logs/judge/{evalmodel}/{judgedbench}.log",
@@ -80,7 +87,7 @@ rule judge:
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval judge --config {CONFIG} --bench {wildcards.judgedbench} --model-name {wildcards.evalmodel} "
+        "rlmt eval judge --config {params.config} --bench {wildcards.judgedbench} --model-name {wildcards.evalmodel} "
         "{params.cell} --items {input.prompts} --generations {input.generations} "
         "--out-judgments {output.judgments} --out {output.scores} > {log} 2>&1"
 
@@ -91,6 +98,7 @@ rule model_scores:
     output:
         "results/eval/{evalmodel}/scores.json",
     params:
+        config=CONFIG,
         cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
         checkpoint=lambda w: f"--checkpoint {EVAL_MODELS[w.evalmodel].directory}",
     log:
@@ -98,5 +106,5 @@ rule model_scores:
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval collect --config {CONFIG} --model-name {wildcards.evalmodel} {params.cell} {params.checkpoint} "
+        "rlmt eval collect --config {params.config} --model-name {wildcards.evalmodel} {params.cell} {params.checkpoint} "
         "--out {output} {input} > {log} 2>&1"

@@ -11,6 +11,7 @@ rule prepare_model:
     output:
         directory("results/models/{model}"),
     params:
+        config=CONFIG,
         template=lambda w, input: (
             f"--chat-template-from {input.chat_template[0]}" if input.chat_template else ""
         ),
@@ -22,7 +23,7 @@ rule prepare_model:
     conda:
         "../../envs/train.yaml"
     shell:
-        "rlmt models prepare --config {CONFIG} --model {wildcards.model} --out {output} {params.template} > {log} 2>&1"
+        "rlmt models prepare --config {params.config} --model {wildcards.model} --out {output} {params.template} > {log} 2>&1"
 
 
 rule zero_model:

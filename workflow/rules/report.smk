@@ -19,9 +19,11 @@ rule report:
             caption="../report/figures.rst",
             category="Figures",
         ),
+    params:
+        config=CONFIG,
     log:
         "results/logs/report.log",
     conda:
         "../../envs/report.yaml"
     shell:
-        "rlmt report build --config {CONFIG} --out results/report > {log} 2>&1"
+        "rlmt report build --config {params.config} --out results/report > {log} 2>&1"

@@ -11,22 +11,28 @@ rule sft:
     output:
         directory("results/models/{sft_policy}"),
     params:
+        config=CONFIG,
         settings=lambda w: PLAN.settings_digest("sft", PLAN.parse_policy(w.sft_policy)),
         launch=lambda w: PLAN.launch_prefix("sft"),
     log:
         "results/logs/sft/{sft_policy}.log",
     threads: workflow.cores
     resources:
-        gpus=res("sft", "gpus"),
-        nodes=res("sft", "nodes"),
-        mem_mb=res("sft", "mem_mb"),
-        runtime=res("sft", "runtime"),
-        cpus_per_task=res("sft", "cpus_per_task"),
-        slurm_partition=res("sft", "slurm_partition"),
+        nodes=slurm("sft", "nodes"),
+        mem_mb=slurm("sft", "mem_mb"),
+        runtime=slurm("sft", "runtime"),
+        cpus_per_task=slurm("sft", "cpus_per_task"),
+        gpu=slurm("sft", "gpu"),
+        gres=slurm("sft", "gres"),
+        tasks=slurm("sft", "tasks"),
+        tasks_per_gpu=slurm("sft", "tasks_per_gpu"),
+        mpi=slurm("sft", "mpi"),
+        slurm_partition=slurm("sft", "slurm_partition"),
+        slurm_account=slurm("sft", "slurm_account"),
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.launch}rlmt train sft --config {CONFIG} --policy-name {wildcards.sft_policy} "
+        "{params.launch}rlmt train sft --config {params.config} --policy-name {wildcards.sft_policy} "
         "--model {input.model} --data {input.data} --out {output} > {log} 2>&1"
 
 
@@ -36,23 +42,29 @@ rule train:
     output:
         directory("results/checkpoints/{cell}/final"),
     params:
-        algo=lambda w: PLAN.cell_by_name[w.cell].algo,
-        settings=lambda w: PLAN.settings_digest(PLAN.cell_by_name[w.cell].algo, PLAN.cell_by_name[w.cell]),
+        config=CONFIG,
+        algo=cell_algo,
+        settings=lambda w: PLAN.settings_digest(cell_algo(w), PLAN.cell_by_name[w.cell]),
         outdir=lambda w: PLAN.checkpoint_dir(w.cell),
-        launch=lambda w: PLAN.launch_prefix("train", PLAN.cell_by_name[w.cell].algo),
+        launch=lambda w: PLAN.launch_prefix("train", cell_algo(w)),
     log:
         "results/logs/train/{cell}.log",
     threads: workflow.cores
     resources:
-        gpus=res("train", "gpus", lambda w: PLAN.cell_by_name[w.cell].algo),
-        nodes=res("train", "nodes", lambda w: PLAN.cell_by_name[w.cell].algo),
-        mem_mb=res("train", "mem_mb", lambda w: PLAN.cell_by_name[w.cell].algo),
-        runtime=res("train", "runtime", lambda w: PLAN.cell_by_name[w.cell].algo),
-        cpus_per_task=res("train", "cpus_per_task", lambda w: PLAN.cell_by_name[w.cell].algo),
-        slurm_partition=res("train", "slurm_partition", lambda w: PLAN.cell_by_name[w.cell].algo),
+        nodes=slurm("train", "nodes", cell_algo),
+        mem_mb=slurm("train", "mem_mb", cell_algo),
+        runtime=slurm("train", "runtime", cell_algo),
+        cpus_per_task=slurm("train", "cpus_per_task", cell_algo),
+        gpu=slurm("train", "gpu", cell_algo),
+        gres=slurm("train", "gres", cell_algo),
+        tasks=slurm("train", "tasks", cell_algo),
+        tasks_per_gpu=slurm("train", "tasks_per_gpu", cell_algo),
+        mpi=slurm("train", "mpi", cell_algo),
+        slurm_partition=slurm("train", "slurm_partition", cell_algo),
+        slurm_account=slurm("train", "slurm_account", cell_algo),
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.launch}rlmt train {params.algo} --config {CONFIG} --cell {wildcards.cell} "
+        "{params.launch}rlmt train {params.algo} --config {params.config} --cell {wildcards.cell} "
         "--policy {input.policy} --reward-model {input.reward_model} --train {input.train} --val {input.val} "
         "--out {params.outdir} > {log} 2>&1"

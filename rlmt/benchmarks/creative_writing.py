@@ -1,0 +1,113 @@
+"""Creative Writing v3 (EQ-Bench): 32 story prompts x 3 seed modifiers = 96 pieces, each graded by
+a judge on a 22-criterion rubric.
+
+Data (``<data_dir>/benchmarks/creativewritingv3/``): ``prompts_v3.json`` (id -> {category, title,
+writing_prompt with a ``<SEED>`` slot, seed_modifiers}), ``criteria.txt`` (22 names, one a line)
+and ``negative_criteria.txt`` (the 9 flaws among them).
+
+Scoring, as the reference code: every criterion 0-20; a flaw's score is inverted (20 - x) so
+higher is always better; the piece's score is the mean over criteria times 5 (0-100); the
+benchmark's score is the mean over pieces. Answers are cut at 3,200 words before judging. A reply
+that scores fewer than ``min_criteria_fraction`` (0.5) of the criteria is a judge failure. The
+official tool grades the same rubric the same way, so there is one protocol ("paper").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+from rlmt.benchmarks.base import BenchmarkError, BenchmarkResult, Item, ItemScore, answer_of, limit_items, mean_metric, register
+from rlmt.judges import prompts
+from rlmt.judges.client import JudgePrompt
+from rlmt.judges.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
+from rlmt.judges.parsing import parse_rubric
+
+ROOT = "benchmarks/creativewritingv3"
+SEEDS_PER_PROMPT = 3
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@register
+class CreativeWritingV3(JudgedBenchmark):
+    name: ClassVar[str] = "creative-writing-v3"
+    metric_version: ClassVar[str] = "1"
+    protocols: ClassVar[tuple[str, ...]] = ("paper",)
+
+    def _criteria(self) -> tuple[list[str], set[str]]:
+        data_dir = Path(self.options["data_dir"]) if self.options.get("data_dir") else None
+        crit = _lines(resolve_data_file(self.options, data_dir, "criteria", f"{ROOT}/criteria.txt", "creative-writing-v3"))
+        neg = set(_lines(resolve_data_file(self.options, data_dir, "negative_criteria", f"{ROOT}/negative_criteria.txt",
+                                           "creative-writing-v3")))
+        unknown = neg - set(crit)
+        if unknown:
+            raise BenchmarkError(f"creative-writing-v3: negative criteria {sorted(unknown)} are not in criteria.txt")
+        return crit, neg
+
+    def load_items(self, data_dir: Path | None, limit: int | None = None, seed: int = 0) -> list[Item]:
+        if data_dir is not None:
+            self.options.setdefault("data_dir", str(data_dir))
+        path = resolve_data_file(self.options, data_dir, "path", f"{ROOT}/prompts_v3.json", "creative-writing-v3")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        n_seeds = int(self.options.get("seeds_per_prompt", SEEDS_PER_PROMPT))
+        items = []
+        for pid, row in raw.items():
+            mods = row.get("seed_modifiers") or []
+            if "<SEED>" not in row.get("writing_prompt", "") or len(mods) < n_seeds:
+                raise BenchmarkError(f"{path}: prompt {pid} needs a <SEED> slot and >= {n_seeds} seed modifiers")
+            for k in range(n_seeds):
+                text = row["writing_prompt"].replace("<SEED>", mods[k])
+                items.append(Item(f"{pid}-{k + 1}", [{"role": "user", "content": text}],
+                                  {"prompt": text, "category": row.get("category"), "title": row.get("title")}))
+        return limit_items(items, limit, seed)
+
+    def tasks(self, items, generations, protocol) -> list[JudgeTask]:
+        crit, neg = self._criteria()
+        listing = "\n".join(f"- {c}{' (flaw)' if c in neg else ''}" for c in crit)
+        max_words = int(self.options.get("max_words", 3200))
+        out = []
+        for item, answer in answered(items, generations):
+            text = prompts.CREATIVE_RUBRIC_USER.format(prompt=item.reference["prompt"],
+                                                       response=prompts.truncate_words(answer, max_words),
+                                                       criteria=listing)
+            out.append(JudgeTask(item.id, "rubric", JudgePrompt(prompts.user(text), int(self.options.get(
+                "judge_max_tokens", 1500))), self._parser(crit), {}))
+        return out
+
+    def _parser(self, crit: list[str]):
+        need = max(1, int(len(crit) * float(self.options.get("min_criteria_fraction", 0.5)) + 0.5))
+
+        def parse(text: str | None) -> dict | None:
+            scores = parse_rubric(text, crit)
+            return scores if len(scores) >= need else None
+        return parse
+
+    def piece_score(self, scores: dict[str, float], negative: set[str]) -> float:
+        """Mean over criteria of the (flaw-inverted) 0-20 scores, times 5: 0-100."""
+        adjusted = [20.0 - v if name in negative else v for name, v in scores.items()]
+        return 5.0 * sum(adjusted) / len(adjusted)
+
+    def aggregate(self, items, generations, judgments, protocol) -> BenchmarkResult:
+        crit, neg = self._criteria()
+        per_item, values = [], []
+        for item in items:
+            if answer_of(generations.get(item.id)) is None:
+                per_item.append(ItemScore(item.id, None, {"failure": "generation"}))
+                values.append(0.0)
+                continue
+            ok = [r for r in judgments.get(item.id, []) if r["ok"]]
+            if not ok:
+                per_item.append(ItemScore(item.id, None, {"failure": "judge"}))
+                continue
+            value = self.piece_score(ok[0]["parsed"], neg)
+            per_item.append(ItemScore(item.id, value, {"criteria_scored": len(ok[0]["parsed"])}))
+            values.append(value)
+        extra = {**count_failures(items, generations, judgments), "n_criteria": len(crit), "n_negative": len(neg),
+                 "note": "the official EQ-Bench rubric scoring equals the reference code's"}
+        return BenchmarkResult(self.name, {"score": mean_metric(values, scale=1.0)}, n=len(items),
+                               n_failed=sum(1 for s in per_item if s.value is None), per_item=per_item,
+                               protocol=protocol, metric_version=self.metric_version, extra=extra)

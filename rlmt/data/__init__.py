@@ -1,0 +1,1 @@
+"""Data stages: prompt-mixture curation (``curate``) and warm-start SFT data (``sft_data``)."""

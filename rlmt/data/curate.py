@@ -1,0 +1,337 @@
+"""Prompt-mixture curation: raw sources -> filtered, deduplicated, sampled train/val prompts.
+
+:func:`curate_mixture` is the one stage function behind ``rlmt data curate``. It reads every source
+(:mod:`rlmt.data.sources`), applies the filters in the order of :data:`rlmt.data.filters.REASONS`
+(each row is counted under its first failing check), samples ``n_train + n_val`` prompts with the
+mixture's seed and source weights, and writes ``results/data/mixtures/<name>/``:
+
+``train.parquet``/``val.parquet`` (``id``, ``messages``, ``source``, ``n_tokens``),
+``quarantine.parquet`` (``source``, ``source_row``, ``raw`` row as JSON, ``reason``), ``stats.json``
+and ``lengths.png``. Nothing is dropped without a reason: ``in == kept + sum(dropped)`` is asserted
+here, overall and per source. The same inputs and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from rlmt.config import MixtureSpec
+from rlmt.data import filters
+from rlmt.data.sources import ResolvedSource, raw_rows, read_source, resolve_source
+
+log = logging.getLogger(__name__)
+
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+MIXTURE_SCHEMA = {"id": pl.String, "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
+                  "source": pl.String, "n_tokens": pl.Int64}
+
+
+@contextlib.contextmanager
+def _timed(stage: str):
+    """Log how long a stage took (not written to stats.json, which must stay byte-identical)."""
+    import psutil
+
+    start = time.perf_counter()
+    yield
+    log.info("curate: %s took %.1fs (RSS %.2f GB)", stage, time.perf_counter() - start,
+             psutil.Process().memory_info().rss / 1e9)
+
+
+class CurationError(RuntimeError):
+    """Curation cannot produce the requested mixture (bad settings, missing tokenizer)."""
+
+
+@dataclass
+class CurateResult:
+    out_dir: Path
+    stats: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+    sample: list[dict[str, Any]] = field(default_factory=list)
+
+
+def curate_mixture(spec: MixtureSpec, out_dir: str | Path, *, name: str, tokenizer_dir: str | Path | None = None,
+                   data_dir: str | Path | None = None) -> CurateResult:
+    """Curate one mixture into `out_dir`; see the module docstring for the files."""
+    out_dir = Path(out_dir)
+    fs = spec.filters
+    if fs.max_prompt_tokens is not None and tokenizer_dir is None:
+        raise CurationError(f"mixture {name!r}: filters.max_prompt_tokens={fs.max_prompt_tokens} needs a tokenizer "
+                            "(pass --tokenizer with the prepared tokenizer_model directory)")
+    filters.check_patterns(fs.include_patterns, "include_patterns")
+    filters.check_patterns(fs.exclude_patterns, "exclude_patterns")
+    sources = [resolve_source(s.path, s.format, s.name, s.weight, Path(data_dir) if data_dir else None)
+               for s in spec.sources]
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise CurationError(f"mixture {name!r}: two sources share the label {names}; give each a distinct 'name'")
+
+    with _timed("read + structure"):
+        frame = _read_all(sources, fs.keep_multi_turn)
+    with _timed("patterns + exact duplicates"):
+        frame = filters.patterns(frame, fs.include_patterns, fs.exclude_patterns)
+        # The joined text has served its checks; its length is all the stats and figure need.
+        frame = frame.with_columns(pl.col("text").str.len_chars().alias("chars")).drop("text")
+        if fs.dedup_exact:
+            frame = filters.exact_duplicates(frame)
+        elif fs.near_dup_threshold is not None:
+            frame = filters.with_normalized_text(frame)
+
+    counter = None
+    length_info: dict[str, Any] = {}
+    n_tokens_all = np.full(frame.height, -1, dtype=np.int64)
+    if tokenizer_dir is not None:
+        from rlmt.data.token_length import TokenCounter, token_lengths
+
+        counter = TokenCounter(tokenizer_dir)
+        if fs.max_prompt_tokens is not None:
+            tic = time.perf_counter()
+            eligible = _eligible(frame)
+            n_tok, too_long, decided = token_lengths(frame.filter(pl.col("_i").is_in(eligible.implode()))
+                                                     .select("messages"), counter, fs.max_prompt_tokens,
+                                                     seed=spec.seed)
+            n_tokens_all[eligible.to_numpy()] = n_tok
+            frame = _mark(frame, eligible.to_numpy()[too_long], filters.TOO_LONG)
+            length_info = {"decisions": decided, "bounds": vars(counter.bounds) if counter.bounds else None}
+            log.info("curate: token length took %.1fs (%s)", time.perf_counter() - tic, decided)
+
+    if fs.language is not None:
+        from rlmt.data.language import DETECT_CHARS, other_language
+
+        with _timed("language"):
+            eligible = _eligible(frame)
+            prompts = (frame.filter(pl.col("_i").is_in(eligible.implode()))["prompt"]
+                       .str.slice(0, DETECT_CHARS).to_list())
+            foreign = other_language(prompts, fs.language, fs.language_min_confidence)
+            frame = _mark(frame, eligible.to_numpy()[foreign], filters.LANGUAGE)
+
+    if fs.near_dup_threshold is not None:
+        from rlmt.data.near_duplicates import near_duplicates
+
+        with _timed("near duplicates"):
+            eligible = _eligible(frame)
+            texts = frame.filter(pl.col("_i").is_in(eligible.implode()))["norm"]
+            near = near_duplicates(texts, fs.near_dup_threshold, num_perm=fs.near_dup_num_perm,
+                                   shingle_size=fs.near_dup_shingle_words, seed=spec.seed)
+            frame = _mark(frame, eligible.to_numpy()[near], filters.NEAR_DUPLICATE)
+
+    frame = frame.drop("prompt", "norm", strict=False).with_columns(pl.Series("n_tokens", n_tokens_all))
+    kept = frame.filter(pl.col("reason").is_null())
+    train, val, shortfall = _sample(kept, sources, spec)
+    with _timed("sample token counts"):
+        train, val = (_finish(part, counter) for part in (train, val))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"train": out_dir / "train.parquet", "val": out_dir / "val.parquet",
+             "quarantine": out_dir / "quarantine.parquet", "stats": out_dir / "stats.json",
+             "figure": out_dir / "lengths.png"}
+    train.write_parquet(files["train"], statistics=False)
+    val.write_parquet(files["val"], statistics=False)
+    with _timed("quarantine"):
+        quarantine = _quarantine(frame, sources)
+    quarantine.write_parquet(files["quarantine"], statistics=False)
+    stats = _stats(name, spec, frame, kept, train, val, shortfall, length_info)
+    files["stats"].write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    _figure(kept, train, val, fs.max_prompt_tokens, files["figure"], name)
+    sample = pl.concat([train, val]).head(20).to_dicts()
+    return CurateResult(out_dir=out_dir, stats=stats, files=files, sample=sample)
+
+
+# ---------------------------------------------------------------------- stages
+
+
+def _read_all(sources: list[ResolvedSource], keep_multi_turn: bool) -> pl.DataFrame:
+    parts = []
+    for k, src in enumerate(sources):
+        for batch in read_source(src):
+            checked = filters.structure(batch, keep_multi_turn).drop("error")
+            parts.append(checked.with_columns(pl.lit(k, dtype=pl.Int32).alias("_src")))
+    frame = pl.concat(parts, how="vertical") if parts else pl.DataFrame()
+    return frame.with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))
+
+
+def _eligible(frame: pl.DataFrame) -> pl.Series:
+    return frame.filter(pl.col("reason").is_null())["_i"]
+
+
+def _mark(frame: pl.DataFrame, rows: np.ndarray, reason: str) -> pl.DataFrame:
+    if len(rows) == 0:
+        return frame
+    hit = pl.col("_i").is_in(pl.Series(rows, dtype=pl.Int64).implode())
+    return frame.with_columns(pl.when(hit & pl.col("reason").is_null()).then(pl.lit(reason))
+                              .otherwise(pl.col("reason")).alias("reason"))
+
+
+def _quotas(available: list[int], weights: list[float], total: int) -> list[int]:
+    """Split `total` over sources by weight (largest remainder), moving what a source lacks to the others."""
+    quota = [0] * len(available)
+    open_ = [k for k, a in enumerate(available) if a > 0]
+    remaining = min(total, sum(available))
+    while remaining > 0 and open_:
+        wsum = sum(weights[k] for k in open_)
+        shares = {k: remaining * weights[k] / wsum for k in open_}
+        give = {k: min(math.floor(shares[k]), available[k] - quota[k]) for k in open_}
+        left = remaining - sum(give.values())
+        for k in sorted(open_, key=lambda k: (-(shares[k] - math.floor(shares[k])), k)):
+            if left == 0:
+                break
+            if quota[k] + give[k] < available[k]:
+                give[k] += 1
+                left -= 1
+        for k, g in give.items():
+            quota[k] += g
+        remaining = min(total, sum(available)) - sum(quota)
+        open_ = [k for k in open_ if quota[k] < available[k]]
+    return quota
+
+
+def _sample(kept: pl.DataFrame, sources: list[ResolvedSource], spec: MixtureSpec
+            ) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Seeded sample of n_train + n_val kept prompts by source weight; val is taken first."""
+    rng = np.random.default_rng(spec.seed)
+    kept = kept.sort("_i")
+    per_source = [kept.filter(pl.col("_src") == k)["_i"].to_numpy() for k in range(len(sources))]
+    wanted = sum(len(p) for p in per_source) if spec.n_train is None else spec.n_train + spec.n_val
+    quota = _quotas([len(p) for p in per_source], [s.weight for s in sources], wanted)
+    chosen = np.concatenate([rng.permutation(p)[:q] for p, q in zip(per_source, quota, strict=True)]
+                            or [np.zeros(0, dtype=np.int64)])
+    chosen = rng.permutation(chosen)
+    n_val = min(spec.n_val, len(chosen))
+    position = pl.DataFrame({"_i": chosen.astype(np.int64), "_pos": np.arange(len(chosen), dtype=np.int64)})
+    picked = position.join(kept, on="_i", how="left").sort("_pos")
+    return picked.slice(n_val), picked.head(n_val), max(0, wanted - len(chosen))
+
+
+def _finish(part: pl.DataFrame, counter) -> pl.DataFrame:
+    """Final mixture columns; rows whose length came from a bound are tokenized exactly now."""
+    n_tokens = part["n_tokens"].to_numpy().copy()
+    if counter is not None:
+        missing = np.flatnonzero(n_tokens < 0)
+        if len(missing):
+            n_tokens[missing] = counter.count(part["messages"].gather(missing).to_list())
+    names = part["source"]
+    ids = part.select(pl.concat_str(pl.col("source"), pl.lit("-"), pl.col("source_row").cast(pl.String)))
+    out = pl.DataFrame({"id": ids.to_series(), "messages": part["messages"], "source": names,
+                        "n_tokens": pl.Series(n_tokens, dtype=pl.Int64) if counter is not None
+                        else pl.Series([None] * part.height, dtype=pl.Int64)})
+    return out.cast(MIXTURE_SCHEMA)  # type: ignore[arg-type]
+
+
+def _quarantine(frame: pl.DataFrame, sources: list[ResolvedSource]) -> pl.DataFrame:
+    dropped = (frame.filter(pl.col("reason").is_not_null()).select("_src", "source", "source_row", "reason")
+               .sort("_src", "source_row"))
+    raws: list[str] = []
+    for k, src in enumerate(sources):
+        rows = dropped.filter(pl.col("_src") == k)["source_row"].to_list()
+        found = raw_rows(src, rows)
+        raws.extend(found[r] for r in rows)
+    return pl.DataFrame({"source": dropped["source"], "source_row": dropped["source_row"],
+                         "raw": pl.Series(raws, dtype=pl.String), "reason": dropped["reason"]})
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {}
+    qs = np.quantile(values, QUANTILES)
+    return {f"p{int(q * 100)}": float(round(v, 2)) for q, v in zip(QUANTILES, qs, strict=True)}
+
+
+def _counts(frame: pl.DataFrame) -> dict[str, Any]:
+    reasons = frame["reason"].drop_nulls().value_counts()
+    by_reason = dict(zip(reasons["reason"].to_list(), reasons["count"].to_list(), strict=True))
+    dropped = {r: int(by_reason.get(r, 0)) for r in filters.REASONS}
+    n_in, n_kept = frame.height, int(frame["reason"].is_null().sum())
+    if n_in != n_kept + sum(dropped.values()):
+        raise AssertionError(f"curation lost rows: in={n_in} kept={n_kept} dropped={sum(dropped.values())} "
+                             f"(unknown reasons: {set(by_reason) - set(filters.REASONS)})")
+    return {"in": n_in, "kept": n_kept, "dropped": dropped, "dropped_total": sum(dropped.values())}
+
+
+def _stats(name: str, spec: MixtureSpec, frame: pl.DataFrame, kept: pl.DataFrame, train: pl.DataFrame,
+           val: pl.DataFrame, shortfall: int, length_info: dict[str, Any]) -> dict[str, Any]:
+    chars = kept["chars"].to_numpy()
+    out_tokens = pl.concat([train, val])["n_tokens"].drop_nulls().to_numpy()
+    by_source = {}
+    for src_name in frame["source"].unique(maintain_order=True).to_list():
+        part = frame.filter(pl.col("source") == src_name)
+        counts = _counts(part)
+        counts["train"] = int((train["source"] == src_name).sum())
+        counts["val"] = int((val["source"] == src_name).sum())
+        by_source[src_name] = counts
+    return {
+        "mixture": name,
+        **_counts(frame),
+        "sampled": {"train": train.height, "val": val.height, "shortfall": shortfall},
+        "seed": spec.seed,
+        "by_source": by_source,
+        "length_quantiles": {"kept_chars": _quantiles(chars), "sampled_tokens": _quantiles(out_tokens)},
+        "token_length": length_info,
+        "invariant": "in == kept + dropped_total",
+    }
+
+
+def _figure(kept: pl.DataFrame, train: pl.DataFrame, val: pl.DataFrame, limit: int | None, path: Path,
+            name: str) -> None:
+    """Two histograms a person can read at a glance: characters of all kept prompts, tokens of the sample."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chars = kept["chars"].to_numpy()
+    tokens = pl.concat([train, val])["n_tokens"].drop_nulls().to_numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].hist(chars, bins=50, color="#4878a8")
+    axes[0].set(title=f"{name}: kept prompts ({len(chars):,})", xlabel="characters", ylabel="prompts")
+    axes[1].hist(tokens, bins=50, color="#d08838")
+    axes[1].set(title=f"sampled train+val ({len(tokens):,})", xlabel="policy tokens (chat template)")
+    if limit is not None:
+        axes[1].axvline(limit, color="black", linestyle="--", label=f"max_prompt_tokens={limit}")
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- tracking
+
+
+def log_curation(result: CurateResult, spec: MixtureSpec) -> None:
+    """Record a curation in the active MLflow run: settings, counts, the stats file, a sample, digests."""
+    import tempfile
+
+    import mlflow
+
+    from rlmt.tracking import _retry, log_outputs, log_params
+
+    # Whole blocks as JSON: rlmt.tracking.redact drops any key containing "token" (max_prompt_tokens).
+    log_params({"sources": json.dumps([s.model_dump() for s in spec.sources]),
+                "filters": json.dumps(spec.filters.model_dump(), sort_keys=True),
+                "seed": spec.seed, "n_train": spec.n_train, "n_val": spec.n_val,
+                "length_model": spec.tokenizer_model})
+    stats = result.stats
+    metrics = {"in": stats["in"], "kept": stats["kept"], "dropped_total": stats["dropped_total"],
+               "train": stats["sampled"]["train"], "val": stats["sampled"]["val"]}
+    metrics.update({f"dropped.{r}": n for r, n in stats["dropped"].items()})
+    for kind, qs in stats["length_quantiles"].items():
+        metrics.update({f"{kind}.{q}": v for q, v in qs.items()})
+    _retry(mlflow.log_metrics, metrics)
+    _retry(mlflow.log_artifact, str(result.files["stats"]))
+    _retry(mlflow.log_artifact, str(result.files["figure"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        sample_path = Path(tmp) / "sample.jsonl"
+        sample_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.sample))
+        _retry(mlflow.log_artifact, str(sample_path))
+    log_outputs({k: v for k, v in result.files.items() if k != "figure"})
+    train = pl.read_parquet(result.files["train"])
+    dataset = mlflow.data.from_polars(train, source=str(result.files["train"]), name=f"{stats['mixture']}-train")
+    _retry(mlflow.log_input, dataset, context="training")

@@ -1,0 +1,131 @@
+"""A tiny model generates and is scored for every rule-based benchmark; the reward win rate on a
+real tiny reward model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from rlmt.benchmarks import get_benchmark
+from rlmt.benchmarks.base import read_generations
+from rlmt.thinking import WARM_NOTHINK, WARM_THINK
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models decode fastest on one thread (and do not fight parallel test workers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mixture_dir(tmp_path_factory, data_dir) -> Path:
+    """A held-out split in the mixture format, from real WildChat-IF prompts."""
+    raw = pl.read_parquet(data_dir / "wildchat-if" / "train.parquet").head(4)
+    out = tmp_path_factory.mktemp("mixture")
+    pl.DataFrame({
+        "id": [f"wc-{i}" for i in range(raw.height)],
+        "messages": [[{"role": m["role"], "content": m["content"][:300]} for m in p] for p in raw["prompt"].to_list()],
+        "source": ["wildchat-if"] * raw.height,
+        "n_tokens": [0] * raw.height,
+    }).write_parquet(out / "val.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_zoo):
+    from rlmt.rewards import AnswerRewardScorer
+
+    return AnswerRewardScorer(tiny_zoo["reward"], WARM_NOTHINK, device="cpu")
+
+
+def _generate(model_dir, items, out, fmt=None, generator=None):
+    from rlmt.generation import SamplingParams, generate_file
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    generate_file(model_dir, [(i.id, i.messages) for i in items], out, params, backend="transformers",
+                  device="cpu", fmt=fmt, generator=generator, progress=False)
+    return read_generations(out)
+
+
+@pytest.mark.slow
+def test_tiny_model_generates_and_is_scored_on_every_benchmark(tiny_zoo, data_dir, mixture_dir, scorer, tmp_path):
+    from rlmt.generation import make_generator
+
+    policy = make_generator("transformers", tiny_zoo["llama-instruct"], device="cpu", batch_size=4)
+    benches = {"demo-if": None, "ifeval": data_dir, "ifbench": data_dir, "mmlu-redux": data_dir, "math-500": data_dir,
+               "zebralogic": data_dir, "popqa": FIXTURES, "reward-winrate": None}
+    for name, where in benches.items():
+        bench = get_benchmark(name, mixture_dir=str(mixture_dir)) if name == "reward-winrate" else get_benchmark(name)
+        items = bench.load_items(where, limit=3)
+        assert len(items) == 3
+        gens = _generate(tiny_zoo["llama-instruct"], items, tmp_path / name / "generations.jsonl", generator=policy)
+        assert set(gens) == {i.id for i in items}
+        ctx = {}
+        if name == "reward-winrate":
+            ref = _generate(tiny_zoo["qwen-instruct"], items, tmp_path / name / "reference.jsonl")
+            ctx = {"reference_generations": ref, "scorer": scorer}
+        result = bench.score(items, gens, **ctx)
+        # a non-thinking model always has an answer: only an undecidable IF prompt (nltk data
+        # missing for one of its instructions) may be failed
+        assert result.n == 3 and result.n_failed == result.extra.get("n_undecidable_prompts", 0), name
+        assert 0.0 <= result.metrics["score"].value <= 100.0
+        assert len(result.per_item) == 3
+
+    # the same model read as a thinking model: its thought never ends, so every item is failed
+    bench = get_benchmark("demo-if")
+    items = bench.load_items(None, limit=3)
+    gens = _generate(tiny_zoo["llama-instruct"], items, tmp_path / "think" / "generations.jsonl", fmt=WARM_THINK,
+                     generator=policy)
+    policy.close()
+    unfinished = sum(not g["answer_found"] for g in gens.values())
+    result = bench.score(items, gens)
+    assert result.extra["n_no_answer"] == unfinished and result.n_failed >= unfinished
+    if unfinished == 3:
+        assert result.metrics["score"].value == 0.0
+
+
+def test_reward_winrate_against_the_reward_model(mixture_dir, scorer):
+    bench = get_benchmark("reward-winrate", mixture_dir=str(mixture_dir))
+    items = bench.load_items(None)
+    assert len(items) == 4 and items[0].messages[-1]["role"] == "user"
+    answers = ["Sure, here is a careful and complete answer.", "no", "I think so.", "Here are three points: one, two."]
+    refs = ["ok", "A long and thoughtful reply with details.", "I think so.", "maybe"]
+    gens = {i.id: {"id": i.id, "answer": a, "answer_found": True} for i, a in zip(items, answers)}
+    ref_gens = {i.id: {"id": i.id, "answer": a, "answer_found": True} for i, a in zip(items, refs)}
+    result = bench.score(items, gens, reference_generations=ref_gens, scorer=scorer)
+
+    # the rewards are the reward model's scores of each answer alone (up to batching round-off)
+    policy = scorer.score([i.messages for i in items], answers).scores
+    reference = scorer.score([i.messages for i in items], refs).scores
+    assert [s.details["policy_reward"] for s in result.per_item] == pytest.approx(policy, abs=1e-4)
+    assert [s.details["reference_reward"] for s in result.per_item] == pytest.approx(reference, abs=1e-4)
+    expected = [1.0 if s.details["policy_reward"] > s.details["reference_reward"] else
+                0.0 if s.details["policy_reward"] < s.details["reference_reward"] else 0.5 for s in result.per_item]
+    assert [s.value for s in result.per_item] == expected
+    assert expected[2] == 0.5  # the same answer to the same prompt, scored in one batch, ties
+    assert result.metrics["win_rate"].value == pytest.approx(100 * sum(expected) / 4)
+
+    # identical answers everywhere: exactly 50 %; a policy without an answer loses and is failed
+    same = bench.score(items, ref_gens, reference_generations=ref_gens, scorer=scorer)
+    assert same.metrics["score"].value == 50.0 and same.extra["n_ties"] == 4
+    gens[items[0].id] = {"id": items[0].id, "answer": "", "answer_found": False}
+    ref_gens[items[1].id] = {"id": items[1].id, "answer": "", "answer_found": False}
+    res = bench.score(items, gens, reference_generations=ref_gens, scorer=scorer)
+    assert res.n_failed == 1 and res.per_item[0].value is None and res.per_item[1].value == 1.0
+    assert res.extra["n_reference_no_answer"] == 1
+
+    from rlmt.benchmarks.base import BenchmarkError
+    from rlmt.rewards import AnswerRewardScorer
+
+    with pytest.raises(BenchmarkError, match="non-thinking format"):
+        bench.score(items, gens, reference_generations=ref_gens,
+                    scorer=AnswerRewardScorer(scorer.reward_model_dir, WARM_THINK, device="cpu"))

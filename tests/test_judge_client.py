@@ -1,0 +1,171 @@
+"""The judge client against a real local OpenAI-compatible HTTP server: retries under injected
+failures, the persistent cache across a kill -9, non-retryable errors, and no API key anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from test_judge_responders import judge_responder, marked_answers, write_generations
+from typer.testing import CliRunner
+
+from rlmt.judges.cache import JudgeCache
+from rlmt.judges.client import HTTPJudge, JudgePrompt
+from rlmt.judges.run import judge_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ae2_ids(data_dir: Path, n: int) -> list[str]:
+    from rlmt.benchmarks import get_benchmark
+
+    return [it.id for it in get_benchmark("alpacaeval2").load_items(data_dir, limit=n, seed=0)]
+
+
+def test_judged_benchmark_completes_with_20pct_injected_failures(openai_server, data_dir, tmp_path):
+    srv = openai_server(judge_responder, fail_rate=0.10, timeout_rate=0.05, malformed_rate=0.05, hang_s=1.0, seed=3)
+    ids = _ae2_ids(data_dir, 20)
+    good = set(ids[:15])
+    gens = write_generations(tmp_path / "gens.jsonl", ids, marked_answers(ids, good))
+    judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "cache.sqlite"), concurrency=4, max_retries=10,
+                      timeout_s=0.4, backoff_s=0.01, max_backoff_s=0.05)
+    result = judge_benchmark("alpacaeval2", gens, tmp_path / "j.jsonl", tmp_path / "scores.json", judge,
+                             data_dir=data_dir, protocol="paper", limit=20)
+    assert result.extra["judge_failures"] == 0 and result.n_failed == 0
+    assert result.metrics["win_rate"].value == pytest.approx(75.0)  # 15 of 20 answers marked to win
+    assert judge.usage.retries > 0 and srv.requests > 20  # failures really were injected and retried
+    assert srv.ok_responses == 20
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["protocol"] == "paper" and scores["metrics"]["win_rate"]["value"] == pytest.approx(75.0)
+    rows = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and all(r["ok"] for r in rows)
+    # A rerun is answered from the cache: no request reaches the server.
+    before = srv.requests
+    judge2 = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "cache.sqlite"), timeout_s=0.4)
+    judge_benchmark("alpacaeval2", gens, tmp_path / "j2.jsonl", tmp_path / "s2.json", judge2, data_dir=data_dir,
+                    protocol="paper", limit=20)
+    assert srv.requests == before and judge2.usage.cache_hits == 20
+
+
+def test_parse_failures_are_counted_not_scored_as_losses(openai_server, data_dir, tmp_path):
+    srv = openai_server(judge_responder)
+    ids = _ae2_ids(data_dir, 10)
+    answers = marked_answers(ids, good=set(ids[:4]), garble=set(ids[4:6]))  # 2 unparsable replies, both BAD
+    gens = write_generations(tmp_path / "g.jsonl", ids, answers, missing_answer={ids[9]})
+    judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "c.sqlite"), backoff_s=0.01)
+    result = judge_benchmark("alpacaeval2", gens, tmp_path / "j.jsonl", tmp_path / "s.json", judge,
+                             data_dir=data_dir, protocol="paper", limit=10)
+    assert result.extra["judge_failures"] == 2 and result.extra["generation_failures"] == 1
+    assert srv.requests == 9  # the item without an answer is never sent
+    # 8 scored items: 4 wins, 3 judged losses, 1 generation failure (a loss); the 2 unparsed are left out.
+    assert result.metrics["win_rate"].value == pytest.approx(100 * 4 / 8)
+    assert result.metrics["win_rate"].n == 8 and result.n_failed == 3
+
+
+def test_client_errors_are_not_retried_and_never_echo_the_key(openai_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLMT_TEST_JUDGE_KEY", "sk-wrong-000000000000")
+    srv = openai_server(judge_responder, required_key="sk-right-111111111111")
+    judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "c.sqlite"), api_key_env="RLMT_TEST_JUDGE_KEY",
+                      max_retries=5, backoff_s=0.01)
+    replies = judge.complete_many([JudgePrompt([{"role": "user", "content": "hi"}])] * 3)
+    assert srv.requests == 3  # 401 is final: no retries
+    assert all(r.text is None and "HTTP 401" in r.error for r in replies)
+    assert all("sk-wrong" not in r.error for r in replies)
+    assert judge.usage.failures == 3 and len(JudgeCache(tmp_path / "c.sqlite")) == 0
+
+
+def test_rerun_after_kill_9_requests_only_missing_items(openai_server, data_dir, tmp_path):
+    srv = openai_server(judge_responder, latency_s=0.15)
+    ids = _ae2_ids(data_dir, 30)
+    gens = write_generations(tmp_path / "g.jsonl", ids, marked_answers(ids, set(ids[::2])))
+    cache = tmp_path / "cache.sqlite"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from pathlib import Path
+        from rlmt.judges.cache import JudgeCache
+        from rlmt.judges.client import HTTPJudge
+        from rlmt.judges.run import judge_benchmark
+        judge = HTTPJudge({srv.base_url!r}, "judge-x", JudgeCache({str(cache)!r}), concurrency=2)
+        judge_benchmark("alpacaeval2", {str(gens)!r}, {str(tmp_path / "j.jsonl")!r}, {str(tmp_path / "s.json")!r},
+                        judge, data_dir=Path({str(data_dir)!r}), protocol="paper", limit=30)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 60
+    cached = 0
+    while time.time() < deadline and proc.poll() is None:
+        if cache.exists():
+            try:
+                with sqlite3.connect(cache) as conn:
+                    cached = conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+            except sqlite3.OperationalError:
+                cached = 0
+            if cached >= 10:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the judging finished before it could be killed"
+    with sqlite3.connect(cache) as conn:
+        cached = conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+    assert 10 <= cached < 30
+    assert not (tmp_path / "s.json").exists()
+    before = srv.requests
+    judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(cache), concurrency=2)
+    result = judge_benchmark("alpacaeval2", gens, tmp_path / "j.jsonl", tmp_path / "s.json", judge,
+                             data_dir=data_dir, protocol="paper", limit=30)
+    assert srv.requests - before == 30 - cached  # counted at the server: only the missing items
+    assert judge.usage.cache_hits == cached
+    assert result.metrics["win_rate"].value == pytest.approx(50.0)
+
+
+def test_no_api_key_in_logs_mlflow_or_artifacts(openai_server, data_dir, tmp_path, mlflow_uri, monkeypatch):
+    import yaml
+
+    from rlmt.cli import app
+
+    secret = "sk-fake-9f8e7d6c5b4a39281706"
+    monkeypatch.setenv("RLMT_JUDGE_API_KEY", secret)
+    srv = openai_server(judge_responder, required_key=secret, fail_rate=0.2, seed=1)
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["evaluation"]["judges"] = {"local-judge": {"base_url": srv.base_url, "model": "judge-x",
+                                                   "api_key_env": "RLMT_JUDGE_API_KEY", "max_retries": 8,
+                                                   "backoff_s": 0.01, "timeout_s": 5,
+                                                   "cache_path": str(tmp_path / "cache.sqlite")}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    from rlmt.benchmarks import get_benchmark
+    from rlmt.benchmarks.item_files import write_items
+
+    items = write_items(get_benchmark("alpacaeval2").load_items(data_dir, limit=8), tmp_path / "items.jsonl")
+    ids = _ae2_ids(data_dir, 8)
+    gens = write_generations(tmp_path / "g.jsonl", ids, marked_answers(ids, set(ids[:6])))
+    res = CliRunner().invoke(app, ["eval", "judge", "--bench", "alpacaeval2", "--generations", str(gens),
+                                   "--out-judgments", str(tmp_path / "out" / "judgments.jsonl"),
+                                   "--out", str(tmp_path / "out" / "scores.json"), "--config", str(tmp_path / "cfg.yaml"),
+                                   "--data-dir", str(data_dir), "--items", str(items), "--model-name", "m1",
+                                   "--protocol", "paper"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out" / "scores.json").read_text())["metrics"]["win_rate"]["value"] == pytest.approx(75.0)
+    # the key did reach the server (so it was really used) ...
+    assert all(h.get("Authorization") == f"Bearer {secret}" for h in srv.headers_seen)
+    # ... but nothing written anywhere holds it: outputs, judge cache, MLflow store and artifacts, CLI output
+    assert secret not in res.output
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "mlruns.db" for p in written) and any("artifacts" in str(p) or "mlruns" in str(p) for p in written)
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
+    import mlflow
+
+    run = mlflow.search_runs(experiment_names=["rlmt"], output_format="list")[0]
+    assert run.info.run_name == "judge:alpacaeval2:m1"
+    assert run.data.params["judge.api_key_env"] == "RLMT_JUDGE_API_KEY"
+    assert secret not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+    assert run.data.metrics["judge.requests_sent"] >= 8

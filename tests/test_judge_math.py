@@ -1,0 +1,222 @@
+"""Scoring math against hand-computed numbers: the LC GLMs, Bradley-Terry with style features,
+bootstrap CIs, WildBench rewards with the length penalty, the Creative Writing rubric, parsers.
+And our official LC GLM against alpaca_eval's own get_length_controlled_winrate."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlmt.benchmarks.length_control import (fit_l1_logistic, official_lc_win_rate, paper_lc_win_rate,
+                                            read_gamed_table)
+from rlmt.benchmarks.style_control import Battle, bt_win_rate, bt_with_ci, style_counts, style_difference
+from rlmt.judges import parsing
+
+FIX = Path(__file__).parent / "fixtures" / "judged"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+# ------------------------------------------------------------------ length control
+
+
+def test_paper_lc_reads_the_win_rate_off_at_equal_length():
+    # 10 items 1 word longer than the baseline (8 wins), 10 items 1 word shorter (4 wins).
+    wins = [1] * 8 + [0] * 2 + [1] * 4 + [0] * 6
+    delta = [1] * 10 + [-1] * 10
+    lc = paper_lc_win_rate(wins, delta, C=1e9)  # unpenalised: the closed-form MLE
+    assert lc["lc_win_rate"] == pytest.approx(100 * sigmoid((logit(0.8) + logit(0.4)) / 2), abs=1e-6)  # 62.02
+    assert lc["slope"] == pytest.approx((logit(0.8) - logit(0.4)) / 2, abs=1e-6)
+    # a strong slope penalty removes the length effect: LC = raw win rate
+    assert paper_lc_win_rate(wins, delta, C=1e-9)["lc_win_rate"] == pytest.approx(60.0, abs=1e-4)
+
+
+def test_l1_logistic_matches_closed_forms():
+    X = np.ones((4, 1))
+    p = np.array([1.0, 1.0, 1.0, 0.0])  # 3 of 4: unpenalised optimum logit(0.75)
+    w = fit_l1_logistic(X, p, np.ones(4), C=1e8)
+    assert w[0] == pytest.approx(logit(0.75), abs=1e-4)
+    # with weight C, the L1 optimum satisfies C * sum(q - p) = -1, i.e. q = (3 - 1/C) / 4
+    w = fit_l1_logistic(X, p, np.ones(4), C=2.0)
+    assert sigmoid(w[0]) == pytest.approx((3 - 0.5) / 4, abs=1e-5)
+    assert fit_l1_logistic(X, p, np.ones(4), C=1e-3)[0] == pytest.approx(0.0, abs=1e-8)  # fully shrunk
+
+
+def test_official_lc_equals_win_rate_when_lengths_and_difficulty_carry_nothing(tmp_path):
+    (tmp_path / "df_gamed.csv").write_text("index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline,model\n"
+                                           + "".join(f"{i},0.5,0.0,0.0,False,g\n" for i in range(100)))
+    gamed = read_gamed_table(tmp_path / "df_gamed.csv")
+    prefs = [1.0] * 70 + [0.0] * 30
+    res = official_lc_win_rate(prefs, [100] * 100, [100] * 100, list(range(100)), gamed,
+                               regularize_to_baseline_lambda=None)
+    # only the model's strength is identified: sigmoid(theta) ~ 0.70, up to a small L1 shrinkage
+    assert res["lc_win_rate"] == pytest.approx(70.0, abs=0.6)
+    assert res["weights"]["np.tanh(std_delta_len)"] == 0.0
+
+
+def test_official_lc_reads_the_model_strength_off_at_equal_length(tmp_path):
+    (tmp_path / "df_gamed.csv").write_text("index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline,model\n"
+                                           + "".join(f"{i},0.5,0.0,0.0,False,g\n" for i in range(120)))
+    gamed = read_gamed_table(tmp_path / "df_gamed.csv")
+    # 60 answers 1000 chars longer than the baseline win 54 times, 60 answers 1000 shorter win 12 times.
+    lm = [3000] * 60 + [1000] * 60
+    pref = [1.0] * 54 + [0.0] * 6 + [1.0] * 12 + [0.0] * 48
+    res = official_lc_win_rate(pref, lm, [2000] * 120, list(range(120)), gamed, regularize_to_baseline_lambda=None)
+    # dlen = -+1000, sd ~ 1004: tanh features are +-t, so theta_m = (logit .9 + logit .2) / 2 exactly
+    assert 100 * sum(pref) / 120 == pytest.approx(55.0)
+    assert res["lc_win_rate"] == pytest.approx(100 * sigmoid((logit(0.9) + logit(0.2)) / 2), abs=0.6)  # 60.0
+    assert res["weights"]["np.tanh(std_delta_len)"] < 0  # longer than the baseline (negative dlen) helps
+
+
+ALPACA_EVAL_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import pandas as pd
+    from alpaca_eval.metrics import glm_winrate
+    fixtures = sys.argv[1]
+    # replace the download (never the math): the two tables come from the fixture directory
+    glm_winrate.hf_hub_download = lambda repo_id, filename, **kw: f"{fixtures}/{filename}"
+    df = pd.DataFrame(json.load(sys.stdin))
+    m = glm_winrate.get_length_controlled_winrate(df, save_weights_dir=None, is_warn_extreme_changes=False)
+    print(json.dumps({"win_rate": float(m["win_rate"]), "lc": float(m["length_controlled_winrate"])}))
+""")
+
+
+def _alpaca_eval_env() -> dict | None:
+    """Env in which `import alpaca_eval` works: installed, or in $RLMT_ALPACA_EVAL_PATH (a --target dir)."""
+    env = dict(os.environ)
+    extra = os.environ.get("RLMT_ALPACA_EVAL_PATH")
+    if extra:
+        env["PYTHONPATH"] = os.pathsep.join([extra, env.get("PYTHONPATH", "")])
+    probe = subprocess.run([sys.executable, "-c", "import alpaca_eval.metrics.glm_winrate"], env=env,
+                           capture_output=True, timeout=120)
+    return env if probe.returncode == 0 else None
+
+
+@pytest.mark.slow
+def test_official_lc_matches_alpaca_eval_package():
+    env = _alpaca_eval_env()
+    if env is None:
+        pytest.skip("alpaca_eval 0.6.6 is not importable (it needs pkg_resources, i.e. setuptools<81, which our "
+                    "pins exclude); install it with `pip install --no-deps --target DIR alpaca-eval==0.6.6 patsy fire "
+                    "termcolor jiter distro sniffio tiktoken openai setuptools==80.9.0` and set "
+                    "RLMT_ALPACA_EVAL_PATH=DIR")
+    rng = random.Random(7)
+    annotations, prefs = [], []
+    for i in range(110):
+        lm, lb = rng.randint(200, 3000), rng.randint(800, 2000)
+        p_win = sigmoid(0.0009 * (lm - lb) + 0.3)
+        pref = 0 if rng.random() < 0.05 else (2 if rng.random() < p_win else 1)  # 0 = tie
+        annotations.append({"index": i, "output_1": "b" * lb, "output_2": "m" * lm, "preference": pref,
+                            "generator_1": "gpt4_1106_preview", "generator_2": "my-model", "annotator": "judge"})
+        prefs.append({1: 0.0, 2: 1.0, 0: 0.5}[pref])
+    out = subprocess.run([sys.executable, "-c", ALPACA_EVAL_SCRIPT, str(FIX / "alpacaeval2")], env=env,
+                         input=json.dumps(annotations), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    ours = official_lc_win_rate(prefs, [len(a["output_2"]) for a in annotations],
+                                [len(a["output_1"]) for a in annotations], [a["index"] for a in annotations],
+                                read_gamed_table(FIX / "alpacaeval2" / "df_gamed.csv"))
+    assert theirs["win_rate"] == pytest.approx(100 * sum(prefs) / len(prefs))
+    assert abs(ours["lc_win_rate"] - theirs["lc"]) < 0.5, (ours["lc_win_rate"], theirs["lc"])
+
+
+# ------------------------------------------------------------------ Bradley-Terry with style features
+
+
+def test_bt_raw_is_the_weighted_win_share():
+    battles = [Battle("a", 1.0, 1.0, np.zeros(4)), Battle("b", 1.0, 3.0, np.zeros(4)),
+               Battle("c", 0.0, 1.0, np.zeros(4)), Battle("d", 0.5, 1.0, np.zeros(4))]
+    value, _ = bt_win_rate(battles, style_control=False)
+    assert value == pytest.approx((1 + 3 + 0 + 0.5) / 6, abs=1e-6)
+
+
+def test_bt_style_control_removes_the_style_advantage():
+    # style +1 (e.g. longer and bolder than the baseline): 8 of 10 won; style -1: 4 of 10 won
+    s_pos, s_neg = np.array([1.0, 1.0, 0.0, 0.0]), np.array([-1.0, -1.0, 0.0, 0.0])
+    battles = [Battle(f"p{i}", float(i < 8), 1.0, s_pos) for i in range(10)] + \
+              [Battle(f"n{i}", float(i < 4), 1.0, s_neg) for i in range(10)]
+    raw, _ = bt_win_rate(battles, style_control=False)
+    sc, beta = bt_win_rate(battles, style_control=True)
+    assert raw == pytest.approx(0.6, abs=1e-6)
+    # the two identical style columns share the effect; the intercept is (logit .8 + logit .4) / 2
+    assert sc == pytest.approx(sigmoid((logit(0.8) + logit(0.4)) / 2), abs=1e-4)  # 0.6202
+    assert beta[1] + beta[2] == pytest.approx((logit(0.8) - logit(0.4)) / 2, abs=1e-3)
+
+
+def test_bt_bootstrap_ci_is_deterministic_and_brackets_the_estimate():
+    rng = random.Random(1)
+    battles = [Battle(str(i // 2), float(rng.random() < 0.7), 1.0, np.array([rng.gauss(0, 1), 0, 0, 0]))
+               for i in range(80)]
+    v, lo, hi = bt_with_ci(battles, style_control=True, n_resamples=100, seed=0)
+    assert lo < v < hi and 0 < hi - lo < 0.5
+    assert bt_with_ci(battles, True, n_resamples=100, seed=0) == (v, lo, hi)
+    same = [Battle(str(i), 1.0, 1.0, np.zeros(4)) for i in range(5)]
+    assert bt_with_ci(same, False, n_resamples=50)[1] == pytest.approx(bt_with_ci(same, False, n_resamples=50)[2])
+
+
+def test_style_features_count_markdown():
+    text = "# Title\n\nSome **bold** words and __more__.\n\n- one\n- two\n1. three\n## Sub\nplain"
+    assert style_counts(text).tolist() == [len(text.split()), 2, 3, 2]
+    diff = style_difference(text, "plain words only here")
+    assert diff[1] == 1.0 and diff[3] == 1.0  # (a - 0) / (a + 0)
+    assert style_difference("", "")[0] == 0.0
+
+
+# ------------------------------------------------------------------ WildBench, Creative Writing, parsers
+
+
+def test_wildbench_rewards_and_length_penalty():
+    from rlmt.benchmarks import get_benchmark
+
+    wb = get_benchmark("wildbench", length_penalty_k=500)
+    assert wb.item_reward("A++", "A", 100, 100, "paper") == 100
+    assert wb.item_reward("A++", "B", 100, 100, "paper") == -100
+    assert wb.item_reward("B+", "B", 100, 100, "paper") == 50
+    assert wb.item_reward("A=B", "A", 100, 100, "official") == 0
+    # a slight win by an answer > K characters longer becomes a tie (official only) ...
+    assert wb.item_reward("A+", "A", 1700, 1000, "official") == 0
+    assert wb.item_reward("A+", "A", 1700, 1000, "paper") == 50
+    assert wb.item_reward("A+", "A", 1400, 1000, "official") == 50
+    # ... as does a slight loss to a much longer reference; decisive verdicts keep their value
+    assert wb.item_reward("B+", "A", 100, 900, "official") == 0
+    assert wb.item_reward("B++", "A", 100, 900, "official") == -100
+
+
+def test_creative_writing_inverts_flaws():
+    from rlmt.benchmarks import get_benchmark
+
+    cw = get_benchmark("creative-writing-v3")
+    # positives 16 and 10, a flaw scored 4 (-> 16): mean 14, x5 = 70
+    assert cw.piece_score({"Coherent": 16, "Elegant Prose": 10, "Meandering": 4}, {"Meandering"}) == pytest.approx(70.0)
+
+
+def test_parsers():
+    assert parsing.parse_arena_verdict("blah [[A>B]] final: [[A>B]]") == "A>B"
+    assert parsing.parse_arena_verdict("[[A>B]] then [[B>>A]]") is None  # contradictory
+    assert parsing.parse_arena_verdict("My final verdict is [[B<A]]") == "A>B"
+    assert parsing.parse_arena_verdict("no label") is None
+    assert parsing.parse_wildbench_choice('```json\n{"analysis_a": "x {y}", "choice": "B++"}\n```') == "B++"
+    assert parsing.parse_wildbench_choice('{"analysis_a": "cut off", "choice": "A+"') == "A+"
+    assert parsing.parse_wildbench_choice('{"choice": "C"}') is None
+    assert parsing.parse_better('Sure: {"reason": "r", "better": "b"}') == "B"
+    assert parsing.parse_preference_letter(" M\n") == "M" and parsing.parse_preference_letter("Mm") is None
+    assert parsing.parse_wildbench_score('{"score": "7"}') == 7.0 and parsing.parse_wildbench_score('{"score": 11}') is None
+    assert parsing.parse_rubric("critique: fine\n[Scores]\nCoherent: 15\n**Meandering**: 3\nUnknown: 9\nElegant Prose: 25",
+                                ["Coherent", "Meandering", "Elegant Prose"]) == {"Coherent": 15.0, "Meandering": 3.0}
+    assert parsing.parse_string_list('["plans top-down", "checks constraints"]') == ["plans top-down", "checks constraints"]

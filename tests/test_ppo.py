@@ -1,0 +1,179 @@
+"""PPO on tiny models: rollout masks, a learning signal on a rule reward, the CLI, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from rlmt.config import PPOConfig
+from rlmt.rewards import RewardBatch
+from rlmt.thinking import WARM_NOTHINK, ThinkingFormat, extract
+
+ROOT = Path(__file__).resolve().parents[1]
+CELL = "ppo__llama-base__zero__think__tiny-rm__demo"
+
+
+def write_prompts(path: Path, n: int | None = None) -> Path:
+    rows = [json.loads(line) for line in (ROOT / "rlmt/resources/demo_prompts.jsonl").read_text().splitlines()][:n]
+    pl.DataFrame({"id": [r["id"] for r in rows], "messages": [r["messages"] for r in rows],
+                  "source": ["demo"] * len(rows), "n_tokens": [0] * len(rows)}).write_parquet(path)
+    return path
+
+
+class LetterShareReward:
+    """A learnable rule reward on the extracted answer: 10 x the share of its characters that are 'e'.
+
+    A random tiny policy samples near-uniform tokens, so the share starts low (~0.08) and rises as
+    PPO makes tokens with an 'e' likelier: a signal that a few CPU steps can move.
+    """
+
+    def __init__(self, fmt: ThinkingFormat):
+        self.fmt = fmt
+
+    def score(self, prompts, outputs) -> RewardBatch:
+        ex = [extract(o, self.fmt) for o in outputs]
+        scores = [10 * e.answer.count("e") / max(len(e.answer), 1) for e in ex]
+        return RewardBatch(scores=scores, extractions=ex,
+                           malformed_fraction=sum(not e.well_formed for e in ex) / len(ex))
+
+
+def test_response_end_stops_at_eos_or_the_token_that_completes_a_stop_string(tiny_zoo):
+    from rlmt.models.loading import load_tokenizer
+    from rlmt.train.rollout import response_end
+
+    tok = load_tokenizer(tiny_zoo["llama-base"])
+    eos = {tok.eos_token_id}
+    body = tok("<think> plan </think> <response> hi </response> trailing words", add_special_tokens=False)["input_ids"]
+    n, ended = response_end(body, tok, eos, ["</response>"])
+    assert ended and tok.decode(body[:n]).endswith("</response>") and "trailing" not in tok.decode(body[:n])
+    n, ended = response_end(body[:3] + [tok.eos_token_id] + body[3:], tok, eos, [])
+    assert (n, ended) == (4, True)
+    assert response_end(body[:5], tok, eos, ["</response>"]) == (5, False)  # hit the length cap
+
+
+def test_rollout_masks_prompt_and_padding_and_old_logprobs_match_the_update(tiny_zoo):
+    """The response mask covers exactly the generated tokens; recomputing log-probs reproduces old_logprobs."""
+    import torch
+
+    from rlmt.models.loading import load_causal_lm, load_tokenizer
+    from rlmt.train.rollout import response_logprobs, sample
+
+    tok = load_tokenizer(tiny_zoo["llama-instruct"], padding_side="left")
+    policy = load_causal_lm(tiny_zoo["llama-instruct"], device="cpu", dtype="float32")
+    prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "Tell me a much longer story, please."}]]
+    torch.manual_seed(0)
+    ro = sample(policy, tok, prompts, max_prompt_length=64, max_new_tokens=12, temperature=0.8)
+    assert ro.input_ids.shape[1] == ro.prompt_width + ro.response_mask.shape[1]
+    assert ro.attention_mask[0, :ro.prompt_width].sum() < ro.attention_mask[1, :ro.prompt_width].sum()  # left padding
+    for i, length in enumerate(ro.response_lengths.tolist()):
+        assert ro.response_mask[i, :int(length)].all() and not ro.response_mask[i, int(length):].any()
+        assert (ro.old_logprobs[i, int(length):] == 0).all()
+    again = response_logprobs(policy, ro.input_ids, ro.attention_mask, ro.prompt_width, 0.8) * ro.response_mask
+    assert torch.allclose(again, ro.old_logprobs, atol=1e-5)
+    assert (ro.old_logprobs[ro.response_mask.bool()] < 0).all()
+
+
+@pytest.mark.slow
+def test_ppo_raises_mean_reward_on_a_rule_reward(tiny_zoo, tmp_path, mlflow_uri):
+    """8 PPO steps (warm-start nothink policy, value-head critic) raise the mean rule reward; metrics reach MLflow."""
+    import mlflow
+
+    from rlmt.tracking import stage_run
+    from rlmt.train.ppo import train_ppo
+
+    train = write_prompts(tmp_path / "train.parquet")
+    val = write_prompts(tmp_path / "val.parquet", 6)
+    settings = PPOConfig(learning_rate=2e-3, critic_lr=1e-3, prompts_per_step=12, mini_batch_size=6,
+                         micro_batch_size=6, ppo_epochs=2, max_steps=8, val_prompts=6,
+                         rollout={"max_prompt_length": 128, "max_completion_length": 16, "temperature": 1.0},
+                         checkpoints={"save_steps": 4, "save_total_limit": 1, "select_step": "best_val_reward"},
+                         log_samples_every=4)
+    with stage_run("ppo", cell="ppo-test-cell", rule="train") as run:
+        final = train_ppo(tiny_zoo["llama-instruct"], None, train, val, tmp_path / "out", settings,
+                          scorer=LetterShareReward(WARM_NOTHINK))
+    history = json.loads((tmp_path / "out/step-8/trainer_state.json").read_text())["log_history"]
+    rewards = [h["reward/mean"] for h in history]
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
+    assert last > first + 0.3, f"no learning signal: rewards per step {rewards}"
+    for key in ("policy/entropy", "policy/approx_kl", "policy/clipfrac", "critic/loss", "critic/clipfrac",
+                "critic/explained_variance", "reward/std", "response/length_mean", "response/malformed_fraction"):
+        assert key in history[0]
+    # the checkpoint layout: kept checkpoints, final/ with selected.json, no critic or optimizer in final/
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("step-")) in (
+        ["step-8"], ["step-4", "step-8"])
+    selected = json.loads((final / "selected.json").read_text())
+    assert selected["rule"] == "best_val_reward" and selected["step"] in (4, 8) and selected["val_reward"] is not None
+    assert (final / "model.safetensors").exists() and not (final / "optimizer.pt").exists()
+    assert not (final / "critic").exists()
+    client = mlflow.MlflowClient()
+    logged = client.get_metric_history(run.info.run_id, "reward/mean")
+    assert [m.step for m in logged] == list(range(1, 9))
+    assert len(client.get_metric_history(run.info.run_id, "val/reward")) == 2
+    assert any(a.path == "samples" for a in client.list_artifacts(run.info.run_id))
+
+
+def _ppo_config(tmp_path: Path, critic: str) -> Path:
+    raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    raw["grid"] = [{"algo": ["ppo"], "base": ["llama-base"], "start": ["zero"], "think": [True], "rm": ["tiny-rm"],
+                    "mixture": ["demo"]}]
+    raw["algorithms"]["ppo"].update({
+        "prompts_per_step": 4, "mini_batch_size": 2, "micro_batch_size": 2, "max_steps": 4, "critic": critic,
+        "val_prompts": 2, "rollout": {"max_prompt_length": 128, "max_completion_length": 12},
+        "checkpoints": {"save_steps": 1, "save_total_limit": 2}})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+def test_ppo_cli_resumes_after_kill_9_and_continues_the_global_step(tiny_zoo, tmp_path, mlflow_uri):
+    """`rlmt train ppo` on a zero think policy with the real tiny RM and a token-classification critic:
+    kill -9 after step 2's checkpoint; the rerun resumes at step 3 and finishes at step 4."""
+    from rlmt.models.zero import convert_to_zero
+
+    policy = convert_to_zero(tiny_zoo["llama-base"], tmp_path / "zero-think", think=True)
+    config = _ppo_config(tmp_path, "token-classification")
+    train = write_prompts(tmp_path / "train.parquet")
+    val = write_prompts(tmp_path / "val.parquet", 2)
+    out = tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "rlmt.cli", "train", "ppo", "--config", str(config), "--cell", CELL,
+           "--policy", str(policy), "--reward-model", str(tiny_zoo["reward"]), "--train", str(train),
+           "--val", str(val), "--out", str(out)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / "step-2" / "checkpoint.json").exists():
+        assert proc.poll() is None, f"PPO exited early:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, "no step-2 checkpoint within 300 s"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists()
+
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    resumed_from = int(done.stdout.split("resuming from ")[1].split(" at step ")[1].split()[0])
+    assert resumed_from >= 2
+    state = json.loads((out / "step-4/trainer_state.json").read_text())
+    assert state["global_step"] == 4 and [h["step"] for h in state["log_history"]] == [1, 2, 3, 4]
+    assert json.loads((out / "final/selected.json").read_text())["step"] == 4
+    assert json.loads((out / "final/longcot_config.json").read_text())["longcot_delimiter"] == "<response>"
+    assert json.loads((out / "step-4/critic/critic.json").read_text())["kind"] == "token-classification"
+    assert sorted(p.name for p in out.iterdir()) == ["final", "step-3", "step-4"]  # save_total_limit 2
+
+
+def test_ppo_cli_rejects_a_cell_outside_the_grid(tmp_path, mlflow_uri):
+    config = _ppo_config(tmp_path, "value-head")
+    done = subprocess.run([sys.executable, "-m", "rlmt.cli", "train", "ppo", "--config", str(config), "--cell",
+                           "ppo__nope__zero__think__tiny-rm__demo", "--policy", "x", "--reward-model", "y",
+                           "--train", "t", "--out", "o"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and "not in the grid" in done.stderr

@@ -1,0 +1,253 @@
+"""Tiny end-to-end training on CPU: SFT (think, nothink) -> GRPO -> DPO, crash + resume, MLflow records.
+
+The learning check uses a rule reward applied to the *extracted answer* (the fraction of spaces
+in it: word-like text, which a random-ish tiny policy can move towards in a dozen steps); the
+reward-model path is exercised by the CLI GRPO run and by DPO with the tiny reward model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlmt.thinking import LONGCOT_FILE, WARM_NOTHINK, WARM_THINK, ThinkingFormat, sft_messages
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+CELL_THINK = "grpo__llama-base__warm-start__think__tiny-rm__demo"
+CELL_DPO = "dpo__llama-base__warm-start__nothink__tiny-rm__demo"
+WORDS = "plan write answer the user list short clear help code story kind calm".split()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_zoo):
+    """Inputs shared by the tests: SFT data, a prompt mixture, a tiny config."""
+    import random
+
+    import polars as pl
+
+    d = tmp_path_factory.mktemp("train")
+    rng = random.Random(0)
+    rows = []
+    for i in range(16):
+        prompt = [{"role": "user", "content": f"Tell me {i} things about {rng.choice(WORDS)}"}]
+        rows.append((str(i), prompt, "I plan " + " ".join(rng.choices(WORDS, k=4)), " ".join(rng.choices(WORDS, k=6))))
+    for name, fmt in (("think", WARM_THINK), ("nothink", WARM_NOTHINK)):
+        (d / f"sft_{name}.jsonl").write_text("".join(
+            json.dumps({"id": i, "messages": sft_messages(p, t, a, fmt)}) + "\n" for i, p, t, a in rows))
+    demo = [json.loads(line) for line in (ROOT / "rlmt/resources/demo_prompts.jsonl").read_text().splitlines()][:12]
+    pl.DataFrame([{"id": r["id"], "messages": r["messages"], "source": "demo", "n_tokens": 20} for r in demo]) \
+        .write_parquet(d / "train.parquet")
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg["algorithms"] = {
+        "sft": {"learning_rate": 1e-3, "num_train_epochs": 1, "global_batch_size": 8, "per_device_train_batch_size": 8,
+                "max_length": 128, "save_steps": 1, "save_total_limit": 1},
+        "grpo": {"learning_rate": 1e-4, "prompts_per_step": 2, "num_generations": 4, "per_device_train_batch_size": 8,
+                 "max_steps": 4, "rollout": {"max_prompt_length": 256, "max_completion_length": 12},
+                 "checkpoints": {"save_steps": 1, "save_total_limit": None}, "log_samples_every": 2},
+        "dpo": {"samples_per_prompt": 4, "min_parsable": 2, "learning_rate": 5e-4, "num_train_epochs": 2,
+                "global_batch_size": 4, "per_device_train_batch_size": 4, "max_length": 128,
+                "rollout": {"max_prompt_length": 256, "max_completion_length": 12},
+                "checkpoints": {"save_steps": 3, "save_total_limit": 1}},
+    }
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return d
+
+
+def _runs(uri, stage):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rlmt")
+    return client, client.search_runs([exp.experiment_id], filter_string=f"tags.`rlmt.stage` = '{stage}'",
+                                      order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def sft_models(work, tiny_zoo, tmp_path_factory):
+    """SFT think through the CLI (with its MLflow run), nothink through the function."""
+    from typer.testing import CliRunner
+
+    from rlmt.cli import app
+    from rlmt.config import load_config
+    from rlmt.train.sft import train_sft
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'sft.db'}"
+    res = CliRunner().invoke(app, ["train", "sft", "--config", str(work / "config.yaml"), "--cell", CELL_THINK,
+                                   "--model", str(tiny_zoo["llama-instruct"]), "--data", str(work / "sft_think.jsonl"),
+                                   "--out", str(work / "sft-think")], env={"MLFLOW_TRACKING_URI": uri})
+    assert res.exit_code == 0, res.output
+    settings = load_config(work / "config.yaml").settings("sft")
+    train_sft(tiny_zoo["llama-instruct"], work / "sft_nothink.jsonl", work / "sft-nothink", settings)
+    return {"think": work / "sft-think", "nothink": work / "sft-nothink", "uri": uri}
+
+
+def test_sft_writes_loadable_models_with_the_right_format(sft_models, work):
+    from rlmt.models.loading import load_causal_lm
+
+    assert ThinkingFormat.load(sft_models["think"]) == WARM_THINK
+    assert json.loads((sft_models["think"] / LONGCOT_FILE).read_text())["longcot_delimiter"] == "</think>"
+    assert not (sft_models["nothink"] / LONGCOT_FILE).exists()
+    assert not Path(str(sft_models["think"]) + ".work").exists()
+    for m in ("think", "nothink"):
+        assert load_causal_lm(sft_models[m], device="cpu").num_parameters() > 1e6
+    client, runs = _runs(sft_models["uri"], "sft")
+    assert len(runs) == 1 and runs[0].data.tags["rlmt.cell"] == CELL_THINK
+    assert runs[0].data.params["learning_rate"] == "0.001"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [1, 2]
+    # the cell's think axis and the data must agree
+    from typer.testing import CliRunner
+
+    from rlmt.cli import app
+
+    bad = CliRunner().invoke(app, ["train", "sft", "--config", str(work / "config.yaml"), "--cell", CELL_THINK,
+                                   "--model", str(sft_models["nothink"]), "--data", str(work / "sft_nothink.jsonl"),
+                                   "--out", str(work / "never")], env={"MLFLOW_TRACKING_URI": sft_models["uri"]})
+    assert bad.exit_code == 2 and "the cell wants think data, the file holds warm-nothink examples" in bad.output
+
+
+def _space_fraction(prompts, completions, **kwargs):
+    """Rule reward on the extracted answer (the policy is nothink: the whole output is the answer)."""
+    from rlmt.thinking import extract
+
+    out = []
+    for c in completions:
+        answer = extract(c if isinstance(c, str) else c[-1]["content"], WARM_NOTHINK).answer
+        out.append(answer.count(" ") / len(answer) if answer else 0.0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def grpo_learned(sft_models, work, tmp_path_factory):
+    from rlmt.config import GRPOConfig
+    from rlmt.tracking import stage_run
+    from rlmt.train.grpo import train_grpo
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'grpo.db'}"
+    settings = GRPOConfig(learning_rate=3e-3, prompts_per_step=2, num_generations=8, per_device_train_batch_size=16,
+                          max_steps=12, rollout={"max_prompt_length": 256, "max_completion_length": 16},
+                          checkpoints={"save_steps": 6, "save_total_limit": 1}, log_samples_every=4, seed=0)
+    with stage_run("grpo", cell="grpo__llama-base__warm-start__nothink__tiny-rm__demo", uri=uri) as run:
+        final = train_grpo(sft_models["nothink"], None, work / "train.parquet", None, work / "grpo-nothink", settings,
+                           reward_fn=_space_fraction)
+    return {"final": final, "uri": uri, "run_id": run.info.run_id}
+
+
+def test_grpo_learns_and_logs_metrics_and_samples(grpo_learned, work):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(grpo_learned["uri"])
+    rid = grpo_learned["run_id"]
+    rewards = [m.value for m in sorted(client.get_metric_history(rid, "reward"), key=lambda m: m.step)]
+    assert len(rewards) == 12
+    assert statistics.fmean(rewards[-5:]) > statistics.fmean(rewards[:5]), rewards
+    logged = set(client.get_run(rid).data.metrics)
+    for key in ("reward", "reward_std", "kl", "entropy", "loss", "learning_rate", "completions/mean_length",
+                "completions/clipped_ratio", "clip_ratio/region_mean", "answer/thought_tokens_mean",
+                "answer/answer_tokens_mean", "answer/malformed_fraction"):
+        assert key in logged, key
+    tables = sorted(a.path for a in client.list_artifacts(rid, "samples"))
+    assert tables == ["samples/step-000004.json", "samples/step-000008.json", "samples/step-000012.json"]
+    table = json.loads(Path(client.download_artifacts(rid, tables[0])).read_text())
+    assert {"thought", "answer", "reward", "prompt"} <= set(table["columns"]) and len(table["data"]) == 16
+    tags = client.get_run(rid).data.tags
+    assert "rlmt.output.checkpoint.step-6" in tags and "rlmt.output.final" in tags
+    # keep-last-1, the final model is the last step and carries no thinking config (nothink)
+    assert sorted(p.name for p in (work / "grpo-nothink").glob("step-*")) == ["step-12"]
+    assert json.loads((grpo_learned["final"] / "selected.json").read_text())["step"] == 12
+    assert not (grpo_learned["final"] / LONGCOT_FILE).exists()
+
+
+def test_grpo_cli_resumes_after_kill_9(sft_models, work, tiny_zoo, tmp_path):
+    """kill -9 after the second checkpoint; the same command resumes there and finishes."""
+    from mlflow.tracking import MlflowClient
+
+    from rlmt.models.loading import load_causal_lm
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    out = work / "grpo-think"
+    cmd = [sys.executable, "-m", "rlmt.cli", "train", "grpo", "--config", str(work / "config.yaml"), "--cell", CELL_THINK,
+           "--policy", str(sft_models["think"]), "--reward-model", str(tiny_zoo["reward"]),
+           "--train", str(work / "train.parquet"), "--out", str(out)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    deadline = time.time() + 600
+    while not (out / "step-2" / "checkpoint.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = sorted(int(p.name.split("-")[1]) for p in out.glob("step-*") if (p / "checkpoint.json").exists())
+    assert not (out / "final").exists() and done_before[-1] < 4
+
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-1", "step-2", "step-3", "step-4"]  # none lost
+    state = json.loads((out / "step-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    final = Path(res.stdout.strip().splitlines()[-1])
+    assert final == out / "final" and json.loads((final / "selected.json").read_text())["step"] == 4
+    assert ThinkingFormat.load(final) == WARM_THINK and ThinkingFormat.load(out / "step-3") == WARM_THINK
+    load_causal_lm(final, device="cpu")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("rlmt").experiment_id],
+                              filter_string="tags.`rlmt.stage` = 'grpo'", order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["RUNNING", "FINISHED"]  # the killed run never ended
+    resumed_steps = [m.step for m in client.get_metric_history(runs[1].info.run_id, "reward")]
+    assert min(resumed_steps) == done_before[-1] + 1 and max(resumed_steps) == 4
+    assert "rewards/answer_reward/mean" in runs[1].data.metrics
+
+
+def _margin(model_dir, pairs):
+    """Mean over pairs of log p(chosen) - log p(rejected) under the model (assistant tokens only)."""
+    import torch
+
+    from rlmt.models.loading import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(model_dir, device="cpu").eval(), load_tokenizer(model_dir)
+
+    def logp(prompt, answer):
+        p_ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)["input_ids"]
+        full = tok.apply_chat_template(prompt + answer, tokenize=True)["input_ids"]
+        ids = torch.tensor([full])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+        return lp[len(p_ids) - 1:].sum().item()
+
+    return statistics.fmean(logp(list(r["prompt"]), list(r["chosen"])) - logp(list(r["prompt"]), list(r["rejected"]))
+                            for r in pairs)
+
+
+def test_dpo_widens_the_margin_on_its_pairs(grpo_learned, work, tiny_zoo, tmp_path):
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from rlmt.cli import app
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    policy, out = grpo_learned["final"], work / "dpo"
+    res = CliRunner().invoke(app, ["train", "dpo", "--config", str(work / "config.yaml"), "--cell", CELL_DPO,
+                                   "--policy", str(policy), "--reward-model", str(tiny_zoo["reward"]),
+                                   "--train", str(work / "train.parquet"), "--out", str(out)],
+                             env={"MLFLOW_TRACKING_URI": uri})
+    assert res.exit_code == 0, res.output
+    stats = json.loads((out / "pairs" / "stats.json").read_text())["counts"]
+    pairs = pl.read_parquet(out / "pairs" / "train.parquet").to_dicts()
+    assert stats["prompts"] == 12 and stats["pairs"] == stats["train"] + stats["val"] and len(pairs) == stats["train"]
+    assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    assert len(pl.read_parquet(out / "pairs" / "val.parquet")) == stats["val"] >= 1
+    final = out / "final"
+    assert not (final / LONGCOT_FILE).exists()  # nothink policy in, nothink model out
+    assert _margin(final, pairs) > _margin(policy, pairs) + 0.1
+    _, runs = _runs(uri, "dpo")
+    assert "rewards/margins" in runs[0].data.metrics and "pairs.pairs" in runs[0].data.metrics

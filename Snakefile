@@ -25,8 +25,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Snakemake only rebuilds a missing intermediate file when a job that needs it must run, so the
+# trained checkpoints are targets too: deleting one cell's final/ re-runs exactly that cell.
 rule all:
     input:
         cell_scores=expand("results/eval/{cell}/scores.json", cell=CELL_NAMES),
+        checkpoints=expand("results/checkpoints/{cell}/final", cell=CELL_NAMES),
         report="results/report/report.md",
     default_target: True

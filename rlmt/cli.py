@@ -564,38 +564,54 @@ def train_sft_cmd(
     typer.echo(str(path))
 
 
-@train_app.command("grpo")
-def train_grpo_cmd(
-    cell: str = typer.Option(..., help="Cell name (its overrides apply; names the MLflow parent run)."),
-    policy: Path = typer.Option(..., help="Initial policy dir (with its longcot_config.json)."),
-    reward_model: Path = typer.Option(..., help="Reward model dir."),
-    train: Path = typer.Option(..., help="Mixture train.parquet."),
-    val: Optional[Path] = typer.Option(None, help="Mixture val.parquet (validation reward per checkpoint)."),
-    out: Path = typer.Option(..., help="Checkpoint dir, results/checkpoints/<cell>/ (final/ is written last)."),
-    config: Path = ConfigOpt,
-) -> None:
-    """GRPO with the answer-only reward; resumes from OUT's newest complete checkpoint."""
-    from rlmt.tracking import stage_run
-    from rlmt.train.grpo import train_grpo
+def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
+    """Shared body of the RL commands: settings with the cell's overrides, one MLflow run, clean errors.
 
-    cfg, cell_obj, settings = _train_context(config, cell, "grpo")
-    inputs = {"policy": policy, "reward_model": reward_model, "train": train, **({"val": val} if val else {})}
+    `run(cfg, settings, reward_max_length)` calls the algorithm's trainer and returns final/.
+    """
+    from rlmt.tracking import stage_run
+
+    cfg, cell_obj, settings = _train_context(config, cell, algo)
+    inputs = {k: v for k, v in inputs.items() if v is not None}
     try:
-        with stage_run("grpo", cell=cell, rule="train", run_name=f"grpo:{cell}", inputs=inputs,
+        with stage_run(algo, cell=cell, rule="train", run_name=f"{algo}:{cell}", inputs=inputs,
                        params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
-            final = train_grpo(policy, reward_model, train, val, out, settings,
-                               reward_max_length=cfg.reward_models[cell_obj.rm].max_length)
+            final = run(cfg, settings, cfg.reward_models[cell_obj.rm].max_length)
     except _training_errors() as err:
-        typer.echo(f"train grpo: {err}", err=True)
+        typer.echo(f"train {algo}: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(str(final))
 
 
+CellOpt = typer.Option(..., help="Cell name (its overrides apply; names the MLflow parent run).")
+RewardModelOpt = typer.Option(..., help="Reward model dir (scores the extracted answers).")
+TrainOpt = typer.Option(..., help="Mixture train.parquet.")
+CheckpointsOpt = typer.Option(..., help="Checkpoint dir, results/checkpoints/<cell>/ (final/ is written last).")
+
+
+@train_app.command("grpo")
+def train_grpo_cmd(
+    cell: str = CellOpt,
+    policy: Path = typer.Option(..., help="Initial policy dir (with its longcot_config.json)."),
+    reward_model: Path = RewardModelOpt,
+    train: Path = TrainOpt,
+    val: Optional[Path] = typer.Option(None, help="Mixture val.parquet (validation reward per checkpoint)."),
+    out: Path = CheckpointsOpt,
+    config: Path = ConfigOpt,
+) -> None:
+    """GRPO with the answer-only reward; resumes from OUT's newest complete checkpoint."""
+    from rlmt.train.grpo import train_grpo
+
+    _train_rl("grpo", cell, {"policy": policy, "reward_model": reward_model, "train": train, "val": val}, config,
+              lambda cfg, settings, rm_len: train_grpo(policy, reward_model, train, val, out, settings,
+                                                       reward_max_length=rm_len))
+
+
 @train_app.command("dpo")
 def train_dpo_cmd(
-    cell: str = typer.Option(..., help="Cell name (its overrides apply; names the MLflow parent run)."),
+    cell: str = CellOpt,
     policy: Path = typer.Option(..., help="Initial policy dir: samples come from it, training starts from it."),
-    reward_model: Path = typer.Option(..., help="Reward model dir (scores the answers of the samples)."),
+    reward_model: Path = RewardModelOpt,
     train: Path = typer.Option(..., help="Mixture train.parquet (the prompts pairs are built from)."),
     val: Optional[Path] = typer.Option(None, help="Accepted for a uniform interface and recorded as an input; "
                                        "DPO validates on its own 3% split of the pairs."),
@@ -603,48 +619,30 @@ def train_dpo_cmd(
     config: Path = ConfigOpt,
 ) -> None:
     """On-policy DPO: sample from the initial policy, pair best/worst by answer reward, train with TRL."""
-    from rlmt.tracking import stage_run
     from rlmt.train.dpo import train_dpo
 
-    cfg, cell_obj, settings = _train_context(config, cell, "dpo")
-    inputs = {"policy": policy, "reward_model": reward_model, "train": train, **({"val": val} if val else {})}
-    try:
-        with stage_run("dpo", cell=cell, rule="train", run_name=f"dpo:{cell}", inputs=inputs,
-                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
-            final = train_dpo(policy, reward_model, train, out, settings,
-                              reward_max_length=cfg.reward_models[cell_obj.rm].max_length,
-                              generation_backend=cfg.generation.backend)
-    except _training_errors() as err:
-        typer.echo(f"train dpo: {err}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(str(final))
+    _train_rl("dpo", cell, {"policy": policy, "reward_model": reward_model, "train": train, "val": val}, config,
+              lambda cfg, settings, rm_len: train_dpo(policy, reward_model, train, out, settings,
+                                                      reward_max_length=rm_len,
+                                                      generation_backend=cfg.generation.backend))
 
 
 @train_app.command("ppo")
 def train_ppo_cmd(
-    cell: str = typer.Option(..., help="Cell name (its overrides apply; names the MLflow parent run)."),
+    cell: str = CellOpt,
     policy: Path = typer.Option(..., help="Initial policy dir (with its longcot_config.json); the critic starts from it too."),
-    reward_model: Path = typer.Option(..., help="Reward model dir."),
-    train: Path = typer.Option(..., help="Mixture train.parquet."),
+    reward_model: Path = RewardModelOpt,
+    train: Path = TrainOpt,
     val: Optional[Path] = typer.Option(None, help="Mixture val.parquet (validation reward per checkpoint)."),
-    out: Path = typer.Option(..., help="Checkpoint dir, results/checkpoints/<cell>/ (final/ is written last)."),
+    out: Path = CheckpointsOpt,
     config: Path = ConfigOpt,
 ) -> None:
     """Actor-critic PPO (GAE) with the answer-only reward; resumes from OUT's newest complete checkpoint."""
-    from rlmt.tracking import stage_run
     from rlmt.train.ppo import train_ppo
 
-    cfg, cell_obj, settings = _train_context(config, cell, "ppo")
-    inputs = {"policy": policy, "reward_model": reward_model, "train": train, **({"val": val} if val else {})}
-    try:
-        with stage_run("ppo", cell=cell, rule="train", run_name=f"ppo:{cell}", inputs=inputs,
-                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
-            final = train_ppo(policy, reward_model, train, val, out, settings,
-                              reward_max_length=cfg.reward_models[cell_obj.rm].max_length)
-    except _training_errors() as err:
-        typer.echo(f"train ppo: {err}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(str(final))
+    _train_rl("ppo", cell, {"policy": policy, "reward_model": reward_model, "train": train, "val": val}, config,
+              lambda cfg, settings, rm_len: train_ppo(policy, reward_model, train, val, out, settings,
+                                                      reward_max_length=rm_len))
 
 
 # ----------------------------------------------------------------------------- items, collection, report
@@ -660,7 +658,6 @@ def eval_items(
     from rlmt.benchmarks.base import BenchmarkError, get_benchmark
     from rlmt.benchmarks.item_files import write_items
     from rlmt.config import data_dir
-
     from rlmt.workflow import Plan
 
     cfg = _load(config)

@@ -16,7 +16,7 @@ rule sft:
         launch=lambda w: PLAN.launch_prefix("sft"),
     log:
         "results/logs/sft/{sft_policy}.log",
-    threads: workflow.cores
+    threads: lambda w: PLAN.resources("sft", "cpus_per_task")
     resources:
         nodes=slurm("sft", "nodes"),
         mem_mb=slurm("sft", "mem_mb"),
@@ -49,7 +49,7 @@ rule train:
         launch=lambda w: PLAN.launch_prefix("train", cell_algo(w)),
     log:
         "results/logs/train/{cell}.log",
-    threads: workflow.cores
+    threads: lambda w: PLAN.resources("train", "cpus_per_task")
     resources:
         nodes=slurm("train", "nodes", cell_algo),
         mem_mb=slurm("train", "mem_mb", cell_algo),

@@ -13,8 +13,9 @@ venv: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
 # Set up and run the main job: the embedded default (tiny offline models, CPU).
+# The rules run `rlmt ...`: the venv's bin goes first on PATH (as `. .venv/bin/activate` would do).
 run: venv
-	$(BIN)/snakemake --profile workflow/profiles/default all
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile workflow/profiles/default all
 
 # alpaca_eval 0.6.6 needs pkg_resources (setuptools<81), which our pins exclude: it lives in its own
 # --target directory, used only by the test that checks our LC GLM against alpaca_eval's.
@@ -34,4 +35,5 @@ lint: venv
 	$(BIN)/snakemake --lint
 
 report: venv
-	$(BIN)/snakemake --profile workflow/profiles/default --report results/report/snakemake-report.html all
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile workflow/profiles/default \
+		--report results/report/snakemake-report.html all

@@ -9,6 +9,7 @@ work="$(mktemp -d)"
 git clone --quiet "$src" "$work/rlmt"
 cd "$work/rlmt"
 make --quiet venv
+export PATH="$PWD/.venv/bin:$PATH"   # the rules run `rlmt ...`
 .venv/bin/python - <<'PY'
 import resource, subprocess, sys, time
 t0 = time.time()

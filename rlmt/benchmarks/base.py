@@ -180,6 +180,11 @@ def answer_of(row: dict | None) -> str | None:
     return str(answer)
 
 
+def failed_score(item_id: str, row: dict | None) -> ItemScore:
+    """The score of an item without a scorable answer: no generation, or a thought that never ended."""
+    return ItemScore(item_id, None, {"reason": "missing-generation" if row is None else "thought-never-ended"})
+
+
 def read_generations(path: str | Path) -> dict[str, dict]:
     """Read ``generations.jsonl`` into id -> row; a malformed line is an error naming its line.
 

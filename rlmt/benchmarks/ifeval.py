@@ -40,6 +40,7 @@ from rlmt.benchmarks.base import (
     Item,
     ItemScore,
     answer_of,
+    failed_score,
     limit_items,
     mean_metric,
     register,
@@ -241,7 +242,7 @@ class InstructionFollowingBenchmark(Benchmark):
                     values[metric].append(0.0)
                 for metric in ("instruction_strict", "instruction_loose"):
                     values[metric].extend([0.0] * len(ref["instruction_id_list"]))
-                per_item.append(ItemScore(item.id, None, {"reason": _no_answer_reason(generations.get(item.id))}))
+                per_item.append(failed_score(item.id, generations.get(item.id)))
                 continue
             details: dict[str, Any] = {"instructions": [{"id": iid} for iid in ref["instruction_id_list"]]}
             checks: list[Callable[[str], bool] | Unscorable] = []
@@ -292,8 +293,6 @@ class InstructionFollowingBenchmark(Benchmark):
         )
 
 
-def _no_answer_reason(row: dict | None) -> str:
-    return "missing-generation" if row is None else "thought-never-ended"
 
 
 @register

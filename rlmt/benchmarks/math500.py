@@ -19,6 +19,7 @@ from rlmt.benchmarks.base import (
     Item,
     ItemScore,
     answer_of,
+    failed_score,
     limit_items,
     mean_metric,
     register,
@@ -86,8 +87,7 @@ class Math500(Benchmark):
             if answer is None:
                 n_failed += 1
                 values.append(0.0)
-                per_item.append(ItemScore(item.id, None, {"reason": "missing-generation" if row is None
-                                                          else "thought-never-ended"}))
+                per_item.append(failed_score(item.id, row))
                 continue
             boxed = last_boxed(answer)
             value = float(boxed is not None and equivalent(item.reference["answer"], boxed))

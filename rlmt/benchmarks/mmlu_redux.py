@@ -25,6 +25,7 @@ from rlmt.benchmarks.base import (
     Item,
     ItemScore,
     answer_of,
+    failed_score,
     limit_items,
     mean_metric,
     register,
@@ -95,8 +96,7 @@ class MMLURedux(Benchmark):
                 full.append(0.0)
                 if ref["paper_answer"] is not None:
                     paper.append(0.0)
-                per_item.append(ItemScore(item.id, None, {"reason": "missing-generation" if row is None
-                                                          else "thought-never-ended"}))
+                per_item.append(failed_score(item.id, row))
                 continue
             choice = parse_choice(answer)
             full.append(float(choice == ref["answer"]))

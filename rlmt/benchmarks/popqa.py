@@ -23,6 +23,7 @@ from rlmt.benchmarks.base import (
     Item,
     ItemScore,
     answer_of,
+    failed_score,
     limit_items,
     mean_metric,
     register,
@@ -97,8 +98,7 @@ class PopQA(Benchmark):
             if answer is None:
                 n_failed += 1
                 values.append(0.0)
-                per_item.append(ItemScore(item.id, None, {"reason": "missing-generation" if row is None
-                                                          else "thought-never-ended"}))
+                per_item.append(failed_score(item.id, row))
                 continue
             matched = alias_match(answer, item.reference["aliases"])
             values.append(float(matched is not None))

@@ -27,6 +27,7 @@ from rlmt.benchmarks.base import (
     Item,
     ItemScore,
     answer_of,
+    failed_score,
     limit_items,
     mean_metric,
     register,
@@ -87,8 +88,7 @@ class RewardWinRate(Benchmark):
             row = generations.get(item.id)
             answer = answer_of(row)
             if answer is None:
-                per_item[item.id] = ItemScore(item.id, None, {"reason": "missing-generation" if row is None
-                                                              else "thought-never-ended"})
+                per_item[item.id] = failed_score(item.id, row)
                 continue
             pairs.append((item, answer, answer_of(reference_generations[item.id])))
 

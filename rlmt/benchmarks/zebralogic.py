@@ -20,6 +20,7 @@ from rlmt.benchmarks.base import (
     Item,
     ItemScore,
     answer_of,
+    failed_score,
     limit_items,
     mean_metric,
     register,
@@ -118,8 +119,7 @@ class ZebraLogic(Benchmark):
                 n_failed += 1
                 puzzles.append(0.0)
                 cells.append(0.0)
-                per_item.append(ItemScore(item.id, None, {"reason": "missing-generation" if row is None
-                                                          else "thought-never-ended"}))
+                per_item.append(failed_score(item.id, row))
                 continue
             predicted = parse_grid(answer)
             correct, total = compare(gold, predicted)

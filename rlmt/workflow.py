@@ -192,14 +192,16 @@ class Plan:
         settings = self.cfg.settings(algo, axes).model_dump(mode="json")
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
+    def resources_of(self, rule: str, algo: str | None = None) -> Resources:
+        """A rule's resources: `resources.<rule>_<algo>` (e.g. train_grpo), else `<rule>`, else `default`."""
+        return (self.cfg.resources.get(f"{rule}_{algo}") if algo else None) or self.cfg.resources_for(rule)
+
     def launch_prefix(self, rule: str, algo: str | None = None) -> str:
         """The launcher a training job runs under ('' = plain python; else accelerate/srun, see rlmt.launch)."""
-        res = (self.cfg.resources.get(f"{rule}_{algo}") if algo else None) or self.cfg.resources_for(rule)
-        if res.launcher == "python" and res.nodes == 1 and res.gpus <= 1:
-            return ""
         from rlmt.launch import launch_prefix
 
-        return launch_prefix(res) + " "
+        prefix = launch_prefix(self.resources_of(rule, algo))
+        return prefix + " " if prefix else ""
 
     def slurm_resource(self, rule: str, key: str, algo: str | None = None) -> Any:
         """One Snakemake resource of `rule` in the Slurm plugin's terms (gpu/gres/tasks/...; see rlmt.launch).
@@ -208,15 +210,12 @@ class Plan:
         """
         from rlmt.launch import slurm_resources
 
-        res = (self.cfg.resources.get(f"{rule}_{algo}") if algo else None) or self.cfg.resources_for(rule)
         neutral = {"gpu": 0, "gres": "", "tasks": 1, "tasks_per_gpu": 0, "mpi": "", "slurm_partition": "",
                    "slurm_account": ""}
-        return slurm_resources(res).get(key, neutral.get(key))
+        return slurm_resources(self.resources_of(rule, algo)).get(key, neutral.get(key))
 
     def resources(self, rule: str, key: str, algo: str | None = None) -> Any:
-        res: Resources = self.cfg.resources.get(f"{rule}_{algo}") if algo else None  # e.g. train_grpo
-        res = res or self.cfg.resources_for(rule)
-        return getattr(res, key)
+        return getattr(self.resources_of(rule, algo), key)
 
     # ------------------------------------------------------------------ report
 

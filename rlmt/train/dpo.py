@@ -196,4 +196,4 @@ def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: 
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tokenizer, callbacks=[MLflowMetricsCallback(), ckpt_cb, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return finish(out, fmt, settings.checkpoints.select_step)
+    return finish(out, fmt, settings.checkpoints.select_step, trainer.accelerator)

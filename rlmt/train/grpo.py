@@ -255,11 +255,20 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
                           callbacks=[MLflowMetricsCallback(), SamplesTableCallback(buffer, settings.log_samples_every),
                                      ckpt_cb, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return finish(out, fmt, settings.checkpoints.select_step)
+    return finish(out, fmt, settings.checkpoints.select_step, trainer.accelerator)
 
 
-def finish(out: Path, fmt: ThinkingFormat, rule: ckpt.SelectRule) -> Path:
-    """Select the evaluated checkpoint, write ``out/final/`` last, and record it in MLflow."""
+def finish(out: Path, fmt: ThinkingFormat, rule: ckpt.SelectRule, accelerator=None) -> Path:
+    """Select the evaluated checkpoint, write ``out/final/`` last, and record it in MLflow.
+
+    Under several processes only the main one writes; the others wait until final/ exists.
+    """
+    if accelerator is not None and accelerator.num_processes > 1:
+        final = Path(out) / ckpt.FINAL_DIR
+        if accelerator.is_main_process:
+            final = finish(out, fmt, rule)
+        accelerator.wait_for_everyone()
+        return final
     step = ckpt.select_step(out, rule)
     final = ckpt.write_final(out, step, fmt, rule)
     _log_setup({"selected_step": step})

@@ -143,8 +143,14 @@ def train_sft(model_dir: str | Path, data_path: str | Path, out: str | Path, set
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     tmp = Path(str(out) + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
+    accelerator = trainer.accelerator
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # collective under DeepSpeed/FSDP; writes on the main process only
+    if not accelerator.is_main_process:  # the rest is file shuffling: one process does it
+        accelerator.wait_for_everyone()
+        return out
     tokenizer.save_pretrained(str(tmp))
     for junk in ("training_args.bin",):
         (tmp / junk).unlink(missing_ok=True)
@@ -153,4 +159,5 @@ def train_sft(model_dir: str | Path, data_path: str | Path, out: str | Path, set
         shutil.rmtree(out)
     tmp.rename(out)
     shutil.rmtree(work, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return out

@@ -6,7 +6,6 @@ config where they need settings, and call exactly one function of the package.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional

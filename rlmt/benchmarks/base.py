@@ -26,7 +26,7 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -183,6 +183,37 @@ def answer_of(row: dict | None) -> str | None:
 def failed_score(item_id: str, row: dict | None) -> ItemScore:
     """The score of an item without a scorable answer: no generation, or a thought that never ended."""
     return ItemScore(item_id, None, {"reason": "missing-generation" if row is None else "thought-never-ended"})
+
+
+def score_each(items: list[Item], generations: dict[str, dict],
+               judge: Callable[[Item, str], tuple[float, dict]]) -> tuple[list[ItemScore], list[float], int]:
+    """Score every item whose answer is scorable with ``judge(item, answer) -> (value, details)``.
+
+    Returns (per-item scores, values for the mean — a failed item counts 0 —, number failed).
+    """
+    per_item: list[ItemScore] = []
+    values: list[float] = []
+    n_failed = 0
+    for item in items:
+        row = generations.get(item.id)
+        answer = answer_of(row)
+        if answer is None:
+            n_failed += 1
+            values.append(0.0)
+            per_item.append(failed_score(item.id, row))
+            continue
+        value, details = judge(item, answer)
+        values.append(value)
+        per_item.append(ItemScore(item.id, value, details))
+    return per_item, values, n_failed
+
+
+def read_json_rows(path: Path) -> list[dict]:
+    """The rows of a ``.json`` file (one list) or a ``.jsonl`` file (one object a line)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)
 
 
 def read_generations(path: str | Path) -> dict[str, dict]:

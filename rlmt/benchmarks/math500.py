@@ -8,7 +8,6 @@ expression rather than its first number. No ``\\boxed{}`` in the answer: wrong, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,12 +16,11 @@ from rlmt.benchmarks.base import (
     BenchmarkError,
     BenchmarkResult,
     Item,
-    ItemScore,
-    answer_of,
-    failed_score,
     limit_items,
     mean_metric,
+    read_json_rows,
     register,
+    score_each,
 )
 from rlmt.benchmarks.ifeval import find_data_file
 
@@ -65,9 +63,7 @@ class Math500(Benchmark):
 
     def load_items(self, data_dir: Path | None, limit: int | None = None, seed: int = 0) -> list[Item]:
         path = find_data_file(data_dir, "math_500", ("test.json", "test.jsonl"), self.name)
-        text = path.read_text(encoding="utf-8")
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
-            else json.loads(text)
+        rows = read_json_rows(path)
         items = []
         for i, row in enumerate(rows):
             if "problem" not in row or "answer" not in row:
@@ -79,20 +75,11 @@ class Math500(Benchmark):
         return limit_items(items, limit, seed)
 
     def score(self, items: list[Item], generations: dict[str, dict], **ctx: Any) -> BenchmarkResult:
-        per_item, values = [], []
-        n_failed = 0
-        for item in items:
-            row = generations.get(item.id)
-            answer = answer_of(row)
-            if answer is None:
-                n_failed += 1
-                values.append(0.0)
-                per_item.append(failed_score(item.id, row))
-                continue
+        def judge(item: Item, answer: str) -> tuple[float, dict]:
             boxed = last_boxed(answer)
-            value = float(boxed is not None and equivalent(item.reference["answer"], boxed))
-            values.append(value)
-            per_item.append(ItemScore(item.id, value, {"boxed": boxed}))
+            return float(boxed is not None and equivalent(item.reference["answer"], boxed)), {"boxed": boxed}
+
+        per_item, values, n_failed = score_each(items, generations, judge)
         metric = mean_metric(values, seed=int(ctx.get("seed", 0)))
         return BenchmarkResult(benchmark=self.name, metrics={"score": metric, "accuracy": metric}, n=len(items),
                                n_failed=n_failed, per_item=per_item, metric_version=self.metric_version,

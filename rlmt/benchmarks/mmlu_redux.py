@@ -13,7 +13,6 @@ not in a usable form. Only a missing answer (thought never ended) is failed.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +27,7 @@ from rlmt.benchmarks.base import (
     failed_score,
     limit_items,
     mean_metric,
+    read_json_rows,
     register,
 )
 from rlmt.benchmarks.ifeval import find_data_file
@@ -64,9 +64,7 @@ class MMLURedux(Benchmark):
 
     def load_items(self, data_dir: Path | None, limit: int | None = None, seed: int = 0) -> list[Item]:
         path = find_data_file(data_dir, "mmlu_redux", ("data.json", "data.jsonl"), self.name)
-        text = path.read_text(encoding="utf-8")
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
-            else json.loads(text)
+        rows = read_json_rows(path)
         items = []
         for i, row in enumerate(rows):
             missing = {"question", "choices", "answer", "error_type"} - set(row)

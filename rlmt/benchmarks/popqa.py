@@ -21,12 +21,11 @@ from rlmt.benchmarks.base import (
     BenchmarkError,
     BenchmarkResult,
     Item,
-    ItemScore,
-    answer_of,
-    failed_score,
     limit_items,
     mean_metric,
+    read_json_rows,
     register,
+    score_each,
 )
 from rlmt.benchmarks.ifeval import find_data_file
 
@@ -43,10 +42,7 @@ def _read_rows(path: Path) -> list[dict]:
         import polars as pl
 
         return pl.read_parquet(path).to_dicts()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return json.loads(text)
+    return read_json_rows(path)
 
 
 def aliases_of(value: Any) -> list[str]:
@@ -90,19 +86,11 @@ class PopQA(Benchmark):
         return limit_items(items, limit, seed)
 
     def score(self, items: list[Item], generations: dict[str, dict], **ctx: Any) -> BenchmarkResult:
-        per_item, values = [], []
-        n_failed = 0
-        for item in items:
-            row = generations.get(item.id)
-            answer = answer_of(row)
-            if answer is None:
-                n_failed += 1
-                values.append(0.0)
-                per_item.append(failed_score(item.id, row))
-                continue
+        def judge(item: Item, answer: str) -> tuple[float, dict]:
             matched = alias_match(answer, item.reference["aliases"])
-            values.append(float(matched is not None))
-            per_item.append(ItemScore(item.id, float(matched is not None), {"matched": matched}))
+            return float(matched is not None), {"matched": matched}
+
+        per_item, values, n_failed = score_each(items, generations, judge)
         metric = mean_metric(values, seed=int(ctx.get("seed", 0)))
         return BenchmarkResult(benchmark=self.name, metrics={"score": metric, "accuracy": metric}, n=len(items),
                                n_failed=n_failed, per_item=per_item, metric_version=self.metric_version)

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
 
 from rlmt.report.figures import plot_benchmark_bars, plot_deltas, plot_training_curves, training_histories
 from rlmt.report.tables import COLUMNS, load_rows, main_table, think_deltas, to_markdown

@@ -15,9 +15,10 @@ import polars as pl  # noqa: E402
 # PPO and DPO through our own loops), first found wins.
 CURVES = {
     "reward": ["reward/mean", "reward", "rewards/answer_reward/mean"],
-    "kl": ["kl", "objective/kl", "policy/kl"],
-    "completion_length": ["completion_length/mean", "completions/mean_length", "length/completion"],
-    "thought_length": ["thought_length/mean", "length/thought"],
+    "kl": ["kl", "policy/kl_to_reference", "objective/kl"],
+    "completion_length": ["completions/mean_length", "response/length_mean", "completion_length/mean"],
+    "thought_length": ["answer/thought_tokens_mean", "thought_length/mean"],
+    "dpo_margin": ["rewards/margins"],
 }
 
 

@@ -325,13 +325,6 @@ class Cell(BaseModel):
             return f"{self.base}__zero__{'think' if self.think else 'nothink'}"
         return f"{self.base}__sft__{'think' if self.think else 'nothink'}__{self.sft_data}"
 
-    @classmethod
-    def parse(cls, name: str) -> "Cell":
-        parts = name.split("__")
-        if len(parts) != 6 or parts[3] not in ("think", "nothink"):
-            raise ConfigError(f"not a cell name: {name!r} (want algo__base__start__think|nothink__rm__mixture)")
-        return cls(algo=parts[0], base=parts[1], start=parts[2], think=parts[3] == "think", rm=parts[4], mixture=parts[5])
-
 
 # --------------------------------------------------------------------------- evaluation
 
@@ -557,8 +550,6 @@ def parse_config(raw: dict[str, Any]) -> RLMTConfig:
             msg = e["msg"]
             if e["type"] == "extra_forbidden":
                 msg = "unknown key"
-            elif e["type"] == "literal_error":
-                msg = f"{msg}"
             lines.append(f"  {loc}: {msg}")
         raise ConfigError("invalid rlmt config:\n" + "\n".join(lines)) from None
 

@@ -137,8 +137,7 @@ def curate_mixture(spec: MixtureSpec, out_dir: str | Path, *, name: str, tokeniz
     train.write_parquet(files["train"], statistics=False)
     val.write_parquet(files["val"], statistics=False)
     with _timed("quarantine"):
-        quarantine = _quarantine(frame, sources)
-    quarantine.write_parquet(files["quarantine"], statistics=False)
+        _write_quarantine(frame, sources, files["quarantine"])
     stats = _stats(name, spec, frame, kept, train, val, shortfall, length_info)
     files["stats"].write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     _figure(kept, train, val, fs.max_prompt_tokens, files["figure"], name)
@@ -226,16 +225,36 @@ def _finish(part: pl.DataFrame, counter) -> pl.DataFrame:
     return out.cast(MIXTURE_SCHEMA)  # type: ignore[arg-type]
 
 
-def _quarantine(frame: pl.DataFrame, sources: list[ResolvedSource]) -> pl.DataFrame:
+def _write_quarantine(frame: pl.DataFrame, sources: list[ResolvedSource], path: Path) -> None:
+    """Write every dropped row (source, source_row, raw JSON, reason), one source batch at a time.
+
+    The raw rows are re-read from the sources and streamed into the Parquet file, so memory holds
+    one batch of them, not all of them.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("source", pa.string()), ("source_row", pa.int64()), ("raw", pa.string()),
+                        ("reason", pa.string())])
     dropped = (frame.filter(pl.col("reason").is_not_null()).select("_src", "source", "source_row", "reason")
                .sort("_src", "source_row"))
-    raws: list[str] = []
-    for k, src in enumerate(sources):
-        rows = dropped.filter(pl.col("_src") == k)["source_row"].to_list()
-        found = raw_rows(src, rows)
-        raws.extend(found[r] for r in rows)
-    return pl.DataFrame({"source": dropped["source"], "source_row": dropped["source_row"],
-                         "raw": pl.Series(raws, dtype=pl.String), "reason": dropped["reason"]})
+    with pq.ParquetWriter(path, schema, write_statistics=False) as writer:
+        for k, src in enumerate(sources):
+            part = dropped.filter(pl.col("_src") == k)
+            rows = part["source_row"].to_list()
+            reasons = dict(zip(rows, part["reason"].to_list(), strict=True))
+            written = 0
+            for chunk in raw_rows(src, rows):
+                ids = sorted(chunk)
+                written += len(ids)
+                writer.write_table(pa.table({
+                    "source": pa.array([src.name] * len(ids), pa.string()),
+                    "source_row": pa.array(ids, pa.int64()),
+                    "raw": pa.array([chunk[i] for i in ids], pa.string()),
+                    "reason": pa.array([reasons[i] for i in ids], pa.string())}, schema=schema))
+            if written != len(rows):  # every dropped row must be in quarantine: nothing is lost
+                raise CurationError(f"{src.location}: {len(rows) - written} dropped row(s) could not be read back "
+                                    "for quarantine.parquet")
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float]:

@@ -196,16 +196,17 @@ def _has_rows(location: str) -> bool:
         return any(True for _ in _lines(fh))
 
 
-def raw_rows(src: ResolvedSource, rows: list[int]) -> dict[int, str]:
+def raw_rows(src: ResolvedSource, rows: list[int]) -> Iterator[dict[int, str]]:
     """The original rows at these indices, serialized as JSON text (for quarantine.parquet).
 
     Read again from the source rather than kept in memory during curation: only dropped rows are
-    ever asked for. Lines that are not valid UTF-8 come back with the bad bytes escaped.
+    ever asked for, and they come back a source batch at a time (row -> text, in row order), so
+    the caller can write them out without holding them all. Lines that are not valid UTF-8 come
+    back with the bad bytes escaped.
     """
     wanted = set(rows)
-    out: dict[int, str] = {}
     if not wanted:
-        return out
+        return
     if src.is_hub or _is_parquet(src.location):
         # Batch by batch, so a large file is never decoded whole just to pick a few rows.
         if src.is_hub:
@@ -226,15 +227,20 @@ def raw_rows(src: ResolvedSource, rows: list[int]) -> dict[int, str]:
                 assert isinstance(frame, pl.DataFrame)
                 picked = frame.gather(index[lo:hi] - offset)
                 raw = picked.select(pl.struct(pl.all()).struct.json_encode())
-                out.update(zip(index[lo:hi].tolist(), raw.to_series().to_list(), strict=True))
+                yield dict(zip(index[lo:hi].tolist(), raw.to_series().to_list(), strict=True))
             offset += batch.num_rows
             _release_arrow_memory()
-        return out
+        return
+    chunk: dict[int, str] = {}
     with open(src.location, "rb") as fh:
         for i, line in enumerate(_lines(fh)):
             if i in wanted:
-                out[i] = line.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
-    return out
+                chunk[i] = line.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
+                if len(chunk) >= BATCH_ROWS:
+                    yield chunk
+                    chunk = {}
+    if chunk:
+        yield chunk
 
 
 def _release_arrow_memory() -> None:

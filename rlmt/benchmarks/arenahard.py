@@ -23,14 +23,13 @@ judge failure, left out (the reference code counted it as a tie).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from rlmt.benchmarks.base import (BenchmarkError, BenchmarkResult, Item, ItemScore, Metric, answer_of, limit_items,
-                                  mean_metric, register)
+                                  mean_metric, read_json_rows, register)
 from rlmt.benchmarks.style_control import Battle, bt_with_ci, style_difference
 from rlmt.judges import prompts
 from rlmt.judges.client import JudgePrompt
@@ -42,17 +41,6 @@ DEFAULT_BASELINES = {"hard_prompt": "o3-mini-2025-01-31", "creative_writing": "g
 # verdict -> (winner position, decisive)
 VERDICTS = {"A>>B": ("A", True), "A>B": ("A", False), "A=B": (None, False), "B>A": ("B", False),
             "B>>A": ("B", True)}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({err})") from None
-    return rows
 
 
 def _answer_text(row: dict) -> str:
@@ -81,9 +69,9 @@ class ArenaHardV2(JudgedBenchmark):
             path = answer_dir / f"{model}.jsonl"
             if not path.exists():
                 raise BenchmarkError(f"arenahard-v2: baseline answers for {category!r} not found: {path}")
-            answers[category] = {str(r["uid"]): _answer_text(r) for r in _read_jsonl(path)}
+            answers[category] = {str(r["uid"]): _answer_text(r) for r in read_json_rows(path, lines=True)}
         items = []
-        for row in _read_jsonl(qpath):
+        for row in read_json_rows(qpath, lines=True):
             uid, category = str(row.get("uid", "")), row.get("category", "hard_prompt")
             if not uid or not row.get("prompt"):
                 raise BenchmarkError(f"{qpath}: a question lacks 'uid' or 'prompt': {str(row)[:120]}")

@@ -208,12 +208,22 @@ def score_each(items: list[Item], generations: dict[str, dict],
     return per_item, values, n_failed
 
 
-def read_json_rows(path: Path) -> list[dict]:
-    """The rows of a ``.json`` file (one list) or a ``.jsonl`` file (one object a line)."""
+def read_json_rows(path: Path, *, lines: bool | None = None) -> list[dict]:
+    """The rows of a JSON file (one list) or a JSON-lines file (one object a line).
+
+    ``lines`` defaults to the suffix (``.jsonl``); a broken line is an error naming its number.
+    """
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return json.loads(text)
+    if not (path.suffix == ".jsonl" if lines is None else lines):
+        return json.loads(text)
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({err})") from None
+    return rows
 
 
 def read_generations(path: str | Path) -> dict[str, dict]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import random
 from collections import Counter
 from functools import lru_cache
@@ -43,6 +42,7 @@ from rlmt.benchmarks.base import (
     failed_score,
     limit_items,
     mean_metric,
+    read_json_rows,
     register,
 )
 
@@ -148,17 +148,7 @@ def loose_variants(response: str) -> list[str]:
 def read_instruction_rows(path: Path) -> list[dict]:
     """IFEval-format rows (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``) from a JSON
     list (the reference code's ``data.json``) or JSON lines (upstream ``input_data.jsonl``)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({err})") from None
-    else:
-        rows = json.loads(text)
+    rows = read_json_rows(path)
     if not isinstance(rows, list):
         raise BenchmarkError(f"{path}: expected a list of rows")
     for i, row in enumerate(rows):

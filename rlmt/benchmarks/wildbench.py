@@ -22,13 +22,13 @@ winner's answer is more than ``K`` characters longer than the loser's (option ``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from rlmt.benchmarks.base import BenchmarkError, BenchmarkResult, Item, ItemScore, answer_of, limit_items, mean_metric, register
+from rlmt.benchmarks.base import (BenchmarkError, BenchmarkResult, Item, ItemScore, answer_of, limit_items,
+                                  mean_metric, read_json_rows, register)
 from rlmt.judges import prompts
 from rlmt.judges.client import JudgePrompt
 from rlmt.judges.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
@@ -43,17 +43,7 @@ def read_rows(path: Path) -> list[dict]:
         import polars as pl
 
         return pl.read_parquet(path).to_dicts()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        return json.loads(text)
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({err})") from None
-    return rows
+    return read_json_rows(path, lines=path.suffix != ".json")
 
 
 def _history(messages: list[dict]) -> str:

@@ -68,6 +68,41 @@ def test_every_malformed_kind_is_quarantined_with_its_reason(tmp_path, tiny_zoo)
     assert by_id["fx-0"]["n_tokens"] == want
 
 
+def test_reading_in_small_batches_changes_nothing(tmp_path, tiny_zoo):
+    """Rows stream through in read batches; a duplicate or near-duplicate of a row in an earlier batch
+    is still caught, and the files are the ones a single batch gives."""
+    tok = tiny_zoo["llama-instruct"]
+    one = curate_mixture(_fixture_spec(), tmp_path / "one", name="fx", tokenizer_dir=tok)
+    many = curate_mixture(_fixture_spec(), tmp_path / "many", name="fx", tokenizer_dir=tok, batch_rows=4)
+    for name in ("train.parquet", "val.parquet", "quarantine.parquet"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes(), name
+    # Only the token-length shortcut's bookkeeping differs: each batch calibrates on its own rows.
+    assert ({k: v for k, v in one.stats.items() if k != "token_length"}
+            == {k: v for k, v in many.stats.items() if k != "token_length"})
+    assert sum(many.stats["token_length"]["decisions"].values()) == sum(one.stats["token_length"]["decisions"].values())
+
+
+def test_read_source_returns_only_the_rows_asked_for(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlmt.data.sources import read_source, resolve_source
+
+    prompts = [f"prompt number {i}" for i in range(100)]
+    pq.write_table(pa.table({"prompt": prompts, "extra": list(range(100))}), tmp_path / "p.parquet", row_group_size=30)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"instruction": p}) + "\n" + ("\n" if i % 7 == 0 else "")
+                                              for i, p in enumerate(prompts)))
+    wanted = np.array([99, 3, 29, 30, 31, 3])  # unsorted, repeated, across row-group and batch boundaries
+    for path in ("p.parquet", "p.jsonl"):
+        src = resolve_source(str(tmp_path / path), "instruction-jsonl", "p", 1.0, None)
+        full = pl.concat(read_source(src, batch_rows=8))
+        assert full["source_row"].to_list() == list(range(100)), path
+        got = pl.concat(read_source(src, batch_rows=8, rows=wanted))
+        assert got["source_row"].to_list() == [3, 29, 30, 31, 99], path
+        assert [m[0]["content"] for m in got["messages"].to_list()] == [prompts[i] for i in (3, 29, 30, 31, 99)]
+        assert list(read_source(src, rows=np.array([], dtype=np.int64))) == []
+
+
 def test_filters_can_be_switched_off_and_multi_turn_dropped(tmp_path, tiny_zoo):
     spec = _fixture_spec(keep_multi_turn=False, language=None, near_dup_threshold=None, dedup_exact=False,
                          max_prompt_tokens=None)
@@ -220,3 +255,35 @@ def test_cli_curate_logs_to_mlflow(tmp_path, tiny_zoo, mlflow_uri):
     assert bad.exit_code == 2 and "unknown mixture 'nope'" in bad.output
     no_tok = CliRunner().invoke(app, ["data", "curate", "--config", str(config), "--mixture", "fx", "--out", str(out)])
     assert no_tok.exit_code == 2 and "needs a tokenizer" in no_tok.output
+
+
+def test_near_duplicate_index_matches_exact_jaccard_across_batches(tmp_path):
+    """The MinHash index, fed in three batches, drops exactly the rows a brute-force exact-Jaccard
+    pass drops (pairs far above or below the threshold, where banding cannot miss)."""
+    import random
+
+    from rlmt.data.near_duplicates import NearDuplicateIndex, shingles
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(400)]
+    texts: list[str] = []
+    for i in range(300):
+        if i > 10 and i % 5 == 0:  # one word changed in a 60-word text: Jaccard ~0.9+
+            words = texts[rng.randrange(i)].split()
+            words[rng.randrange(len(words))] = "zebra"
+            texts.append(" ".join(words))
+        else:
+            texts.append(" ".join(rng.choices(vocab, k=60)))
+    series = pl.Series(texts)
+    index = NearDuplicateIndex(tmp_path, num_perm=32, shingle_size=3, seed=0)
+    for start in (0, 120, 200):
+        index.add(series.slice(start, {0: 120, 120: 80, 200: 100}[start]))
+    got = index.duplicates(0.85)
+
+    hashes, offsets = shingles(series, 3)
+    sets = [set(hashes[offsets[k]:offsets[k + 1]].tolist()) for k in range(len(texts))]
+    want = np.zeros(len(texts), dtype=bool)
+    for j in range(len(texts)):
+        want[j] = any(not want[i] and len(sets[i] & sets[j]) / len(sets[i] | sets[j]) >= 0.85 for i in range(j))
+    assert want.sum() > 20
+    assert np.array_equal(got, want)

@@ -9,15 +9,18 @@ mixture's seed and source weights, and writes ``results/data/mixtures/<name>/``:
 ``quarantine.parquet`` (``source``, ``source_row``, ``raw`` row as JSON, ``reason``), ``stats.json``
 and ``lengths.png``. Nothing is dropped without a reason: ``in == kept + sum(dropped)`` is asserted
 here, overall and per source. The same inputs and seed give byte-identical files.
+
+Memory stays flat in the number of rows: :class:`rlmt.data.scan.SourceScan` reads each source once,
+a batch at a time, keeping a few numbers per row; the sampled conversations and the raw dropped
+rows are read again from the sources at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import time
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,24 +30,14 @@ import polars as pl
 
 from rlmt.config import MixtureSpec
 from rlmt.data import filters
-from rlmt.data.sources import ResolvedSource, raw_rows, read_source, resolve_source
+from rlmt.data.scan import SourceScan, StageClock
+from rlmt.data.sources import BATCH_ROWS, ResolvedSource, raw_rows, read_source, resolve_source
 
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 MIXTURE_SCHEMA = {"id": pl.String, "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
                   "source": pl.String, "n_tokens": pl.Int64}
-
-
-@contextlib.contextmanager
-def _timed(stage: str):
-    """Log how long a stage took (not written to stats.json, which must stay byte-identical)."""
-    import psutil
-
-    start = time.perf_counter()
-    yield
-    log.info("curate: %s took %.1fs (RSS %.2f GB)", stage, time.perf_counter() - start,
-             psutil.Process().memory_info().rss / 1e9)
 
 
 class CurationError(RuntimeError):
@@ -60,8 +53,12 @@ class CurateResult:
 
 
 def curate_mixture(spec: MixtureSpec, out_dir: str | Path, *, name: str, tokenizer_dir: str | Path | None = None,
-                   data_dir: str | Path | None = None) -> CurateResult:
-    """Curate one mixture into `out_dir`; see the module docstring for the files."""
+                   data_dir: str | Path | None = None, batch_rows: int = BATCH_ROWS) -> CurateResult:
+    """Curate one mixture into `out_dir`; see the module docstring for the files.
+
+    `batch_rows` (rows read at a time) trades memory for per-batch overhead; the outputs do not
+    depend on it, except the token-length shortcut's counts in stats.json.
+    """
     out_dir = Path(out_dir)
     fs = spec.filters
     if fs.max_prompt_tokens is not None and tokenizer_dir is None:
@@ -75,60 +72,28 @@ def curate_mixture(spec: MixtureSpec, out_dir: str | Path, *, name: str, tokeniz
     if len(set(names)) != len(names):
         raise CurationError(f"mixture {name!r}: two sources share the label {names}; give each a distinct 'name'")
 
-    with _timed("read + structure"):
-        frame = _read_all(sources, fs.keep_multi_turn)
-    with _timed("patterns + exact duplicates"):
-        frame = filters.patterns(frame, fs.include_patterns, fs.exclude_patterns)
-        # The joined text has served its checks; its length is all the stats and figure need.
-        frame = frame.with_columns(pl.col("text").str.len_chars().alias("chars")).drop("text")
-        if fs.dedup_exact:
-            frame = filters.exact_duplicates(frame)
-        elif fs.near_dup_threshold is not None:
-            frame = filters.with_normalized_text(frame)
-
     counter = None
-    length_info: dict[str, Any] = {}
-    n_tokens_all = np.full(frame.height, -1, dtype=np.int64)
     if tokenizer_dir is not None:
-        from rlmt.data.token_length import TokenCounter, token_lengths
+        from rlmt.data.token_length import TokenCounter
 
         counter = TokenCounter(tokenizer_dir)
-        if fs.max_prompt_tokens is not None:
-            tic = time.perf_counter()
-            eligible = _eligible(frame)
-            n_tok, too_long, decided = token_lengths(frame.filter(pl.col("_i").is_in(eligible.implode()))
-                                                     .select("messages"), counter, fs.max_prompt_tokens,
-                                                     seed=spec.seed)
-            n_tokens_all[eligible.to_numpy()] = n_tok
-            frame = _mark(frame, eligible.to_numpy()[too_long], filters.TOO_LONG)
-            length_info = {"decisions": decided, "bounds": vars(counter.bounds) if counter.bounds else None}
-            log.info("curate: token length took %.1fs (%s)", time.perf_counter() - tic, decided)
+    clock = StageClock()
+    with tempfile.TemporaryDirectory(prefix="rlmt-curate-") as scratch:
+        scan = SourceScan(fs, counter, spec.seed, Path(scratch), clock, batch_rows=batch_rows)
+        frame = scan.run(sources)
+        frame = _mark(frame, scan.near_duplicate_rows(), filters.NEAR_DUPLICATE)
+    length_info: dict[str, Any] = {}
+    if counter is not None and fs.max_prompt_tokens is not None:
+        length_info = {"decisions": {k: scan.length_decisions[k] for k in ("by_bound_short", "by_bound_long",
+                                                                             "tokenized")},
+                       "bounds": vars(counter.bounds) if counter.bounds else None}
 
-    if fs.language is not None:
-        from rlmt.data.language import DETECT_CHARS, other_language
-
-        with _timed("language"):
-            eligible = _eligible(frame)
-            prompts = (frame.filter(pl.col("_i").is_in(eligible.implode()))["prompt"]
-                       .str.slice(0, DETECT_CHARS).to_list())
-            foreign = other_language(prompts, fs.language, fs.language_min_confidence)
-            frame = _mark(frame, eligible.to_numpy()[foreign], filters.LANGUAGE)
-
-    if fs.near_dup_threshold is not None:
-        from rlmt.data.near_duplicates import near_duplicates
-
-        with _timed("near duplicates"):
-            eligible = _eligible(frame)
-            texts = frame.filter(pl.col("_i").is_in(eligible.implode()))["norm"]
-            near = near_duplicates(texts, fs.near_dup_threshold, num_perm=fs.near_dup_num_perm,
-                                   shingle_size=fs.near_dup_shingle_words, seed=spec.seed)
-            frame = _mark(frame, eligible.to_numpy()[near], filters.NEAR_DUPLICATE)
-
-    frame = frame.drop("prompt", "norm", strict=False).with_columns(pl.Series("n_tokens", n_tokens_all))
     kept = frame.filter(pl.col("reason").is_null())
-    train, val, shortfall = _sample(kept, sources, spec)
-    with _timed("sample token counts"):
-        train, val = (_finish(part, counter) for part in (train, val))
+    with clock("sample"):
+        order, shortfall = _sample(kept, sources, spec)
+        picked = _read_rows(sources, frame, order, fs.keep_multi_turn)
+        n_val = min(spec.n_val, picked.height)
+        train, val = (_finish(part, counter) for part in (picked.slice(n_val), picked.head(n_val)))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"train": out_dir / "train.parquet", "val": out_dir / "val.parquet",
@@ -136,9 +101,10 @@ def curate_mixture(spec: MixtureSpec, out_dir: str | Path, *, name: str, tokeniz
              "figure": out_dir / "lengths.png"}
     train.write_parquet(files["train"], statistics=False)
     val.write_parquet(files["val"], statistics=False)
-    with _timed("quarantine"):
+    with clock("quarantine"):
         _write_quarantine(frame, sources, files["quarantine"])
-    stats = _stats(name, spec, frame, kept, train, val, shortfall, length_info)
+    clock.log()
+    stats = _stats(name, spec, sources, frame, kept, train, val, shortfall, length_info)
     files["stats"].write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     _figure(kept, train, val, fs.max_prompt_tokens, files["figure"], name)
     sample = pl.concat([train, val]).head(20).to_dicts()
@@ -146,20 +112,6 @@ def curate_mixture(spec: MixtureSpec, out_dir: str | Path, *, name: str, tokeniz
 
 
 # ---------------------------------------------------------------------- stages
-
-
-def _read_all(sources: list[ResolvedSource], keep_multi_turn: bool) -> pl.DataFrame:
-    parts = []
-    for k, src in enumerate(sources):
-        for batch in read_source(src):
-            checked = filters.structure(batch, keep_multi_turn).drop("error")
-            parts.append(checked.with_columns(pl.lit(k, dtype=pl.Int32).alias("_src")))
-    frame = pl.concat(parts, how="vertical") if parts else pl.DataFrame()
-    return frame.with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))
-
-
-def _eligible(frame: pl.DataFrame) -> pl.Series:
-    return frame.filter(pl.col("reason").is_null())["_i"]
 
 
 def _mark(frame: pl.DataFrame, rows: np.ndarray, reason: str) -> pl.DataFrame:
@@ -193,9 +145,9 @@ def _quotas(available: list[int], weights: list[float], total: int) -> list[int]
     return quota
 
 
-def _sample(kept: pl.DataFrame, sources: list[ResolvedSource], spec: MixtureSpec
-            ) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Seeded sample of n_train + n_val kept prompts by source weight; val is taken first."""
+def _sample(kept: pl.DataFrame, sources: list[ResolvedSource], spec: MixtureSpec) -> tuple[np.ndarray, int]:
+    """Seeded sample of n_train + n_val kept rows by source weight: their ``_i`` in sample order
+    (the first n_val are the validation rows), and how many were wanted but not available."""
     rng = np.random.default_rng(spec.seed)
     kept = kept.sort("_i")
     per_source = [kept.filter(pl.col("_src") == k)["_i"].to_numpy() for k in range(len(sources))]
@@ -203,11 +155,31 @@ def _sample(kept: pl.DataFrame, sources: list[ResolvedSource], spec: MixtureSpec
     quota = _quotas([len(p) for p in per_source], [s.weight for s in sources], wanted)
     chosen = np.concatenate([rng.permutation(p)[:q] for p, q in zip(per_source, quota, strict=True)]
                             or [np.zeros(0, dtype=np.int64)])
-    chosen = rng.permutation(chosen)
-    n_val = min(spec.n_val, len(chosen))
-    position = pl.DataFrame({"_i": chosen.astype(np.int64), "_pos": np.arange(len(chosen), dtype=np.int64)})
-    picked = position.join(kept, on="_i", how="left").sort("_pos")
-    return picked.slice(n_val), picked.head(n_val), max(0, wanted - len(chosen))
+    chosen = rng.permutation(chosen).astype(np.int64)
+    return chosen, max(0, wanted - len(chosen))
+
+
+def _read_rows(sources: list[ResolvedSource], frame: pl.DataFrame, order: np.ndarray,
+               keep_multi_turn: bool) -> pl.DataFrame:
+    """The rows ``order`` (``_i``, in that order) with their conversations, read again from the sources.
+
+    Each one passed every check on the first read; if one no longer does, the source changed under us.
+    """
+    want = (pl.DataFrame({"_i": order, "_pos": np.arange(len(order), dtype=np.int64)})
+            .join(frame.select("_i", "_src", "source_row", "n_tokens"), on="_i", how="left"))
+    parts = [pl.DataFrame(schema={"_src": pl.Int32, "source_row": pl.Int64, "source": pl.String,
+                                  "messages": MIXTURE_SCHEMA["messages"], "reason": pl.String})]
+    for k, src in enumerate(sources):
+        rows = np.sort(want.filter(pl.col("_src") == k)["source_row"].to_numpy())
+        for batch in read_source(src, rows=rows):
+            checked = filters.structure(batch, keep_multi_turn)
+            parts.append(checked.select(pl.lit(k, dtype=pl.Int32).alias("_src"), "source_row", "source", "messages",
+                                        "reason"))
+    got = pl.concat(parts)
+    if got.height != want.height or got["reason"].null_count() != got.height:
+        raise CurationError("a source changed while it was being curated: the sampled rows read back differently "
+                            f"({got.height} of {want.height} found, {got['reason'].null_count()} still valid)")
+    return want.join(got.drop("reason"), on=["_src", "source_row"], how="left").sort("_pos")
 
 
 def _finish(part: pl.DataFrame, counter) -> pl.DataFrame:
@@ -236,7 +208,7 @@ def _write_quarantine(frame: pl.DataFrame, sources: list[ResolvedSource], path: 
 
     schema = pa.schema([("source", pa.string()), ("source_row", pa.int64()), ("raw", pa.string()),
                         ("reason", pa.string())])
-    dropped = (frame.filter(pl.col("reason").is_not_null()).select("_src", "source", "source_row", "reason")
+    dropped = (frame.filter(pl.col("reason").is_not_null()).select("_src", "source_row", "reason")
                .sort("_src", "source_row"))
     with pq.ParquetWriter(path, schema, write_statistics=False) as writer:
         for k, src in enumerate(sources):
@@ -275,14 +247,14 @@ def _counts(frame: pl.DataFrame) -> dict[str, Any]:
     return {"in": n_in, "kept": n_kept, "dropped": dropped, "dropped_total": sum(dropped.values())}
 
 
-def _stats(name: str, spec: MixtureSpec, frame: pl.DataFrame, kept: pl.DataFrame, train: pl.DataFrame,
-           val: pl.DataFrame, shortfall: int, length_info: dict[str, Any]) -> dict[str, Any]:
+def _stats(name: str, spec: MixtureSpec, sources: list[ResolvedSource], frame: pl.DataFrame, kept: pl.DataFrame,
+           train: pl.DataFrame, val: pl.DataFrame, shortfall: int, length_info: dict[str, Any]) -> dict[str, Any]:
     chars = kept["chars"].to_numpy()
     out_tokens = pl.concat([train, val])["n_tokens"].drop_nulls().to_numpy()
     by_source = {}
-    for src_name in frame["source"].unique(maintain_order=True).to_list():
-        part = frame.filter(pl.col("source") == src_name)
-        counts = _counts(part)
+    for k, src in enumerate(sources):
+        src_name = src.name
+        counts = _counts(frame.filter(pl.col("_src") == k))
         counts["train"] = int((train["source"] == src_name).sum())
         counts["val"] = int((val["source"] == src_name).sum())
         by_source[src_name] = counts

@@ -122,11 +122,25 @@ def with_normalized_text(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.join(norm, on="_i", how="left", maintain_order="left")
 
 
-def exact_duplicates(frame: pl.DataFrame) -> pl.DataFrame:
-    """Drop every row whose normalized text equals an earlier eligible row's (first one is kept)."""
-    frame = with_normalized_text(frame)
-    eligible = frame.filter(pl.col("reason").is_null()).select("_i", "norm")
-    dup_ids = eligible.filter(~pl.col("norm").is_first_distinct())["_i"]
-    return frame.with_columns(
-        pl.when(pl.col("_i").is_in(dup_ids.implode())).then(pl.lit(DUPLICATE)).otherwise(pl.col("reason"))
-        .alias("reason"))
+class ExactDuplicates:
+    """Streaming exact dedup: a row is a duplicate when its normalized text (``norm``) equals an
+    earlier eligible row's, in this batch or any batch seen before; the first one is kept.
+
+    Remembers two independent 64-bit hashes per distinct text (16 bytes a row, not the text), so a
+    false duplicate needs a 128-bit collision.
+    """
+
+    def __init__(self) -> None:
+        self._seen = pl.DataFrame(schema={"h1": pl.UInt64, "h2": pl.UInt64})
+
+    def mark(self, frame: pl.DataFrame) -> pl.DataFrame:
+        keys = (frame.filter(pl.col("reason").is_null())
+                .select("_i", pl.col("norm").hash(seed=1).alias("h1"), pl.col("norm").hash(seed=2).alias("h2")))
+        first = keys.filter(pl.struct("h1", "h2").is_first_distinct())
+        new = first.join(self._seen, on=["h1", "h2"], how="anti", maintain_order="left")
+        self._seen = pl.concat([self._seen, new.select("h1", "h2")], rechunk=False)
+        dup = keys.join(new.select("_i"), on="_i", how="anti")["_i"]
+        return frame.with_columns(
+            pl.when(pl.col("_i").is_in(dup.implode())).then(pl.lit(DUPLICATE)).otherwise(pl.col("reason"))
+            .alias("reason"))
+

@@ -10,13 +10,18 @@ threshold, far less above it).
 Shingles are word n-grams of the normalized text (``\\w+`` words, lowercased). The decision rule
 is order-based like a streaming deduplicator: a row is dropped when it is at least `threshold`
 similar to an earlier row that was itself kept.
+
+:class:`NearDuplicateIndex` takes rows a batch at a time, so curation never holds every text: it
+keeps each row's signature (``num_perm`` uint32) in memory and appends its shingle hashes to a
+scratch file, from which only the rows in candidate pairs are read back for verification.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
 CHUNK_ROWS = 32_768
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -50,18 +55,34 @@ def shingles(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
     sh_off = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(n_sh, out=sh_off[1:])
     total = int(sh_off[-1])
-    # Position of each shingle's first word in `flat`.
-    row_of = np.repeat(np.arange(len(lengths)), n_sh)
-    first = word_off[:-1][row_of] + (np.arange(total) - sh_off[:-1][row_of])
-    width = np.minimum(lengths, size)[row_of]
-    out = np.zeros(total, dtype=np.uint64)
+    out = np.empty(total, dtype=np.uint64)
+    full = lengths >= size
+    in_full_row = np.repeat(full, n_sh)
+    n_runs = len(flat) - size + 1
+    if n_runs > 0 and full.any():
+        # Hash every run of `size` consecutive words of the flat array with contiguous slices (no
+        # gathers), then keep the runs that end inside the text they start in.
+        run = _combine([flat[k:k + n_runs] for k in range(size)], size)
+        row_end = np.repeat(word_off[1:], lengths)[:n_runs]
+        out[in_full_row] = run[np.arange(size, n_runs + size) <= row_end]
+    short = np.flatnonzero(~full & (lengths > 0))
+    if len(short):  # fewer words than `size`: one shingle of all of them
+        firsts, width = word_off[:-1][short], lengths[short]
+        parts = [np.where(k < width, flat[np.minimum(firsts + k, len(flat) - 1)], np.uint64(0)) for k in range(size)]
+        out[sh_off[:-1][short]] = _combine(parts, size, width)
+    return out, sh_off
+
+
+def _combine(words: list[np.ndarray], size: int, width: np.ndarray | None = None) -> np.ndarray:
+    """Order-sensitive 64-bit hash of word-hash tuples (``words[k]`` is the k-th word of each);
+    with `width`, words at k >= width are absent."""
+    out = np.zeros(len(words[0]), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in range(size):
-            take = k < width
-            h = flat[np.minimum(first + k, len(flat) - 1)] if len(flat) else np.zeros(total, np.uint64)
-            out ^= np.where(take, (h + np.uint64(k)) * _MIX[k % 3], np.uint64(0))
+            mixed = (words[k] + np.uint64(k)) * _MIX[k % 3]
+            out ^= mixed if width is None else np.where(k < width, mixed, np.uint64(0))
             out = (out << np.uint64(13)) | (out >> np.uint64(51))
-    return out, sh_off
+    return out
 
 
 def _perm_params(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,38 +142,65 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray) -
     return np.unique(pairs, axis=0)
 
 
-def jaccard(a: set[int], b: set[int]) -> float:
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
+class NearDuplicateIndex:
+    """Near-duplicate decisions over rows added in order, batch by batch (see the module docstring).
 
+    Args:
+        scratch_dir: where the shingle hashes are spilled (one binary file, removed with the directory).
+        num_perm, shingle_size, seed: MinHash settings; the same seed gives the same decisions.
+    """
 
-def near_duplicates(texts: pl.Series, threshold: float, *, num_perm: int = 32, shingle_size: int = 3,
-                    seed: int = 0) -> np.ndarray:
-    """Boolean mask: True for rows at least `threshold`-similar to an earlier kept row."""
-    n = len(texts)
-    dropped = np.zeros(n, dtype=bool)
-    if n < 2:
+    def __init__(self, scratch_dir: str | Path, *, num_perm: int = 32, shingle_size: int = 3, seed: int = 0) -> None:
+        self.num_perm, self.shingle_size, self.seed = num_perm, shingle_size, seed
+        self._path = Path(scratch_dir) / "shingles.u64"
+        self._spill = open(self._path, "wb")
+        self._signatures: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []  # shingles per row, in the order rows were added
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._counts)
+
+    def add(self, texts: pl.Series) -> None:
+        """Append rows (normalized texts); their positions continue from the rows added before."""
+        for start in range(0, len(texts), CHUNK_ROWS):
+            hashes, offsets = shingles(texts.slice(start, CHUNK_ROWS), self.shingle_size)
+            self._signatures.append(signatures(hashes, offsets, self.num_perm, self.seed))
+            self._counts.append(np.diff(offsets))
+            self._spill.write(hashes.tobytes())
+
+    def duplicates(self, threshold: float) -> np.ndarray:
+        """Boolean mask over all added rows: True for rows at least `threshold`-similar to an earlier kept row."""
+        self._spill.close()
+        n = len(self)
+        dropped = np.zeros(n, dtype=bool)
+        if n < 2:
+            return dropped
+        counts = np.concatenate(self._counts)
+        sig = np.concatenate(self._signatures)
+        self._signatures = [sig]
+        pairs = candidate_pairs(sig, *lsh_params(threshold, self.num_perm), counts > 0)
+        if len(pairs) == 0:
+            return dropped
+        starts = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        shingle_sets = self._read_back(np.unique(pairs), starts)
+        order = np.lexsort((pairs[:, 0], pairs[:, 1]))  # by j, then i: i's fate is settled before j's
+        for i, j in pairs[order]:
+            if dropped[j] or dropped[i]:
+                continue
+            a, b = shingle_sets[int(i)], shingle_sets[int(j)]
+            shared = len(np.intersect1d(a, b, assume_unique=True))
+            union = len(a) + len(b) - shared
+            if (shared / union if union else 1.0) >= threshold:
+                dropped[j] = True
         return dropped
-    sig = np.empty((n, num_perm), dtype=np.uint32)
-    nonempty = np.zeros(n, dtype=bool)
-    chunks = range(0, n, CHUNK_ROWS)
-    for start in tqdm(chunks, desc="minhash", disable=len(chunks) < 4, unit="chunk"):
-        part = texts.slice(start, CHUNK_ROWS)
-        hashes, offsets = shingles(part, shingle_size)
-        sig[start:start + len(part)] = signatures(hashes, offsets, num_perm, seed)
-        nonempty[start:start + len(part)] = np.diff(offsets) > 0
-    bands, rows = lsh_params(threshold, num_perm)
-    pairs = candidate_pairs(sig, bands, rows, nonempty)
-    if len(pairs) == 0:
-        return dropped
-    involved = np.unique(pairs)
-    hashes, offsets = shingles(texts.gather(involved), shingle_size)
-    sets = {int(r): set(hashes[offsets[k]:offsets[k + 1]].tolist()) for k, r in enumerate(involved)}
-    order = np.lexsort((pairs[:, 0], pairs[:, 1]))  # by j, then i: i's fate is settled before j's
-    for i, j in pairs[order]:
-        if dropped[j] or dropped[i]:
-            continue
-        if jaccard(sets[int(i)], sets[int(j)]) >= threshold:
-            dropped[j] = True
-    return dropped
+
+    def _read_back(self, rows: np.ndarray, starts: np.ndarray) -> dict[int, np.ndarray]:
+        """Each row's distinct shingle hashes (sorted), read from the spill file with plain reads:
+        a memory map would count every page it touches as this process's memory."""
+        out: dict[int, np.ndarray] = {}
+        with open(self._path, "rb") as fh:
+            for r in rows.tolist():  # ascending: the reads move forward through the file
+                fh.seek(int(starts[r]) * 8)
+                out[r] = np.unique(np.fromfile(fh, dtype=np.uint64, count=int(starts[r + 1] - starts[r])))
+        return out

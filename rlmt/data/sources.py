@@ -128,59 +128,91 @@ def _is_parquet(location: str) -> bool:
 # ---------------------------------------------------------------------- reading
 
 
-def read_source(src: ResolvedSource, batch_rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
-    """Yield canonical batches (``CANONICAL`` columns) covering every row of the source in order."""
+def read_source(src: ResolvedSource, batch_rows: int = BATCH_ROWS, rows: np.ndarray | None = None
+                ) -> Iterator[pl.DataFrame]:
+    """Yield canonical batches (``CANONICAL`` columns) covering every row of the source in order.
+
+    With `rows` (sorted 0-based row numbers), only those rows come back, still in order: curation
+    reads a source once in full and then again for the few rows it keeps, instead of holding every
+    conversation in memory.
+    """
+    wanted = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+    if wanted is not None and len(wanted) == 0:
+        return
     if src.is_hub:
-        yield from _read_hub(src, batch_rows)
+        yield from _read_arrow(src, _hub_batches(src, batch_rows), wanted)
     elif _is_parquet(src.location):
-        yield from _read_parquet(src, batch_rows)
+        yield from _read_arrow(src, _parquet_batches(src, batch_rows), wanted)
     else:
-        yield from _read_jsonl(src, batch_rows)
+        yield from _read_jsonl(src, batch_rows, wanted)
 
 
-def _read_parquet(src: ResolvedSource, batch_rows: int) -> Iterator[pl.DataFrame]:
+def count_rows(src: ResolvedSource) -> int | None:
+    """Rows in a parquet source, from its footer (None for JSONL and hub sources: unknown until read)."""
+    if src.is_hub or not _is_parquet(src.location):
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(src.location).metadata.num_rows
+
+
+def _parquet_batches(src: ResolvedSource, batch_rows: int, all_columns: bool = False) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(src.location)
     available = set(pf.schema_arrow.names)
-    wanted = [c for c in _fields_of(src.format) if c in available]
-    offset = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted or None):
-        frame = pl.from_arrow(batch)
-        assert isinstance(frame, pl.DataFrame)
-        yield _canonical_frame(frame, src, offset)
-        offset += frame.height
-        del frame, batch
-        _release_arrow_memory()
+    wanted = None if all_columns else [c for c in _fields_of(src.format) if c in available]
+    # One reader per row group: a single iter_batches over the whole file keeps the decoded pages
+    # of every row group it has passed (pyarrow 25), which on a million rows is gigabytes.
+    for group in range(pf.metadata.num_row_groups):
+        yield from pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=wanted or None)
 
 
-def _read_hub(src: ResolvedSource, batch_rows: int) -> Iterator[pl.DataFrame]:
+def _hub_batches(src: ResolvedSource, batch_rows: int, all_columns: bool = False) -> Iterator[Any]:
     """A Hugging Face dataset (networked machines; downloaded once into the datasets cache)."""
     from datasets import load_dataset
 
-    spec = src.location[len("hf:"):]
-    dataset_id, _, split = spec.partition(":")
+    dataset_id, _, split = src.location[len("hf:"):].partition(":")
     ds = load_dataset(dataset_id, split=split or "train")
-    wanted = [c for c in _fields_of(src.format) if c in ds.column_names]
-    table = ds.select_columns(wanted).data.table
+    if not all_columns:
+        ds = ds.select_columns([c for c in _fields_of(src.format) if c in ds.column_names])
+    yield from ds.data.table.to_batches(max_chunksize=batch_rows)
+
+
+def _read_arrow(src: ResolvedSource, batches: Iterator[Any], wanted: np.ndarray | None) -> Iterator[pl.DataFrame]:
+    """Canonical frames from arrow record batches, all rows or only the `wanted` ones."""
     offset = 0
-    for batch in table.to_batches(max_chunksize=batch_rows):
-        frame = pl.from_arrow(batch)
-        assert isinstance(frame, pl.DataFrame)
-        yield _canonical_frame(frame, src, offset)
-        offset += frame.height
+    for batch in batches:
+        n = batch.num_rows
+        if wanted is None:
+            numbers = np.arange(offset, offset + n, dtype=np.int64)
+        else:
+            lo, hi = np.searchsorted(wanted, [offset, offset + n])
+            numbers = wanted[lo:hi]
+            batch = batch.take(numbers - offset) if len(numbers) else None
+        if batch is not None:
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            yield _canonical_frame(frame, src, numbers)
+            del frame
+        offset += n
+        del batch
+        _release_arrow_memory()
 
 
-def _read_jsonl(src: ResolvedSource, batch_rows: int) -> Iterator[pl.DataFrame]:
+def _read_jsonl(src: ResolvedSource, batch_rows: int, wanted: np.ndarray | None) -> Iterator[pl.DataFrame]:
+    keep = None if wanted is None else set(wanted.tolist())
     rows: list[dict[str, Any]] = []
     with open(src.location, "rb") as fh:
         for i, line in enumerate(_lines(fh)):
+            if keep is not None and i not in keep:
+                continue
             messages, error = _record_from_line(line, src.format)
             rows.append({"source": src.name, "source_row": i, "messages": messages, "error": error})
             if len(rows) >= batch_rows:
                 yield pl.DataFrame(rows, schema=CANONICAL)
                 rows = []
-    if rows or not _has_rows(src.location):
+    if rows or (keep is None and not _has_rows(src.location)):
         yield pl.DataFrame(rows, schema=CANONICAL)
 
 
@@ -209,26 +241,18 @@ def raw_rows(src: ResolvedSource, rows: list[int]) -> Iterator[dict[int, str]]:
         return
     if src.is_hub or _is_parquet(src.location):
         # Batch by batch, so a large file is never decoded whole just to pick a few rows.
-        if src.is_hub:
-            from datasets import load_dataset
-
-            dataset_id, _, split = src.location[len("hf:"):].partition(":")
-            batches = load_dataset(dataset_id, split=split or "train").data.table.to_batches(BATCH_ROWS)
-        else:
-            import pyarrow.parquet as pq
-
-            batches = pq.ParquetFile(src.location).iter_batches(batch_size=BATCH_ROWS)
+        batches = (_hub_batches if src.is_hub else _parquet_batches)(src, BATCH_ROWS, all_columns=True)
         index = np.array(sorted(wanted), dtype=np.int64)
         offset = 0
         for batch in batches:
             lo, hi = np.searchsorted(index, [offset, offset + batch.num_rows])
             if hi > lo:
-                frame = pl.from_arrow(batch)
-                assert isinstance(frame, pl.DataFrame)
-                picked = frame.gather(index[lo:hi] - offset)
+                picked = pl.from_arrow(batch.take(index[lo:hi] - offset))
+                assert isinstance(picked, pl.DataFrame)
                 raw = picked.select(pl.struct(pl.all()).struct.json_encode())
                 yield dict(zip(index[lo:hi].tolist(), raw.to_series().to_list(), strict=True))
             offset += batch.num_rows
+            del batch
             _release_arrow_memory()
         return
     chunk: dict[int, str] = {}
@@ -265,11 +289,10 @@ def _fields_of(fmt: str) -> list[str]:
     }[fmt]
 
 
-def _canonical_frame(frame: pl.DataFrame, src: ResolvedSource, offset: int) -> pl.DataFrame:
+def _canonical_frame(frame: pl.DataFrame, src: ResolvedSource, source_rows: np.ndarray) -> pl.DataFrame:
     """Vectorized conversion when the columns have the expected types; per-record otherwise."""
-    rows = pl.int_range(offset, offset + frame.height, dtype=pl.Int64, eager=True)
     head = pl.DataFrame({"source": pl.repeat(src.name, frame.height, dtype=pl.String, eager=True),
-                         "source_row": rows})
+                         "source_row": pl.Series(source_rows, dtype=pl.Int64)})
     expr = _vectorized_messages(frame, src.format)
     if expr is None:
         records = frame.to_dicts()

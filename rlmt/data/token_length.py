@@ -74,10 +74,19 @@ class TokenCounter:
         starts = range(0, len(conversations), TOKENIZE_BATCH)
         for start in tqdm(starts, desc=progress, disable=progress is None or len(starts) < 4, unit="batch"):
             texts = [self.render(m) for m in conversations[start:start + TOKENIZE_BATCH]]
-            enc = self.tokenizer(texts, add_special_tokens=not self.templated, return_attention_mask=False,
-                                 verbose=False)["input_ids"]
-            out[start:start + len(texts)] = [len(ids) for ids in enc]
+            out[start:start + len(texts)] = self._lengths(texts)
         return out
+
+    def _lengths(self, texts: list[str]) -> list[int]:
+        add_special = not self.templated  # a chat template writes its own BOS
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and backend.truncation is None and backend.padding is None:
+            # Straight to the Rust tokenizer: the same ids as the Python wrapper, without turning
+            # every id into a Python int (a third of the time on long prompts); only lengths are kept.
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            return [len(e) for e in encode(texts, add_special_tokens=add_special)]
+        enc = self.tokenizer(texts, add_special_tokens=add_special, return_attention_mask=False, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
 
     # ---------------------------------------------------------------- bounds
 
@@ -98,26 +107,39 @@ class TokenCounter:
             self._overhead_bytes[roles] = len(self.render(empty).encode("utf-8"))
         return self._overhead_bytes[roles]
 
-    def calibrate(self, conversations: list[list[dict[str, str]]]) -> LengthBounds:
-        """Measure characters per token and check the byte bound on a sample of real rows."""
+    def calibrate(self, conversations: list[list[dict[str, str]]]) -> tuple[LengthBounds, np.ndarray]:
+        """Measure characters and bytes per token on a sample of real rows; returns the bounds and the
+        sample's exact counts.
+
+        Calibration accumulates: curation calls this once per read batch, and each call widens the
+        bounds to cover every row measured so far, so they only ever get more conservative.
+        """
         counts = self.count(conversations)
         chars = np.array([sum(len(m["content"]) for m in c) for c in conversations], dtype=np.float64)
         rendered_bytes = np.array([len(self.render(c).encode("utf-8")) for c in conversations])
-        holds = bool(np.all(counts <= rendered_bytes)) if len(counts) else False
-        cpt = float(np.max(chars / np.maximum(counts, 1))) if len(counts) else float(self.vocab_max_chars)
+        prev = self.bounds
+        holds = bool(np.all(counts <= rendered_bytes)) and (prev is None or prev.byte_bound_holds)
+        cpt = float(np.max(chars / np.maximum(counts, 1))) if len(counts) else 0.0
+        bpt = float(np.min(rendered_bytes / np.maximum(counts, 1))) if len(counts) else float("inf")
+        if prev is not None:
+            cpt, bpt = max(cpt, prev.max_chars_per_token), min(bpt, prev.min_bytes_per_token)
+        if cpt == 0.0 and bpt == float("inf"):  # nothing measured yet: no shortcut either way
+            cpt, bpt, holds = float(self.vocab_max_chars), 1.0, False
         over = min(self.over_margin * max(cpt, 1.0), float(self.vocab_max_chars))
-        bpt = float(np.min(rendered_bytes / np.maximum(counts, 1))) if len(counts) else 1.0
         short = max(1.0, bpt / self.under_margin) if holds else 0.0
-        self.bounds = LengthBounds(holds, bpt, short, cpt, over, self.vocab_max_chars, len(conversations))
-        return self.bounds
+        rows = len(conversations) + (prev.calibration_rows if prev is not None else 0)
+        self.bounds = LengthBounds(holds, bpt, short, cpt, over, self.vocab_max_chars, rows)
+        return self.bounds, counts
 
 
-def token_lengths(frame: pl.DataFrame, counter: TokenCounter, limit: int | None, seed: int = 0,
-                  calibration_rows: int = 512) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def token_lengths(frame: pl.DataFrame, counter: TokenCounter, limit: int | None, seed: int | list[int] = 0,
+                  calibration_rows: int = 512, progress: str | None = "tokenize"
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """For the rows of `frame` (``messages``): (exact n_tokens or -1 when decided by bound, too_long, counts).
 
-    counts says how many rows each path decided; the test suite checks the shortcut against exact
-    counts.
+    Up to `calibration_rows` rows (drawn with `seed` from those the exact byte bound cannot settle)
+    are tokenized first to calibrate ``counter``; see :meth:`TokenCounter.calibrate`. counts says
+    how many rows each path decided; the test suite checks the shortcut against exact counts.
     """
     n = frame.height
     n_tokens = np.full(n, -1, dtype=np.int64)
@@ -141,15 +163,19 @@ def token_lengths(frame: pl.DataFrame, counter: TokenCounter, limit: int | None,
         middle = np.flatnonzero(content_bytes + over_head > limit)
         pool = middle if len(middle) >= calibration_rows else np.arange(n)
         sample = np.sort(rng.choice(pool, size=min(calibration_rows, len(pool)), replace=False))
-        bounds = counter.calibrate(frame["messages"].gather(sample).to_list())
+        bounds, sample_counts = counter.calibrate(frame["messages"].gather(sample).to_list())
+        n_tokens[sample] = sample_counts  # measured already: not tokenized twice
         short = content_bytes + over_head <= limit * bounds.short_bytes_per_token
         long = content_chars > limit * bounds.over_chars_per_token
         uncertain = ~(short | long)
-    idx = np.flatnonzero(uncertain)
+        short &= n_tokens < 0
+        long &= n_tokens < 0
+    idx = np.flatnonzero(uncertain & (n_tokens < 0))
     if len(idx):
-        n_tokens[idx] = counter.count(frame["messages"].gather(idx).to_list(), progress="tokenize")
+        n_tokens[idx] = counter.count(frame["messages"].gather(idx).to_list(), progress=progress)
+    measured = n_tokens >= 0
     too_long = long.copy() if limit is not None else np.zeros(n, dtype=bool)
     if limit is not None:
-        too_long[idx] = n_tokens[idx] > limit
-    counts = {"by_bound_short": int(short.sum()), "by_bound_long": int(long.sum()), "tokenized": int(len(idx))}
+        too_long[measured] = n_tokens[measured] > limit
+    counts = {"by_bound_short": int(short.sum()), "by_bound_long": int(long.sum()), "tokenized": int(measured.sum())}
     return n_tokens, too_long, counts

@@ -105,8 +105,10 @@ def test_ppo_raises_mean_reward_on_a_rule_reward(tiny_zoo, tmp_path, mlflow_uri)
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
     assert last > first + 0.3, f"no learning signal: rewards per step {rewards}"
     for key in ("policy/entropy", "policy/approx_kl", "policy/clipfrac", "critic/loss", "critic/clipfrac",
-                "critic/explained_variance", "reward/std", "response/length_mean", "response/malformed_fraction"):
+                "critic/explained_variance", "reward/std", "response/length_mean", "response/malformed_fraction",
+                "answer/thought_tokens_mean", "answer/answer_tokens_mean"):
         assert key in history[0]
+    assert history[0]["answer/thought_tokens_mean"] == 0 and history[0]["answer/answer_tokens_mean"] > 0  # nothink
     # the checkpoint layout: kept checkpoints, final/ with selected.json, no critic or optimizer in final/
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("step-")) in (
         ["step-8"], ["step-4", "step-8"])

@@ -169,6 +169,8 @@ def make_experience(accelerator, model, reference, tokenizer, scorer: Scorer, pr
     rewarded = scorer.score(prompts, rollout.texts)
     scores = torch.tensor(rewarded.scores, dtype=torch.float32)
     rollout.malformed_fraction = rewarded.malformed_fraction
+    rollout.thought_tokens_mean = _mean_tokens(tokenizer, [e.thought for e in rewarded.extractions])
+    rollout.answer_tokens_mean = _mean_tokens(tokenizer, [e.answer for e in rewarded.extractions])
 
     mask = rollout.response_mask
     values, ref_logprobs = [], []
@@ -338,6 +340,13 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(seed * 1_000_003 + step * 1_009 + rank)
 
 
+def _mean_tokens(tokenizer, texts: list[str]) -> float:
+    """Mean length of `texts` in policy tokens (0 for an empty text)."""
+    if not texts:
+        return 0.0
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) if t else 0 for t in texts) / len(texts)
+
+
 def _rollout_metrics(accelerator, batch: PPOBatch) -> dict[str, float]:
     r, mask = batch.rollout, batch.rollout.response_mask
     scores = accelerator.gather(batch.scores.to(accelerator.device)).float()
@@ -350,6 +359,9 @@ def _rollout_metrics(accelerator, batch: PPOBatch) -> dict[str, float]:
         "response/length_max": float(lengths.max()),
         "response/finished_fraction": _mean_across_processes(accelerator, float(finished.mean())),
         "response/malformed_fraction": _mean_across_processes(accelerator, r.malformed_fraction),
+        # the same names as GRPO's, so the report draws thought length over training for both
+        "answer/thought_tokens_mean": _mean_across_processes(accelerator, r.thought_tokens_mean),
+        "answer/answer_tokens_mean": _mean_across_processes(accelerator, r.answer_tokens_mean),
         "prompt/truncated": _mean_across_processes(accelerator, float(r.n_prompt_truncated)),
         "critic/values_mean": _mean_across_processes(accelerator, float(pm.masked_mean(batch.values, mask))),
         "critic/returns_mean": _mean_across_processes(accelerator, float(pm.masked_mean(batch.returns, mask))),

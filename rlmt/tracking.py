@@ -9,6 +9,12 @@ Every job opens its run with :func:`stage_run`. Runs carry the tags ``rlmt.cell`
 :func:`log_outputs`. Several jobs may start at once (Snakemake runs them in parallel): creating
 the shared parent run and first touching a SQLite store happen under a file lock.
 
+A job killed outright (``kill -9``, an out-of-memory kill, a node lost) cannot end its own run.
+Every run records ``rlmt.host`` and ``rlmt.pid``, and each new job ends the RUNNING runs of its
+host whose process is gone as KILLED (tag ``rlmt.ended``), so a resumed job's tree shows the dead
+attempt for what it was. Runs of other hosts are left alone: their processes cannot be checked from
+here.
+
 Secrets never reach MLflow: :func:`redact` drops parameters whose name looks like a credential and
 masks any value equal to a credential found in the environment.
 """
@@ -21,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -30,6 +37,7 @@ from typing import Any
 DEFAULT_URI = "sqlite:///mlruns.db"
 DEFAULT_EXPERIMENT = "rlmt"
 TAG_CELL, TAG_STAGE, TAG_RULE, TAG_PARENT = "rlmt.cell", "rlmt.stage", "rlmt.rule", "rlmt.is_parent"
+TAG_HOST, TAG_PID, TAG_ENDED = "rlmt.host", "rlmt.pid", "rlmt.ended"
 # Credential-like names: "token" alone is not one (max_new_tokens is a setting), an access token is.
 SECRET_NAME = re.compile(
     r"(api[_-]?key|secret|password|passwd|authorization|credential|bearer|"
@@ -175,7 +183,8 @@ def stage_run(
 
     uri = tracking_uri(uri)
     _, exp_id = _setup(uri, experiment)
-    all_tags = {TAG_STAGE: stage, TAG_RULE: rule or stage, **(tags or {})}
+    all_tags = {TAG_STAGE: stage, TAG_RULE: rule or stage, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
+                **(tags or {})}
     parent = None
     if cell:
         all_tags[TAG_CELL] = cell
@@ -183,6 +192,7 @@ def stage_run(
     for name, path in (inputs or {}).items():
         all_tags[f"rlmt.input.{name}"] = f"{path}@{digest(path)[:16]}"
     with _store_lock(uri):
+        end_orphaned_runs(uri=uri, experiment=experiment)
         run = _retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name or stage,
                      parent_run_id=parent, nested=parent is not None, tags=all_tags)
     try:
@@ -194,6 +204,44 @@ def stage_run(
         raise
     else:
         _retry(mlflow.end_run, "FINISHED")
+
+
+def end_orphaned_runs(*, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> list[str]:
+    """End as KILLED the RUNNING runs started on this host by a process that no longer exists.
+
+    Returns their run ids. A pid that is alive again (reused by another process) keeps its run
+    RUNNING: only a certainly dead job is ended.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = _retry(client.get_experiment_by_name, experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    running = _retry(client.search_runs, [exp.experiment_id],
+                     filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'")
+    ended = []
+    for run in running:
+        pid = run.data.tags.get(TAG_PID, "")
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        _retry(client.set_tag, run.info.run_id, TAG_ENDED,
+               f"process {pid} on {host} was gone when a later job started; marked KILLED")
+        _retry(client.set_terminated, run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    return ended
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def log_params(params: Mapping[str, Any]) -> None:

@@ -229,3 +229,35 @@ def test_eight_concurrent_jobs_make_eight_runs(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(r.data.metrics["loss"] for r in children) == [float(i) for i in range(8)]
     assert all("api_key" not in r.data.params for r in children)
+
+
+def test_a_killed_job_is_marked_killed_when_the_next_job_starts(tmp_path):
+    """kill -9 leaves a run RUNNING; the next job on the host ends it as KILLED and says why."""
+    import os
+    import signal
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, time\n"
+        "from rlmt.tracking import stage_run\n"
+        "with stage_run('train', cell='cell-k', rule='train') as run:\n"
+        "    print(run.info.run_id, flush=True)\n"
+        "    if sys.argv[1] == 'hang':\n"
+        "        time.sleep(600)\n")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    hung = subprocess.Popen([sys.executable, str(script), "hang"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    killed_id = hung.stdout.readline().strip()
+    os.kill(hung.pid, signal.SIGKILL)
+    hung.wait(timeout=60)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    assert client.get_run(killed_id).info.status == "RUNNING"
+    done = subprocess.run([sys.executable, str(script), "finish"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    killed = client.get_run(killed_id)
+    assert killed.info.status == "KILLED" and "was gone" in killed.data.tags["rlmt.ended"]
+    assert killed.data.tags["rlmt.pid"] == str(hung.pid)
+    assert client.get_run(done.stdout.strip()).info.status == "FINISHED"

@@ -143,4 +143,3 @@ class ExactDuplicates:
         return frame.with_columns(
             pl.when(pl.col("_i").is_in(dup.implode())).then(pl.lit(DUPLICATE)).otherwise(pl.col("reason"))
             .alias("reason"))
-

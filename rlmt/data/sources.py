@@ -132,7 +132,7 @@ def read_source(src: ResolvedSource, batch_rows: int = BATCH_ROWS, rows: np.ndar
                 ) -> Iterator[pl.DataFrame]:
     """Yield canonical batches (``CANONICAL`` columns) covering every row of the source in order.
 
-    With `rows` (sorted 0-based row numbers), only those rows come back, still in order: curation
+    With `rows` (0-based row numbers, any order), only those rows come back, in order: curation
     reads a source once in full and then again for the few rows it keeps, instead of holding every
     conversation in memory.
     """
@@ -181,6 +181,15 @@ def _hub_batches(src: ResolvedSource, batch_rows: int, all_columns: bool = False
 
 def _read_arrow(src: ResolvedSource, batches: Iterator[Any], wanted: np.ndarray | None) -> Iterator[pl.DataFrame]:
     """Canonical frames from arrow record batches, all rows or only the `wanted` ones."""
+    for numbers, batch in _pick(batches, wanted):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        yield _canonical_frame(frame, src, numbers)
+
+
+def _pick(batches: Iterator[Any], wanted: np.ndarray | None) -> Iterator[tuple[np.ndarray, Any]]:
+    """(row numbers, record batch) for each arrow batch holding rows: all of its rows, or only the
+    `wanted` ones (sorted, unique). Decoded pages are handed back after each batch."""
     offset = 0
     for batch in batches:
         n = batch.num_rows
@@ -189,12 +198,9 @@ def _read_arrow(src: ResolvedSource, batches: Iterator[Any], wanted: np.ndarray 
         else:
             lo, hi = np.searchsorted(wanted, [offset, offset + n])
             numbers = wanted[lo:hi]
-            batch = batch.take(numbers - offset) if len(numbers) else None
-        if batch is not None:
-            frame = pl.from_arrow(batch)
-            assert isinstance(frame, pl.DataFrame)
-            yield _canonical_frame(frame, src, numbers)
-            del frame
+            batch = batch.take(numbers - offset)
+        if len(numbers):
+            yield numbers, batch
         offset += n
         del batch
         _release_arrow_memory()
@@ -242,18 +248,11 @@ def raw_rows(src: ResolvedSource, rows: list[int]) -> Iterator[dict[int, str]]:
     if src.is_hub or _is_parquet(src.location):
         # Batch by batch, so a large file is never decoded whole just to pick a few rows.
         batches = (_hub_batches if src.is_hub else _parquet_batches)(src, BATCH_ROWS, all_columns=True)
-        index = np.array(sorted(wanted), dtype=np.int64)
-        offset = 0
-        for batch in batches:
-            lo, hi = np.searchsorted(index, [offset, offset + batch.num_rows])
-            if hi > lo:
-                picked = pl.from_arrow(batch.take(index[lo:hi] - offset))
-                assert isinstance(picked, pl.DataFrame)
-                raw = picked.select(pl.struct(pl.all()).struct.json_encode())
-                yield dict(zip(index[lo:hi].tolist(), raw.to_series().to_list(), strict=True))
-            offset += batch.num_rows
-            del batch
-            _release_arrow_memory()
+        for numbers, batch in _pick(batches, np.array(sorted(wanted), dtype=np.int64)):
+            picked = pl.from_arrow(batch)
+            assert isinstance(picked, pl.DataFrame)
+            raw = picked.select(pl.struct(pl.all()).struct.json_encode())
+            yield dict(zip(numbers.tolist(), raw.to_series().to_list(), strict=True))
         return
     chunk: dict[int, str] = {}
     with open(src.location, "rb") as fh:

@@ -202,7 +202,9 @@ def test_grpo_cli_resumes_after_kill_9(sft_models, work, tiny_zoo, tmp_path):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("rlmt").experiment_id],
                               filter_string="tags.`rlmt.stage` = 'grpo'", order_by=["attributes.start_time ASC"])
-    assert [r.info.status for r in runs] == ["RUNNING", "FINISHED"]  # the killed run never ended
+    # The killed run could not end itself; the resumed job found its process gone and ended it.
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
+    assert "was gone" in runs[0].data.tags["rlmt.ended"]
     resumed_steps = [m.step for m in client.get_metric_history(runs[1].info.run_id, "reward")]
     assert min(resumed_steps) == done_before[-1] + 1 and max(resumed_steps) == 4
     assert "rewards/answer_reward/mean" in runs[1].data.metrics

@@ -9,11 +9,11 @@ Every job opens its run with :func:`stage_run`. Runs carry the tags ``rlmt.cell`
 :func:`log_outputs`. Several jobs may start at once (Snakemake runs them in parallel): creating
 the shared parent run and first touching a SQLite store happen under a file lock.
 
-A job killed outright (``kill -9``, an out-of-memory kill, a node lost) cannot end its own run.
-Every run records ``rlmt.host`` and ``rlmt.pid``, and each new job ends the RUNNING runs of its
-host whose process is gone as KILLED (tag ``rlmt.ended``), so a resumed job's tree shows the dead
-attempt for what it was. Runs of other hosts are left alone: their processes cannot be checked from
-here.
+A job killed outright (``kill -9``, an out-of-memory kill) cannot end its own run.
+Every run records ``rlmt.host``, ``rlmt.pid`` and ``rlmt.pid_namespace``; each new job ends as
+KILLED (tag ``rlmt.ended``) the RUNNING runs of its host and pid namespace whose process is gone,
+so a resumed job's tree shows the dead attempt for what it was. Runs of other hosts are left
+alone: their processes cannot be checked from here.
 
 Secrets never reach MLflow: :func:`redact` drops parameters whose name looks like a credential and
 masks any value equal to a credential found in the environment.
@@ -37,7 +37,7 @@ from typing import Any
 DEFAULT_URI = "sqlite:///mlruns.db"
 DEFAULT_EXPERIMENT = "rlmt"
 TAG_CELL, TAG_STAGE, TAG_RULE, TAG_PARENT = "rlmt.cell", "rlmt.stage", "rlmt.rule", "rlmt.is_parent"
-TAG_HOST, TAG_PID, TAG_ENDED = "rlmt.host", "rlmt.pid", "rlmt.ended"
+TAG_HOST, TAG_PID, TAG_PID_NS, TAG_ENDED = "rlmt.host", "rlmt.pid", "rlmt.pid_namespace", "rlmt.ended"
 # Credential-like names: "token" alone is not one (max_new_tokens is a setting), an access token is.
 SECRET_NAME = re.compile(
     r"(api[_-]?key|secret|password|passwd|authorization|credential|bearer|"
@@ -184,7 +184,7 @@ def stage_run(
     uri = tracking_uri(uri)
     _, exp_id = _setup(uri, experiment)
     all_tags = {TAG_STAGE: stage, TAG_RULE: rule or stage, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
-                **(tags or {})}
+                TAG_PID_NS: _pid_namespace(), **(tags or {})}
     parent = None
     if cell:
         all_tags[TAG_CELL] = cell
@@ -220,8 +220,11 @@ def end_orphaned_runs(*, uri: str | None = None, experiment: str = DEFAULT_EXPER
     if exp is None:
         return []
     host = socket.gethostname()
+    # Same host *and* same pid namespace: containers on one node can share a hostname while
+    # their pids mean different processes.
     running = _retry(client.search_runs, [exp.experiment_id],
-                     filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'")
+                     filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}' "
+                                   f"and tags.`{TAG_PID_NS}` = '{_pid_namespace()}'")
     ended = []
     for run in running:
         pid = run.data.tags.get(TAG_PID, "")
@@ -232,6 +235,14 @@ def end_orphaned_runs(*, uri: str | None = None, experiment: str = DEFAULT_EXPER
         _retry(client.set_terminated, run.info.run_id, "KILLED")
         ended.append(run.info.run_id)
     return ended
+
+
+def _pid_namespace() -> str:
+    """The pid namespace this process lives in (Linux), "-" where there is none to read."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "-"
 
 
 def _process_alive(pid: int) -> bool:

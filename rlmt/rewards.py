@@ -61,7 +61,9 @@ class AnswerRewardScorer:
     """Scores policy outputs with a reward model that sees only the extracted answer.
 
     Args:
-        reward_model_dir: a one-label ``AutoModelForSequenceClassification`` directory (safetensors).
+        reward_model_dir: an ``AutoModelForSequenceClassification`` directory (safetensors) with one
+            label, or with its own code and a scalar ``score`` output (see
+            :func:`rlmt.models.loading.load_reward_model`).
         fmt: the *policy's* thinking format (its ``longcot_config.json``).
         strict: score malformed outputs as ``[NULL]`` (the reference's ``reward_model.strict``).
         max_tokens_per_batch: padded tokens per forward pass (rows x longest row of the bucket);
@@ -239,6 +241,8 @@ class AnswerRewardScorer:
     def _forward(self, rows: list[list[int]]) -> list[float]:
         import torch
 
+        from rlmt.models.loading import reward_scalars
+
         if any(not r for r in rows):
             raise ValueError("an empty reward-model input (0 tokens) cannot be scored")
         width = max(len(r) for r in rows)
@@ -252,11 +256,10 @@ class AnswerRewardScorer:
         saved = text_config.pad_token_id
         text_config.pad_token_id = pad_id
         try:
-            logits = self.model(input_ids=input_ids.to(self.device),
-                                attention_mask=attention_mask.to(self.device)).logits
+            output = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
         finally:
             text_config.pad_token_id = saved
-        return [float(v) for v in logits[:, 0].float().cpu()]
+        return [float(v) for v in reward_scalars(output, self.reward_model_dir).float().cpu()]
 
     # ------------------------------------------------------------------ TRL
 

@@ -203,3 +203,74 @@ def test_scorer_from_config_spec(tiny_zoo):
     assert (s.max_length, s.max_tokens_per_batch, s.strict) == (40, 64, True)
     batch = s.score([PROMPT], ["<think>\nx\n</think>\n\n" + "Blue " * 5])
     assert batch.input_lengths[0] <= 40 and batch.n_prompt_truncated == 1
+
+
+GATED_RM_CODE = '''
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers import LlamaForSequenceClassification
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class GatedRewardOutput(ModelOutput):
+    logits: Optional[torch.Tensor] = None  # one reward per objective
+    score: Optional[torch.Tensor] = None   # their mix: the preference score
+
+
+class GatedRewardModel(LlamaForSequenceClassification):
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        logits = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+        mix = torch.tensor([0.5, -1.0, 2.0], dtype=logits.dtype, device=logits.device)
+        return GatedRewardOutput(logits=logits, score=logits @ mix)
+'''
+
+
+def _gated_reward_model(tiny_reward, tmp_path):
+    """A reward model shaped like ArmoRM: a Llama config whose auto_map points
+    AutoModelForSequenceClassification at modelling code saved beside the weights, three objective
+    logits and a scalar ``score``."""
+    import importlib
+    import json
+    import sys
+
+    import torch
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "rlmt_test_gated_rm.py").write_text(GATED_RM_CODE)
+    sys.path.insert(0, str(src))
+    try:
+        module = importlib.import_module("rlmt_test_gated_rm")
+    finally:
+        sys.path.remove(str(src))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_reward, num_labels=3)
+    module.GatedRewardModel.register_for_auto_class("AutoModelForSequenceClassification")
+    torch.manual_seed(0)
+    out = tmp_path / "gated-rm"
+    module.GatedRewardModel(config).save_pretrained(out, safe_serialization=True)
+    load_tokenizer(tiny_reward).save_pretrained(out)
+    assert (out / "rlmt_test_gated_rm.py").exists() and "auto_map" in json.loads((out / "config.json").read_text())
+    return out
+
+
+def test_a_reward_model_with_its_own_code_scores_with_its_score_output(tiny_zoo, tmp_path):
+    import torch
+
+    model_dir = _gated_reward_model(tiny_zoo["reward"], tmp_path)
+    with pytest.raises(ValueError, match="trust_remote_code"):  # custom code runs only when config names it
+        AnswerRewardScorer(model_dir, WARM_THINK, device="cpu", dtype="float32")
+    common = dict(device="cpu", dtype="float32", trust_remote_code=True)
+    scorer = AnswerRewardScorer(model_dir, WARM_THINK, **common)
+    prompts, outputs = _mixed_batch(12, seed=5)
+    batch = scorer.score(prompts, outputs)
+    one_by_one = AnswerRewardScorer(model_dir, WARM_THINK, max_tokens_per_batch=1, **common).score(prompts, outputs)
+    assert max(abs(a - b) for a, b in zip(batch.scores, one_by_one.scores)) < 1e-4
+    with torch.no_grad():
+        direct = scorer.model(torch.tensor([scorer._tokenize(batch.reward_inputs[0])]))
+    assert direct.logits.shape[-1] == 3  # not one label: the scalar is `score`
+    assert abs(float(direct.score[0]) - batch.scores[0]) < 1e-4

@@ -79,7 +79,13 @@ def load_causal_lm(model_dir: str | Path, *, device: str = "auto", dtype: str | 
 
 def load_reward_model(model_dir: str | Path, *, device: str = "auto", dtype: str | None = "auto",
                       trust_remote_code: bool = False, **kwargs: Any):
-    """A one-label sequence-classification reward model, safetensors only, in eval mode."""
+    """A sequence-classification reward model giving one scalar per input; safetensors only, in eval mode.
+
+    Either a one-label head (the scalar is ``logits[:, 0]``: Skywork and most Bradley-Terry RMs) or,
+    for a model that brings its own code (``trust_remote_code``, named in config), an output with
+    a scalar ``score`` field (ArmoRM: 19 objective rewards in ``logits``, their gated mix in
+    ``score``). :func:`reward_scalars` reads either.
+    """
     from transformers import AutoModelForSequenceClassification
 
     check_safetensors(model_dir)
@@ -87,6 +93,23 @@ def load_reward_model(model_dir: str | Path, *, device: str = "auto", dtype: str
     model = AutoModelForSequenceClassification.from_pretrained(
         str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code,
         dtype=resolve_dtype(dtype, device), **kwargs)
-    if model.config.num_labels != 1:
-        raise ValueError(f"{model_dir}: a reward model needs exactly one label, found {model.config.num_labels}")
+    if model.config.num_labels != 1 and not trust_remote_code:
+        raise ValueError(f"{model_dir}: a reward model needs exactly one label, found {model.config.num_labels} "
+                         "(a model with its own modelling code and a scalar `score` output, like ArmoRM, needs "
+                         "trust_remote_code: true in its config entry)")
     return model.to(device).eval()
+
+
+def reward_scalars(output: Any, model_dir: str | Path = "reward model"):
+    """One score per input from a reward model's forward output: its ``score`` field when it has
+    one, else the single logit."""
+    batch = output.logits.shape[0]
+    score = getattr(output, "score", None)
+    if score is not None:
+        if score.numel() != batch:
+            raise ValueError(f"{model_dir}: `score` has shape {tuple(score.shape)}, expected one value per input")
+        return score.reshape(batch)
+    if output.logits.shape[-1] != 1:
+        raise ValueError(f"{model_dir}: the model gives {output.logits.shape[-1]} logits per input and no `score`; "
+                         "rlmt needs one scalar reward per input")
+    return output.logits[:, 0]

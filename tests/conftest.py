@@ -64,3 +64,15 @@ def openai_server():
     yield make
     for srv in servers:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny matmuls gain nothing from a second one, and OpenMP
+    barriers crawl on a busy shared CPU (modules opt in with ``pytest.mark.usefixtures``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

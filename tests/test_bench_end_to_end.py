@@ -14,16 +14,7 @@ from rlmt.thinking import WARM_NOTHINK, WARM_THINK
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models decode fastest on one thread (and do not fight parallel test workers)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,7 @@ PROMPT = [{"role": "system", "content": "You are terse."},
           {"role": "user", "content": "Another one, please."}]
 WORDS = "the a plan answer colour blue green write list code step first then why how".split()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls gain nothing from a second thread, and OpenMP barriers crawl on a busy shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ rows are read again from the sources at the end.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ from rlmt.config import MixtureSpec
 from rlmt.data import filters
 from rlmt.data.scan import SourceScan, StageClock
 from rlmt.data.sources import BATCH_ROWS, ResolvedSource, raw_rows, read_source, resolve_source
-
-log = logging.getLogger(__name__)
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 MIXTURE_SCHEMA = {"id": pl.String, "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),

@@ -19,7 +19,7 @@ BUDGET_S = 10.0
 def main() -> int:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile=config/paper.yaml", "all"],
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         print(proc.stderr[-3000:])

@@ -132,7 +132,8 @@ class CountingGenerator(Generator):
 
 def test_importing_generation_loads_neither_torch_nor_vllm():
     code = "import sys, rlmt.generation; print('vllm' in sys.modules, 'torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.split()
     assert out == ["False", "False"]
 
 

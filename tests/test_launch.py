@@ -123,15 +123,15 @@ def test_slurm_job_for_an_8_gpu_rule_on_two_nodes_starts_one_launcher_per_node_w
 def test_rlmt_launch_cli_dry_run_and_errors():
     base = [sys.executable, "-m", "rlmt.cli", "launch"]
     done = subprocess.run([*base, "--nodes", "2", "--gpus-per-node", "8", "--dry-run", "--", *TRAIN],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
     assert line.startswith("srun --nodes=2 --ntasks-per-node=1") and "--num_processes 16" in line
     assert line.endswith(" ".join(TRAIN))
-    missing = subprocess.run([*base, "--dry-run"], capture_output=True, text=True, cwd=ROOT)
+    missing = subprocess.run([*base, "--dry-run"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert missing.returncode == 2 and "give the command to run" in missing.stderr
     bad = subprocess.run([*base, "--accelerate-config", "nope.yaml", "--", "rlmt"], capture_output=True, text=True,
-                         cwd=ROOT)
+                         cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "file not found: nope.yaml" in bad.stderr
 
 

@@ -158,7 +158,7 @@ def test_ppo_cli_resumes_after_kill_9_and_continues_the_global_step(tiny_zoo, tm
         assert time.time() < deadline, "no step-2 checkpoint within 300 s"
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     assert not (out / "final").exists()
 
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -177,5 +177,6 @@ def test_ppo_cli_rejects_a_cell_outside_the_grid(tmp_path, mlflow_uri):
     config = _ppo_config(tmp_path, "value-head")
     done = subprocess.run([sys.executable, "-m", "rlmt.cli", "train", "ppo", "--config", str(config), "--cell",
                            "ppo__nope__zero__think__tiny-rm__demo", "--policy", "x", "--reward-model", "y",
-                           "--train", "t", "--out", "o"], capture_output=True, text=True, cwd=tmp_path)
+                           "--train", "t", "--out", "o"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
     assert done.returncode == 2 and "not in the grid" in done.stderr

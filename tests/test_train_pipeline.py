@@ -186,7 +186,7 @@ def test_grpo_cli_resumes_after_kill_9(sft_models, work, tiny_zoo, tmp_path):
         assert time.time() < deadline
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     done_before = sorted(int(p.name.split("-")[1]) for p in out.glob("step-*") if (p / "checkpoint.json").exists())
     assert not (out / "final").exists() and done_before[-1] < 4
 

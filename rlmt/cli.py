@@ -299,7 +299,7 @@ def eval_judge(
     from rlmt.benchmarks.base import BenchmarkError
     from rlmt.config import data_dir as configured_data_dir
     from rlmt.judges.client import JudgeError, make_judge
-    from rlmt.judges.run import judge_benchmark, pick_judge
+    from rlmt.benchmarks.judging import judge_benchmark, pick_judge
     from rlmt.tracking import log_outputs, stage_run
 
     cfg = _load(config)
@@ -383,7 +383,7 @@ def eval_traits(
     """Planning-trait analysis (paper §5): which planning traits separate two models' thoughts."""
     from rlmt.benchmarks.base import BenchmarkError, read_generations
     from rlmt.judges.client import JudgeError, make_judge
-    from rlmt.judges.run import pick_judge
+    from rlmt.benchmarks.judging import pick_judge
     from rlmt.report.planning_traits import TraitsConfig, TraitsError, planning_traits
     from rlmt.tracking import log_outputs, stage_run
 

@@ -13,9 +13,9 @@ import pytest
 from test_judge_responders import judge_responder, marked_answers, write_generations
 from typer.testing import CliRunner
 
+from rlmt.benchmarks.judging import judge_benchmark
 from rlmt.judges.cache import JudgeCache
 from rlmt.judges.client import HTTPJudge
-from rlmt.judges.run import judge_benchmark
 
 FIX = Path(__file__).parent / "fixtures" / "judged"
 ROOT = Path(__file__).resolve().parents[1]

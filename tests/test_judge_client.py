@@ -17,9 +17,9 @@ import pytest
 from test_judge_responders import judge_responder, marked_answers, write_generations
 from typer.testing import CliRunner
 
+from rlmt.benchmarks.judging import judge_benchmark
 from rlmt.judges.cache import JudgeCache
 from rlmt.judges.client import HTTPJudge, JudgePrompt
-from rlmt.judges.run import judge_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_rerun_after_kill_9_requests_only_missing_items(openai_server, data_dir,
         from pathlib import Path
         from rlmt.judges.cache import JudgeCache
         from rlmt.judges.client import HTTPJudge
-        from rlmt.judges.run import judge_benchmark
+        from rlmt.benchmarks.judging import judge_benchmark
         judge = HTTPJudge({srv.base_url!r}, "judge-x", JudgeCache({str(cache)!r}), concurrency=2)
         judge_benchmark("alpacaeval2", {str(gens)!r}, {str(tmp_path / "j.jsonl")!r}, {str(tmp_path / "s.json")!r},
                         judge, data_dir=Path({str(data_dir)!r}), protocol="paper", limit=30)
@@ -112,7 +112,7 @@ def test_rerun_after_kill_9_requests_only_missing_items(openai_server, data_dir,
                 break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the judging finished before it could be killed"
     with sqlite3.connect(cache) as conn:
         cached = conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
@@ -169,3 +169,17 @@ def test_no_api_key_in_logs_mlflow_or_artifacts(openai_server, data_dir, tmp_pat
     assert run.data.params["judge.api_key_env"] == "RLMT_JUDGE_API_KEY"
     assert secret not in json.dumps(run.data.params) + json.dumps(run.data.tags)
     assert run.data.metrics["judge.requests_sent"] >= 8
+
+
+def test_judges_package_never_imports_benchmarks():
+    """One direction of imports: rlmt.benchmarks uses rlmt.judges, never the other way round."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "rlmt" / "judges").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.startswith("rlmt.benchmarks")]
+    assert offenders == []
+    assert (ROOT / "rlmt" / "benchmarks" / "judged.py").exists() and not (ROOT / "rlmt" / "judges" / "judged.py").exists()

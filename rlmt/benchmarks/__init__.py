@@ -22,7 +22,7 @@ from rlmt.benchmarks.base import (  # noqa: F401
     write_scores,
 )
 
-_NOT_BENCHMARKS = {"base", "fetch", "item_files", "scoring"}
+_NOT_BENCHMARKS = {"base", "fetch", "item_files", "judged", "judging", "scoring"}
 
 # Every module of this package registers its benchmark(s) on import: discover them instead of
 # keeping a list, so a benchmark module added by anyone is found without editing this file.

@@ -30,7 +30,7 @@ from rlmt.benchmarks.base import (BenchmarkError, BenchmarkResult, Item, ItemSco
 from rlmt.benchmarks.length_control import official_lc_win_rate, paper_lc_win_rate, read_gamed_table
 from rlmt.judges import prompts
 from rlmt.judges.client import JudgePrompt
-from rlmt.judges.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
+from rlmt.benchmarks.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
 from rlmt.judges.parsing import parse_better, parse_preference_letter
 
 BASELINE_FILE = "benchmarks/alpacaeval2/alpaca_eval_gpt4_baseline.json"

@@ -33,7 +33,7 @@ from rlmt.benchmarks.base import (BenchmarkError, BenchmarkResult, Item, ItemSco
 from rlmt.benchmarks.style_control import Battle, bt_with_ci, style_difference
 from rlmt.judges import prompts
 from rlmt.judges.client import JudgePrompt
-from rlmt.judges.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
+from rlmt.benchmarks.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
 from rlmt.judges.parsing import parse_arena_verdict
 
 ROOT = "benchmarks/arena-hard-v2.0"

@@ -21,7 +21,7 @@ from typing import ClassVar
 from rlmt.benchmarks.base import BenchmarkError, BenchmarkResult, Item, ItemScore, answer_of, limit_items, mean_metric, register
 from rlmt.judges import prompts
 from rlmt.judges.client import JudgePrompt
-from rlmt.judges.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
+from rlmt.benchmarks.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
 from rlmt.judges.parsing import parse_rubric
 
 ROOT = "benchmarks/creativewritingv3"

@@ -31,7 +31,7 @@ from rlmt.benchmarks.base import (BenchmarkError, BenchmarkResult, Item, ItemSco
                                   mean_metric, read_json_rows, register)
 from rlmt.judges import prompts
 from rlmt.judges.client import JudgePrompt
-from rlmt.judges.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
+from rlmt.benchmarks.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
 from rlmt.judges.parsing import parse_wildbench_choice, parse_wildbench_score
 
 DATA_FILE = "benchmarks/wildbench/wildbench_v2.jsonl"

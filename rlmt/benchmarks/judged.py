@@ -87,7 +87,7 @@ class JudgedBenchmark(Benchmark):
         return _merge(results), rows
 
     def score(self, items: list[Item], generations: dict[str, dict], **ctx: Any) -> BenchmarkResult:
-        """Judge and aggregate; needs ``judge=`` (see :func:`rlmt.judges.run.judge_benchmark`)."""
+        """Judge and aggregate; needs ``judge=`` (see :func:`rlmt.benchmarks.judging.judge_benchmark`)."""
         judge = ctx.get("judge")
         if judge is None:
             raise BenchmarkError(f"{self.name} is judged by an LLM: pass judge=..., or run `rlmt eval judge`")

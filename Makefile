@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test venv lint report
+.PHONY: run test test-deps test-random venv lint report
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,18 @@ ALPACA_EVAL_PINS := alpaca-eval==0.6.6 patsy==1.0.3 fire==0.7.1 termcolor==3.3.0
 $(ALPACA_EVAL_DIR):
 	$(BIN)/pip install --quiet --no-deps --target $(ALPACA_EVAL_DIR) $(ALPACA_EVAL_PINS)
 
-# Set up and run the whole test suite.
-test: $(BIN)/python $(ALPACA_EVAL_DIR)
+PYTEST := PATH="$(CURDIR)/$(BIN):$$PATH" RLMT_ALPACA_EVAL_PATH="$(CURDIR)/$(ALPACA_EVAL_DIR)" $(BIN)/python -m pytest -q
+
+test-deps: $(BIN)/python $(ALPACA_EVAL_DIR)
 	$(BIN)/pip install --quiet -e '.[test]'
-	PATH="$(CURDIR)/$(BIN):$$PATH" RLMT_ALPACA_EVAL_PATH="$(CURDIR)/$(ALPACA_EVAL_DIR)" $(BIN)/python -m pytest -q
+
+# Set up and run the whole test suite (in file order).
+test: test-deps
+	$(PYTEST)
+
+# The same suite in a random order (pytest-randomly); it prints its seed: replay with `make test-random SEED=N`.
+test-random: test-deps
+	$(PYTEST) -p randomly $(if $(SEED),--randomly-seed=$(SEED))
 
 lint: venv
 	$(BIN)/snakemake --lint

@@ -20,16 +20,33 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
 sys.path.insert(0, str(Path(__file__).parent))
 
-if SHARED_DATA.is_dir():
-    os.environ.setdefault("RLMT_DATA_DIR", str(SHARED_DATA))
+if "RLMT_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["RLMT_DATA_DIR"] = str(SHARED_DATA)
+DATA_DIR = Path(os.environ["RLMT_DATA_DIR"]) if os.environ.get("RLMT_DATA_DIR") else None
+
+
+def in_ci() -> bool:
+    """CI sets ``CI=true`` (most CI systems do); there a test may not skip for want of data."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config) -> None:
+    # Under CI the data must be there: 19 tests would otherwise skip and the run go green untested.
+    if in_ci() and (DATA_DIR is None or not DATA_DIR.is_dir()):
+        raise pytest.UsageError(
+            f"CI=true but there is no data directory: $RLMT_DATA_DIR is {os.environ.get('RLMT_DATA_DIR')!r} and "
+            f"{SHARED_DATA} does not exist. Lay shared/ beside the checkout or point RLMT_DATA_DIR at the data.")
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """../shared/data (CI always has it); tests that need it skip only when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present")
-    return SHARED_DATA
+    """$RLMT_DATA_DIR, else ../shared/data (CI must have one: see pytest_configure). Outside CI the
+    tests that need it skip when neither is set; a RLMT_DATA_DIR that names no directory fails them."""
+    if DATA_DIR is None:
+        pytest.skip(f"no data: {SHARED_DATA} is not present and $RLMT_DATA_DIR is not set")
+    if not DATA_DIR.is_dir():
+        pytest.fail(f"$RLMT_DATA_DIR={DATA_DIR} is not a directory")
+    return DATA_DIR
 
 
 @pytest.fixture(scope="session")

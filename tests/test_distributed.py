@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # its subprocess may take 900 s
 def test_two_process_cpu_ddp_runs_sft_and_grpo_through_the_unchanged_cli(tmp_path):
     """torchrun --nproc_per_node 2 rlmt train {sft,grpo}: both finish, with the 2-process batch geometry.
 

@@ -21,7 +21,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ["grpo__llama-base__warm-start__think__tiny-rm__demo", "dpo__llama-base__warm-start__nothink__tiny-rm__demo"]
-pytestmark = pytest.mark.slow
+# The module-scoped Snakemake run (up to 1500 s under load) is charged to whichever test comes first.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def _mini_config() -> dict:

@@ -137,6 +137,7 @@ def _ppo_config(tmp_path: Path, critic: str) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # waits up to 300 s for step 2, then up to 600 s for the resumed run
 def test_ppo_cli_resumes_after_kill_9_and_continues_the_global_step(tiny_zoo, tmp_path, mlflow_uri):
     """`rlmt train ppo` on a zero think policy with the real tiny RM and a token-classification critic:
     kill -9 after step 2's checkpoint; the rerun resumes at step 3 and finishes at step 4."""

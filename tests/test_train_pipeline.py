@@ -21,7 +21,8 @@ import yaml
 
 from rlmt.thinking import LONGCOT_FILE, WARM_NOTHINK, WARM_THINK, ThinkingFormat, sft_messages
 
-pytestmark = pytest.mark.slow
+# Module-scoped SFT trainings are charged to the first test; the kill -9 test waits up to 600 + 600 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[1]
 CELL_THINK = "grpo__llama-base__warm-start__think__tiny-rm__demo"
 CELL_DPO = "dpo__llama-base__warm-start__nothink__tiny-rm__demo"

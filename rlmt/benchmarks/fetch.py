@@ -35,7 +35,7 @@ SOURCES: dict[str, Source] = {
     "zebralogic": Source("WildEval/ZebraLogic", "test", "benchmarks/zebra_logic/grid_mode.jsonl", config="grid_mode"),
     "popqa": Source("akariasai/PopQA", "test", "benchmarks/popqa/test.jsonl"),
 }
-NLTK_RESOURCES = ("punkt_tab", "averaged_perceptron_tagger_eng")
+NLTK_RESOURCES = ("punkt_tab", "averaged_perceptron_tagger_eng", "stopwords")
 
 
 def fetch_benchmarks(out: str | Path, only: list[str] | None = None, *, nltk_data: bool = True) -> dict[str, Path]:

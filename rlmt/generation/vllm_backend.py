@@ -53,14 +53,14 @@ class VLLMGenerator(Generator):
     def __init__(self, model_dir: str | Path, *, max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
                  tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0, chunk_size: int = 2048,
                  progress: bool = True):
+        from rlmt.models.loading import check_safetensors
+
+        check_safetensors(model_dir)  # before vllm sees the dir: it would read pickled weights too
         if not vllm_available():
             raise GenerationError("backend 'vllm' asked for, but the vllm package is not installed "
                                   "(pip install 'rlmt[vllm]' on a GPU machine, or use backend 'transformers')")
         from vllm import LLM
 
-        from rlmt.models.loading import check_safetensors
-
-        check_safetensors(model_dir)
         self.model_dir = Path(model_dir)
         self.progress = progress
         self.chunk_size = chunk_size  # vLLM schedules continuously; large chunks keep it busy

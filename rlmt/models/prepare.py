@@ -89,8 +89,8 @@ def copy_chat_template(src_dir: str | Path, dst_dir: str | Path) -> None:
     """
     from transformers import AutoTokenizer
 
-    src = AutoTokenizer.from_pretrained(str(src_dir))
-    dst = AutoTokenizer.from_pretrained(str(dst_dir))
+    src = AutoTokenizer.from_pretrained(str(src_dir), trust_remote_code=False)
+    dst = AutoTokenizer.from_pretrained(str(dst_dir), trust_remote_code=False)
     if not src.chat_template:
         raise ValueError(f"{src_dir} has no chat template to copy")
     dst.chat_template = src.chat_template

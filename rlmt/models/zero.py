@@ -89,7 +89,7 @@ def convert_to_zero(base_dir: str | Path, out_dir: str | Path, think: bool, *, e
         raise FileNotFoundError(f"base model directory not found: {base_dir}")
     if out_dir.resolve() == base_dir.resolve():
         raise ValueError("convert_to_zero writes a new directory; --out must differ from --base")
-    model_type = AutoConfig.from_pretrained(str(base_dir)).model_type
+    model_type = AutoConfig.from_pretrained(str(base_dir), trust_remote_code=False).model_type
     eos = eos_token or CHAT_EOS.get(model_type)
     if eos is None:
         raise ValueError(f"{base_dir}: no chat EOS known for model_type {model_type!r} "
@@ -98,7 +98,7 @@ def convert_to_zero(base_dir: str | Path, out_dir: str | Path, think: bool, *, e
     fmt = zero_format(think)
     prepare_model(str(base_dir), out_dir, longcot=fmt)
     try:
-        tok = AutoTokenizer.from_pretrained(str(out_dir))
+        tok = AutoTokenizer.from_pretrained(str(out_dir), trust_remote_code=False)
         eos_id = tok.convert_tokens_to_ids(eos)
         if eos_id is None or eos_id == tok.unk_token_id or tok.convert_ids_to_tokens(eos_id) != eos:
             raise ValueError(f"{base_dir}: the tokenizer has no token {eos!r} to use as the chat EOS")

@@ -59,9 +59,42 @@ def completed_steps(out: str | Path) -> dict[int, Path]:
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:
-    """The newest complete checkpoint to resume from, or None for a fresh start."""
+    """The newest complete checkpoint to resume from, or None for a fresh start.
+
+    Its weights must be safetensors only (:func:`check_checkpoint_weights`): the Trainer's resume
+    would otherwise ``torch.load`` a ``pytorch_model.bin`` it finds there.
+    """
     steps = completed_steps(out)
-    return steps[max(steps)] if steps else None
+    if not steps:
+        return None
+    latest = steps[max(steps)]
+    check_checkpoint_weights(latest)
+    return latest
+
+
+def _is_training_state(name: str) -> bool:
+    return name in TRAINING_STATE_FILES or (name.startswith("rng_state") and name.endswith(".pth"))
+
+
+def check_checkpoint_weights(ckpt: str | Path) -> None:
+    """Raise :class:`UnsafeWeightsError` unless the checkpoint's weights are safetensors only.
+
+    Like :func:`rlmt.models.loading.check_safetensors` for a model dir, except that the training
+    state a checkpoint carries beside its weights (optimizer, scheduler, per-rank RNG state,
+    training args) is not weights and is allowed.
+    """
+    from rlmt.models.loading import UNSAFE_WEIGHT_SUFFIXES, UnsafeWeightsError
+
+    ckpt = Path(ckpt)
+    safe = sorted(ckpt.glob("*.safetensors"))
+    unsafe = sorted(p.name for p in ckpt.iterdir()
+                    if p.is_file() and p.suffix in UNSAFE_WEIGHT_SUFFIXES and not _is_training_state(p.name))
+    if not safe:
+        raise UnsafeWeightsError(f"{ckpt}: no *.safetensors weights ({', '.join(unsafe) or 'no weight files'}); "
+                                 "rlmt loads safetensors only, so this checkpoint cannot be resumed from")
+    if unsafe:
+        raise UnsafeWeightsError(f"{ckpt}: pickled weight files beside the safetensors ({', '.join(unsafe)}); "
+                                 "remove them before resuming so that nothing can load them by accident")
 
 
 def discard_incomplete(out: str | Path) -> list[Path]:
@@ -162,7 +195,7 @@ def write_final(out: str | Path, step: int, fmt: ThinkingFormat, rule: SelectRul
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for f in src.iterdir():
-        if f.is_file() and f.name not in TRAINING_STATE_FILES and not f.name.startswith("rng_state"):
+        if f.is_file() and not _is_training_state(f.name):
             shutil.copy2(f, tmp / f.name)
     write_format(tmp, fmt)
     meta = read_meta(src)

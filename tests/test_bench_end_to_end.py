@@ -77,11 +77,33 @@ def test_tiny_model_generates_and_is_scored_on_every_benchmark(tiny_zoo, data_di
     gens = _generate(tiny_zoo["llama-instruct"], items, tmp_path / "think" / "generations.jsonl", fmt=WARM_THINK,
                      generator=policy)
     policy.close()
-    unfinished = sum(not g["answer_found"] for g in gens.values())
+    # an answer exists exactly when the thought was closed
+    assert all(g["answer_found"] == (WARM_THINK.longcot_delimiter in g["output"]) for g in gens.values())
+    unfinished = {i for i, g in gens.items() if not g["answer_found"]}
     result = bench.score(items, gens)
-    assert result.extra["n_no_answer"] == unfinished and result.n_failed >= unfinished
-    if unfinished == 3:
-        assert result.metrics["score"].value == 0.0
+    assert result.extra["n_no_answer"] == len(unfinished) and result.n_failed >= len(unfinished)
+    assert all(s.value is None for s in result.per_item if s.id in unfinished)
+    # the headline counts every unfinished item as 0 next to the decided ones' pass/fail
+    headline = result.extra["headline"]  # prompt_strict or prompt_loose
+    decided = [s.details[headline] for s in result.per_item if s.id not in unfinished and s.details[headline] is not None]
+    assert result.metrics["score"].n == len(unfinished) + len(decided)
+    assert result.metrics["score"].value == pytest.approx(100 * sum(map(float, decided)) / (len(unfinished) + len(decided)))
+
+
+def _reward_alone(model_dir, messages, answer) -> float:
+    """One unpadded forward of the reward model, written here: the rendering and pooling the
+    benchmark's scorer must agree with (its own template, BOS from the template, one label)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+    text = tok.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False)
+    assert text.startswith(tok.bos_token)
+    with torch.no_grad():
+        logits = model(**tok(text, add_special_tokens=False, return_tensors="pt")).logits
+    assert logits.shape == (1, 1)
+    return float(logits[0, 0])
 
 
 def test_reward_winrate_against_the_reward_model(mixture_dir, scorer):
@@ -94,16 +116,25 @@ def test_reward_winrate_against_the_reward_model(mixture_dir, scorer):
     ref_gens = {i.id: {"id": i.id, "answer": a, "answer_found": True} for i, a in zip(items, refs)}
     result = bench.score(items, gens, reference_generations=ref_gens, scorer=scorer)
 
-    # the rewards are the reward model's scores of each answer alone (up to batching round-off)
-    policy = scorer.score([i.messages for i in items], answers).scores
-    reference = scorer.score([i.messages for i in items], refs).scores
+    # the rewards are the reward model's scores of each answer alone, one forward each (fp32
+    # round-off between batch shapes stays far below 1e-4)
+    rm = scorer.reward_model_dir
+    policy = [_reward_alone(rm, i.messages, a) for i, a in zip(items, answers)]
+    reference = [_reward_alone(rm, i.messages, a) for i, a in zip(items, refs)]
     assert [s.details["policy_reward"] for s in result.per_item] == pytest.approx(policy, abs=1e-4)
     assert [s.details["reference_reward"] for s in result.per_item] == pytest.approx(reference, abs=1e-4)
-    expected = [1.0 if s.details["policy_reward"] > s.details["reference_reward"] else
-                0.0 if s.details["policy_reward"] < s.details["reference_reward"] else 0.5 for s in result.per_item]
+    expected = []
+    for answer, ref, p, r in zip(answers, refs, policy, reference):
+        if answer == ref:
+            expected.append(0.5)
+            continue
+        assert abs(p - r) > 1e-3, "pick answers whose rewards differ beyond round-off"
+        expected.append(1.0 if p > r else 0.0)
     assert [s.value for s in result.per_item] == expected
-    assert expected[2] == 0.5  # the same answer to the same prompt, scored in one batch, ties
+    assert expected[2] == 0.5  # the same answer to the same prompt ties
     assert result.metrics["win_rate"].value == pytest.approx(100 * sum(expected) / 4)
+    assert result.extra["n_identical_answers"] == 1 and result.extra["tie_tolerance"] == 1e-4
+    assert "identical reward-model inputs tie" in result.extra["tie_rule"] and result.metric_version == "2"
 
     # identical answers everywhere: exactly 50 %; a policy without an answer loses and is failed
     same = bench.score(items, ref_gens, reference_generations=ref_gens, scorer=scorer)
@@ -120,3 +151,38 @@ def test_reward_winrate_against_the_reward_model(mixture_dir, scorer):
     with pytest.raises(BenchmarkError, match="non-thinking format"):
         bench.score(items, gens, reference_generations=ref_gens,
                     scorer=AnswerRewardScorer(scorer.reward_model_dir, WARM_THINK, device="cpu"))
+
+
+def _rows(items, answers) -> dict[str, dict]:
+    return {i.id: {"id": i.id, "answer": a, "answer_found": True} for i, a in zip(items, answers)}
+
+
+def test_identical_answers_tie_whatever_the_batching(mixture_dir, scorer):
+    """Tie by construction: with no tolerance at all, a shared answer ties although the other
+    answers change the padded batches it would be scored in (where one input's reward differs in
+    its last bits from row to row); a tolerance wider than every margin makes every pair a tie."""
+    items = get_benchmark("reward-winrate", mixture_dir=str(mixture_dir)).load_items(None)
+    exact = get_benchmark("reward-winrate", mixture_dir=str(mixture_dir), tie_tolerance="0")
+    answers = ["I think so.", "no", "Sure, here is a careful and complete answer.", "Three points: one, two, three."]
+    res = exact.score(items, _rows(items, answers), reference_generations=_rows(items, answers), scorer=scorer)
+    assert [s.value for s in res.per_item] == [0.5] * 4 and res.extra["n_identical_answers"] == 4
+    for other in ("ok", "A long and thoughtful reply with details, examples, caveats and a summary at the end."):
+        reference = [answers[0], other, answers[2], other]  # items 0 and 2 share the policy's answer
+        res = exact.score(items, _rows(items, answers), reference_generations=_rows(items, reference), scorer=scorer)
+        for k in (0, 2):
+            s = res.per_item[k]
+            assert s.value == 0.5 and s.details["policy_reward"] == s.details["reference_reward"], (other, k)
+        assert res.extra["n_identical_answers"] == 2 and res.extra["tie_tolerance"] == 0.0
+        assert all(s.value in (0.0, 1.0) for k, s in enumerate(res.per_item) if k in (1, 3))
+
+    lenient = get_benchmark("reward-winrate", mixture_dir=str(mixture_dir), tie_tolerance=1e9)
+    reference = ["ok", "A long and thoughtful reply.", "maybe", "no"]
+    res = lenient.score(items, _rows(items, answers), reference_generations=_rows(items, reference), scorer=scorer)
+    assert res.metrics["score"].value == 50.0 and res.extra["n_identical_answers"] == 0
+
+    from rlmt.benchmarks.base import BenchmarkError
+
+    for bad in ("-1", "nan", "tight"):
+        with pytest.raises(BenchmarkError, match="option 'tie_tolerance'"):
+            get_benchmark("reward-winrate", mixture_dir=str(mixture_dir), tie_tolerance=bad).score(
+                items, _rows(items, answers), reference_generations=_rows(items, reference), scorer=scorer)

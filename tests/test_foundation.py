@@ -37,8 +37,21 @@ def test_tiny_causal_lm_loads_and_generates(tiny_zoo, name):
     assert tok.padding_side == "left"
     torch.manual_seed(0)
     out = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert out.shape == (2, batch.input_ids.shape[1] + 6) or out.shape[1] <= batch.input_ids.shape[1] + 6
-    assert isinstance(tok.decode(out[0, batch.input_ids.shape[1]:], skip_special_tokens=True), str)
+    width = batch.input_ids.shape[1]
+    assert torch.equal(out[:, :width], batch.input_ids) and 1 <= out.shape[1] - width <= 6
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for row in range(2):  # greedy decoding, checked with one unpadded forward of our own per new token
+        ids = batch.input_ids[row][batch.attention_mask[row].bool()]
+        new = out[row, width:].tolist()
+        ended = next((k + 1 for k, t in enumerate(new) if t in eos), len(new))
+        assert ended == 6 or ended < 6 and new[ended - 1] in eos  # 6 tokens unless an EOS came first
+        assert all(t == tok.pad_token_id for t in new[ended:])  # then only padding
+        for t in new[:ended]:
+            with torch.no_grad():
+                logits = model(ids[None]).logits[0, -1]
+            assert logits[t] >= logits.max() - 1e-4, (row, t, int(logits.argmax()))  # an argmax (round-off aside)
+            ids = torch.cat([ids, torch.tensor([t])])
     assert (tok.chat_template is not None) == name.endswith("instruct")
 
 
@@ -176,7 +189,27 @@ def test_both_configs_validate_against_schema_and_models():
     for name in ("config.yaml", "paper.yaml"):
         raw = yaml.safe_load((ROOT / "config" / name).read_text())
         jsonschema.validate(raw, schema)
-        load_config(ROOT / "config" / name)
+        cfg = load_config(ROOT / "config" / name)
+        # the grid the models expand is the one in the file: every axis product once
+        default_sft = next(iter(raw["sft_data"]), None)
+        expected = {(a, b, st, t, rm, mix, (block.get("sft_data") or default_sft) if st == "warm-start" else None)
+                    for block in raw["grid"] for a in block["algo"] for b in block["base"] for st in block["start"]
+                    for t in block["think"] for rm in block["rm"] for mix in block["mixture"]}
+        assert {(c.algo, c.base, c.start, c.think, c.rm, c.mixture, c.sft_data) for c in cfg.cells()} == expected
+        assert len(cfg.cells()) == len(expected)
+        # and both the schema and the models reject what the file must not hold
+        for path, value, message in ((("surprise",), 1, "'surprise' was unexpected"),
+                                     (("grid", 0, "algo"), ["sac"], "'sac' is not one of"),
+                                     (("seed",), "zero", "'zero' is not of type 'integer'")):
+            bad = copy.deepcopy(raw)
+            target = bad
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+            with pytest.raises(jsonschema.ValidationError, match=message):
+                jsonschema.validate(bad, schema)
+            with pytest.raises(ConfigError):
+                parse_config(bad)
 
 
 def test_paper_grid_has_the_ablation_axes():
@@ -194,10 +227,21 @@ def test_paper_grid_has_the_ablation_axes():
 
 
 def test_cli_help_lists_the_stages():
-    proc = subprocess.run([sys.executable, "-m", "rlmt.cli", "--help"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0
-    for group in ("config", "models", "data", "train", "eval", "report"):
-        assert group in proc.stdout
+    import os
+    import re
+
+    def commands(args: list[str]) -> dict[str, str]:
+        """name -> help text of the rows of the help's Commands box (not a word found anywhere)."""
+        proc = subprocess.run([sys.executable, "-m", "rlmt.cli", *args, "--help"], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "COLUMNS": "120", "NO_COLOR": "1"})
+        assert proc.returncode == 0, proc.stderr
+        box = proc.stdout.split("Commands")[1]
+        return {m.group(1): m.group(2).strip() for m in re.finditer(r"^│ ([a-z][\w-]*)\s{2,}(\S.*?)\s*│$", box, re.M)}
+
+    groups = commands([])
+    for group in ("config", "models", "data", "train", "eval", "report", "launch"):
+        assert groups.get(group), (group, groups)
+    assert set(commands(["train"])) >= {"sft", "grpo", "dpo", "ppo"}
 
 
 # ----------------------------------------------------------------------------- tracking

@@ -103,6 +103,7 @@ def models_prepare(
     if spec is None:
         typer.echo(f"unknown model {model!r}; allowed: {sorted({**cfg.models, **cfg.reward_models})}", err=True)
         raise typer.Exit(2)
+    longcot = longcot or getattr(spec, "longcot", None)  # a model that already thinks (grid start 'none')
     if longcot is not None and longcot not in FORMATS:
         typer.echo(f"--longcot: unknown format {longcot!r}; allowed: {sorted(FORMATS)}", err=True)
         raise typer.Exit(2)

@@ -52,6 +52,9 @@ class ModelSpec(Strict):
     revision: str | None = None
     trust_remote_code: bool = Field(default=False, description="Off unless this model needs it.")
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
+    longcot: Literal["warm-think"] | None = Field(
+        default=None, description="Thinking format the prepared model dir gets, for a model that already thinks "
+        "and is trained as it is (grid start 'none', e.g. OpenThinker2-7B: '<think>...</think>' then the answer).")
 
 
 class RewardModelSpec(Strict):
@@ -88,7 +91,16 @@ class FilterSpec(Strict):
     near_dup_threshold: float | None = Field(default=0.9, description="MinHash Jaccard threshold; None disables.")
     near_dup_num_perm: int = Field(default=32, ge=8, description="MinHash permutations (candidates are then verified "
                                    "with the exact Jaccard similarity, so this only sets the recall of LSH banding).")
-    near_dup_shingle_words: int = Field(default=3, ge=1, description="Words per shingle for near-duplicate similarity.")
+    near_dup_shingle_words: int = Field(default=3, ge=1, description="Words per shingle for near-duplicate similarity "
+                                        "when either prompt is at least near_dup_char_below characters long.")
+    near_dup_char_below: int | None = Field(default=400, ge=1, description="Two prompts both shorter than this "
+                                            "(characters of the normalized text, roles included) are compared on "
+                                            "character n-grams: one changed character removes at most "
+                                            "near_dup_shingle_chars of them, where one changed word removes "
+                                            "near_dup_shingle_words word n-grams, too many of a short prompt's to "
+                                            "reach the threshold. None: words only.")
+    near_dup_shingle_chars: int = Field(default=5, ge=1, description="Characters per shingle for two prompts shorter "
+                                        "than near_dup_char_below.")
     language_min_confidence: float = Field(default=0.5, ge=0, le=1, description="Drop a prompt for its language only "
                                            "when the detector gives another language at least this confidence.")
     include_patterns: list[str] = Field(default_factory=list, description="Keep only prompts matching one of these regexes.")
@@ -154,7 +166,9 @@ class SFTConfig(Strict):
     max_length: int = 20000
     chat_template_path: str | None = Field(
         default=None, description="Jinja template with {% generation %} markers for the assistant-only loss, for "
-        "chat templates that lack them and that TRL cannot patch (e.g. Llama-3.1-Instruct's); None: the model's own.")
+        "chat templates that lack them and that TRL cannot patch (e.g. Llama-3.1-Instruct's); None: the model's own. "
+        "'package:<name>' names a template shipped in rlmt/resources/chat_templates/ (package:llama3_1_training, "
+        "package:qwen2_5_training); '{family}' expands to the model's family's shipped template.")
     gradient_checkpointing: bool = False
     bf16: bool | None = Field(default=None, description="None: bf16 when a GPU supports it.")
     save_steps: int = 200
@@ -168,9 +182,14 @@ class RolloutConfig(Strict):
 
     temperature: float = 0.7
     top_p: float = 1.0
-    max_prompt_length: int = 1024
+    max_prompt_length: int = Field(default=1024, description="Longer prompts keep their last tokens (see truncation_side).")
+    truncation_side: Literal["left"] = Field(
+        default="left", description="How an over-long prompt is cut, the same for GRPO and PPO: its last "
+        "max_prompt_length tokens are kept, so the generation prompt is never cut (verl's truncation: left).")
     max_completion_length: int = 4096
     use_vllm: bool | None = Field(default=None, description="None: use vLLM when it is installed and a GPU is present.")
+    vllm_gpu_memory_utilization: float = Field(default=0.4, gt=0, le=1, description="Share of each GPU's memory "
+                                               "vLLM takes, colocated with training (reference: 0.4).")
 
 
 class CheckpointConfig(Strict):
@@ -184,7 +203,10 @@ class GRPOConfig(Strict):
     """GRPO with the answer-only reward (PAPER.md §4.2): reference settings, never TRL's defaults."""
 
     learning_rate: float = 1e-6
-    prompts_per_step: int = 64
+    prompts_per_step: int = Field(default=64, ge=1, description="Prompts per rollout (verl's train_batch_size).")
+    prompts_per_update: int | None = Field(
+        default=None, ge=1, description="Prompts per optimizer update (verl's ppo_mini_batch_size): a rollout of "
+        "prompts_per_step makes prompts_per_step / prompts_per_update updates. None: one update per rollout.")
     num_generations: int = 8
     num_train_epochs: float = 2
     max_steps: int = -1
@@ -199,6 +221,9 @@ class GRPOConfig(Strict):
     loss_type: str = Field(default="dapo", description="Token-mean aggregation over the batch (verl's token-mean).")
     scale_rewards: Literal["group", "batch", "none"] = Field(default="group", description="Divide advantages by the group std.")
     num_iterations: int = Field(default=1, description="PPO epochs per rollout batch.")
+    vllm_importance_sampling_correction: bool = Field(
+        default=False, description="TRL's importance weight between the vLLM sampler and the trained policy "
+        "(TRL's default is on); the reference had none.")
     strict: bool = Field(default=False, description="Score malformed outputs as '[NULL]' (reference: instruct models only).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -206,6 +231,18 @@ class GRPOConfig(Strict):
     bf16: bool | None = None
     gradient_checkpointing: bool = False
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _update_geometry(self) -> "GRPOConfig":
+        if self.prompts_per_update is not None and self.prompts_per_step % self.prompts_per_update:
+            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of prompts_per_update "
+                             f"({self.prompts_per_update})")
+        return self
+
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer updates per rollout batch (over all num_iterations passes)."""
+        return self.num_iterations * self.prompts_per_step // (self.prompts_per_update or self.prompts_per_step)
 
 
 class PPOConfig(Strict):
@@ -241,6 +278,11 @@ class PPOConfig(Strict):
     log_samples_every: int = 10
     bf16: bool | None = None
     seed: int = 0
+
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer updates per rollout: one per mini-batch, ppo_epochs passes."""
+        return self.ppo_epochs * max(self.prompts_per_step // self.mini_batch_size, 1)
 
 
 class DPOConfig(Strict):
@@ -284,11 +326,14 @@ class GridBlock(Strict):
 
     algo: list[Literal["grpo", "ppo", "dpo"]]
     base: list[str]
-    start: list[Literal["warm-start", "zero"]]
+    start: list[Literal["warm-start", "zero", "none"]] = Field(
+        description="warm-start: SFT first; zero: a base model with the fixed zero template; none: the model as it "
+        "is (one that already thinks, with models.<base>.longcot set, e.g. OpenThinker2-7B).")
     think: list[bool]
     rm: list[str]
     mixture: list[str]
-    sft_data: str | None = Field(default=None, description="SFT data set for warm-start cells (default: the first).")
+    sft_data: str | None = Field(default=None, description="SFT data set for warm-start cells (default: the first). "
+                                 "Another set than the first adds '__sft-<name>' to the cell name.")
 
 
 class Override(Strict):
@@ -313,16 +358,22 @@ class Cell(BaseModel):
     rm: str
     mixture: str
     sft_data: str | None = None
+    named_sft: bool = Field(default=False, description="The SFT set is not the default one: the name says which.")
 
     @property
     def name(self) -> str:
-        return "__".join([self.algo, self.base, self.start, "think" if self.think else "nothink", self.rm, self.mixture])
+        parts = [self.algo, self.base, self.start, "think" if self.think else "nothink", self.rm, self.mixture]
+        if self.named_sft:
+            parts.append(f"sft-{self.sft_data}")
+        return "__".join(parts)
 
     @property
     def policy_name(self) -> str:
         """The initial policy's model directory name under results/models/."""
         if self.start == "zero":
             return f"{self.base}__zero__{'think' if self.think else 'nothink'}"
+        if self.start == "none":
+            return self.base
         return f"{self.base}__sft__{'think' if self.think else 'nothink'}__{self.sft_data}"
 
 
@@ -439,6 +490,13 @@ class RLMTConfig(Strict):
                 for b in block.base:
                     if self.models[b].variant != "base":
                         raise ValueError(f"grid[{i}].start: 'zero' needs a base model, {b!r} is {self.models[b].variant}")
+            if "none" in block.start:
+                for b in block.base:
+                    for think in block.think:
+                        if think != (self.models[b].longcot is not None):
+                            raise ValueError(
+                                f"grid[{i}].start: 'none' trains {b!r} as it is, so think: {think} needs "
+                                f"models.{b}.longcot {'set (the format it thinks in)' if think else 'unset'}")
             if "warm-start" in block.start:
                 if not self.sft_data:
                     raise ValueError(f"grid[{i}].start: 'warm-start' needs an entry in sft_data")
@@ -463,6 +521,10 @@ class RLMTConfig(Strict):
                 raise ValueError(f"evaluation.benchmarks: unknown benchmark {bench!r}; allowed: {sorted(KNOWN_BENCHMARKS)}")
         if "default" not in self.resources:
             raise ValueError("resources: a 'default' entry is required")
+        for cell in self.cells():
+            problem = select_step_problem(self, cell)
+            if problem:
+                raise ValueError(problem)
         return self
 
     # ----------------------------------------------------------------- derived views
@@ -470,11 +532,13 @@ class RLMTConfig(Strict):
     def cells(self) -> list[Cell]:
         """Every cell of the grid, in a stable order, without duplicates."""
         seen: dict[str, Cell] = {}
+        default_sft = next(iter(self.sft_data), None)
         for block in self.grid:
             for algo, base, start, think, rm, mix in itertools.product(
                     block.algo, block.base, block.start, block.think, block.rm, block.mixture):
-                sft = (block.sft_data or next(iter(self.sft_data))) if start == "warm-start" else None
-                cell = Cell(algo=algo, base=base, start=start, think=think, rm=rm, mixture=mix, sft_data=sft)
+                sft = (block.sft_data or default_sft) if start == "warm-start" else None
+                cell = Cell(algo=algo, base=base, start=start, think=think, rm=rm, mixture=mix, sft_data=sft,
+                            named_sft=sft is not None and sft != default_sft)
                 seen.setdefault(cell.name, cell)
         return list(seen.values())
 
@@ -500,6 +564,69 @@ class RLMTConfig(Strict):
 
     def resources_for(self, rule: str) -> Resources:
         return self.resources.get(rule, self.resources["default"])
+
+
+# --------------------------------------------------------------------------- training schedules
+
+
+class Schedule(BaseModel):
+    """What a cell's training run will do, computed from the config alone (no data, no model)."""
+
+    algo: str
+    total_steps: int = Field(description="Optimizer updates (TRL's global_step; PPO: one step per rollout).")
+    saved_steps: list[int] = Field(description="Steps with a checkpoint: every save_steps, and the last.")
+    rollouts: int = Field(description="Rollout (generation) batches over the run.")
+    detail: str
+
+
+def training_schedule(cfg: "RLMTConfig", cell: Cell, n_train: int | None = None) -> Schedule | None:
+    """The step schedule of a cell's RL run; None when it depends on data not known before the run.
+
+    `n_train` defaults to the mixture's n_train. GRPO follows TRL 1.16: the sampler drops a last,
+    incomplete rollout batch of each epoch (``RepeatSampler``), each rollout makes
+    ``updates_per_rollout`` optimizer updates, and the Trainer saves every ``save_steps`` updates and
+    at the last one. PPO (rlmt's own loop) takes one step per rollout of ``prompts_per_step`` prompts
+    over the prompt stream, ``ceil(epochs x n / prompts_per_step)`` steps. DPO's step count depends on
+    how many pairs survive the filters, known only after sampling: None.
+    """
+    import math
+
+    n = n_train if n_train is not None else cfg.mixtures[cell.mixture].n_train
+    if n is None or cell.algo == "dpo":
+        return None
+    s = cfg.settings(cell.algo, cell)
+    if cell.algo == "grpo":
+        rollouts_per_epoch = n // s.prompts_per_step
+        per_epoch = rollouts_per_epoch * s.updates_per_rollout
+        total = s.max_steps if s.max_steps > 0 else math.ceil(s.num_train_epochs * per_epoch)
+        rollouts = math.ceil(total / s.updates_per_rollout)
+        detail = (f"{n} prompts // {s.prompts_per_step} per rollout = {rollouts_per_epoch} rollouts/epoch x "
+                  f"{s.updates_per_rollout} updates x {s.num_train_epochs:g} epochs = {total} updates")
+    else:
+        total = s.max_steps if s.max_steps > 0 else max(1, math.ceil(s.num_train_epochs * n / s.prompts_per_step))
+        rollouts = total
+        detail = f"ceil({s.num_train_epochs:g} epochs x {n} prompts / {s.prompts_per_step} per step) = {total} steps"
+    every = s.checkpoints.save_steps
+    saved = sorted({*range(every, total + 1, every), total})
+    return Schedule(algo=cell.algo, total_steps=total, saved_steps=saved, rollouts=rollouts, detail=detail)
+
+
+def select_step_problem(cfg: "RLMTConfig", cell: Cell, n_train: int | None = None) -> str | None:
+    """Why the cell's ``checkpoints.select_step`` cannot be selected at the end of its run, or None."""
+    if cell.algo not in ALGORITHMS:
+        return None
+    rule = cfg.settings(cell.algo, cell).checkpoints.select_step
+    if not isinstance(rule, int) or isinstance(rule, bool):
+        return None
+    key = f"algorithms.{cell.algo}.checkpoints.select_step"
+    if cell.algo == "dpo":
+        return (f"cell {cell.name}: {key}: {rule}: DPO's number of steps depends on the pairs that survive the "
+                "filters, so a fixed step may never exist; use 'last' or 'best_val_reward'")
+    sched = training_schedule(cfg, cell, n_train)
+    if sched is None or rule in sched.saved_steps:
+        return None
+    return (f"cell {cell.name}: {key}: {rule} is never saved: the run saves steps {sched.saved_steps} "
+            f"({sched.detail})")
 
 
 KNOWN_BENCHMARKS = {

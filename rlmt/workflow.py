@@ -113,6 +113,8 @@ class Plan:
             return {"base": parts[0], "start": "zero", "think": parts[2] == "think"}
         if len(parts) == 4 and parts[1] == "sft":
             return {"base": parts[0], "start": "warm-start", "think": parts[2] == "think", "sft_data": parts[3]}
+        if len(parts) == 1 and name in self.cfg.models:  # grid start 'none': the prepared model as it is
+            return {"base": name, "start": "none", "think": self.cfg.models[name].longcot is not None}
         raise ValueError(f"not a policy name: {name!r}")
 
     # ------------------------------------------------------------------ evaluation

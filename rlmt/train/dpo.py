@@ -132,11 +132,49 @@ def _pair_dataset(path: Path):
     return Dataset.from_list(rows) if rows else None
 
 
+def trl_dpo_args(settings: DPOConfig, out: Path, *, n_pairs: int, has_val: bool, world: int | None = None):
+    """TRL's DPOConfig for `settings` and `n_pairs` training pairs (a pure function: no model, no data).
+
+    The global batch is the configured one (128), or less when there are fewer pairs than that.
+    """
+    from trl import DPOConfig as TRLDPOConfig
+
+    per_device = settings.per_device_train_batch_size
+    global_batch = min(settings.global_batch_size, max(n_pairs // per_device, 1) * per_device)
+    return TRLDPOConfig(
+        output_dir=str(out),
+        beta=settings.beta,
+        loss_type=["sigmoid"],
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation_steps(global_batch, per_device, world=world),
+        per_device_eval_batch_size=per_device,
+        warmup_steps=settings.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        lr_scheduler_type=settings.lr_scheduler_type,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        max_length=settings.max_length,
+        bf16=use_bf16(settings.bf16),
+        gradient_checkpointing=False,
+        save_strategy="steps",
+        save_steps=settings.checkpoints.save_steps,
+        save_total_limit=None,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=settings.checkpoints.save_steps if has_val else None,
+        logging_steps=1,
+        report_to="none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+    )
+
+
 def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: str | Path, out: str | Path,
               settings: DPOConfig, *, reward_max_length: int | None = None, generation_backend: str = "auto",
               callbacks: list | None = None) -> Path:
     """Build on-policy pairs, train DPO, write ``out/step-<N>/`` and ``out/final/``; return final."""
-    from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
     from rlmt.models.loading import load_causal_lm, load_tokenizer
@@ -161,36 +199,7 @@ def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: 
     train_ds, val_ds = _pair_dataset(pairs_dir / "train.parquet"), _pair_dataset(pairs_dir / "val.parquet")
     tokenizer = load_tokenizer(policy_dir)
     model = load_causal_lm(policy_dir, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
-    per_device = settings.per_device_train_batch_size
-    global_batch = min(settings.global_batch_size, max(len(train_ds) // per_device, 1) * per_device)
-    args = TRLDPOConfig(
-        output_dir=str(out),
-        beta=settings.beta,
-        loss_type=["sigmoid"],
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.num_train_epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accumulation_steps(global_batch, per_device),
-        per_device_eval_batch_size=per_device,
-        warmup_steps=settings.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        lr_scheduler_type=settings.lr_scheduler_type,
-        weight_decay=settings.weight_decay,
-        adam_beta1=settings.adam_beta1,
-        adam_beta2=settings.adam_beta2,
-        max_length=settings.max_length,
-        bf16=use_bf16(settings.bf16),
-        gradient_checkpointing=False,
-        save_strategy="steps",
-        save_steps=settings.checkpoints.save_steps,
-        save_total_limit=None,
-        eval_strategy="steps" if val_ds is not None else "no",
-        eval_steps=settings.checkpoints.save_steps if val_ds is not None else None,
-        logging_steps=1,
-        report_to="none",
-        seed=settings.seed,
-        data_seed=settings.seed,
-    )
+    args = trl_dpo_args(settings, out, n_pairs=len(train_ds), has_val=val_ds is not None)
     ckpt_cb = CheckpointCallback(out, fmt, keep_last=settings.checkpoints.save_total_limit,
                                  select_rule=settings.checkpoints.select_step, val_metric=VAL_METRIC)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,

@@ -8,8 +8,12 @@ never leak in. Mapping from the reference verl config to TRL 1.16:
 verl                                           here (GRPOConfig field -> TRL argument)
 =============================================  ==========================================
 rollout.n = 8                                  num_generations
-train_batch_size = 64 prompts, 1 update        prompts_per_step x num_generations completions
-                                               per optimizer step (accumulated micro-batches)
+train_batch_size (64 or 128 prompts)          prompts_per_step: one rollout = TRL's generation_batch_size
+                                               (prompts_per_step x num_generations completions)
+ppo_mini_batch_size = 64 prompts               prompts_per_update: one optimizer update = accumulated
+                                               micro-batches of prompts_per_update x num_generations
+                                               completions; a rollout of 128 makes 2 updates
+ppo_epochs = 1                                 num_iterations
 temperature 0.7, top_p 1.0                     rollout.temperature / rollout.top_p, top_k off
 kl_loss_coef 0.001, low_var_kl (k3), as loss   beta (TRL's KL term *is* k3); the importance
                                                weight on it (use_bias_correction_kl) is off
@@ -17,8 +21,11 @@ entropy_coeff 0.001                            entropy_coef (TRL offers the bonu
 clip_ratio 0.2                                 epsilon (= epsilon_high)
 loss_agg_mode token-mean                       loss_type "dapo" (mean over the batch's tokens)
 norm_adv_by_std_in_grpo                        scale_rewards "group"
-max_prompt_length 1024                         enforced here: longer prompts are dropped and
-                                               counted (TRL 1.16 has no prompt limit)
+max_prompt_length 1024, truncation left        enforced here (TRL 1.16 has no prompt limit): a longer
+                                               prompt keeps its last tokens, the rule PPO uses
+                                               (rollout.left_truncate); cut prompts are counted
+(no importance weight vLLM -> policy)          vllm_importance_sampling_correction off (TRL: on)
+vllm gpu_memory_utilization 0.4                rollout.vllm_gpu_memory_utilization
 max_response_length 4096                       rollout.max_completion_length
 lr 1e-6 const, wd 0.01, grad_clip 1.0          learning_rate, lr_scheduler_type, weight_decay,
                                                max_grad_norm
@@ -39,6 +46,7 @@ from rlmt.config import GRPOConfig
 from rlmt.thinking import ThinkingFormat, extract
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback, SampleBuffer, SamplesTableCallback
+from rlmt.train.rollout import left_truncate
 from rlmt.train.runtime import (
     TrainingSetupError,
     accumulation_steps,
@@ -139,23 +147,48 @@ def _stop_at_strings(model, tokenizer, stops: list[str]) -> None:
 
 
 def _prompt_dataset(path: str | Path, tokenizer, max_prompt_length: int):
-    """(dataset with ``prompt`` and ``id``, number of prompts dropped as too long)."""
+    """(dataset with ``prompt`` and ``id``, number of prompts longer than max_prompt_length).
+
+    Nothing is dropped: the trainer left-truncates the long ones (:func:`rlmt.train.rollout.left_truncate`).
+    """
     from datasets import Dataset
 
     rows = read_prompt_table(path)
-    kept = [{"id": str(r["id"]), "prompt": r["messages"]} for r in rows
-            if prompt_tokens(tokenizer, r["messages"]) <= max_prompt_length]
-    if not kept:
-        raise TrainingSetupError(f"{path}: every prompt is longer than max_prompt_length={max_prompt_length} tokens")
-    return Dataset.from_list(kept), len(rows) - len(kept)
+    kept = [{"id": str(r["id"]), "prompt": r["messages"]} for r in rows]
+    too_long = sum(prompt_tokens(tokenizer, r["messages"]) > max_prompt_length for r in rows)
+    return Dataset.from_list(kept), too_long
 
 
-def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_val: bool, use_vllm: bool):
-    """TRL's GRPOConfig with every reference setting given explicitly."""
+def left_truncating_trainer(max_prompt_length: int):
+    """TRL's GRPOTrainer whose prompts keep their last `max_prompt_length` tokens (as PPO's and verl's)."""
+    from trl import GRPOTrainer
+
+    class LeftTruncatingGRPOTrainer(GRPOTrainer):
+        prompts_truncated = 0
+
+        def _tokenize_prompts(self, prompts: list):
+            prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+            cut = [left_truncate(list(ids), max_prompt_length) for ids in prompt_ids]
+            self.prompts_truncated += sum(c for _, c in cut)
+            return [ids for ids, _ in cut], images, fields
+
+    return LeftTruncatingGRPOTrainer
+
+
+def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_val: bool, use_vllm: bool,
+                  world: int | None = None):
+    """TRL's GRPOConfig with every reference setting given explicitly (a pure function of the config).
+
+    One rollout is TRL's generation batch (``prompts_per_step x num_generations`` completions); one
+    optimizer update accumulates ``prompts_per_update x num_generations`` of them, so a rollout of 128
+    prompts with updates of 64 makes two updates, as verl's ``ppo_mini_batch_size`` did. `world`:
+    processes of the job ($WORLD_SIZE when None).
+    """
     from trl import GRPOConfig as TRLGRPOConfig
 
-    completions_per_step = settings.prompts_per_step * settings.num_generations
-    per_device = min(settings.per_device_train_batch_size, completions_per_step)
+    completions_per_rollout = settings.prompts_per_step * settings.num_generations
+    completions_per_update = (settings.prompts_per_update or settings.prompts_per_step) * settings.num_generations
+    per_device = min(settings.per_device_train_batch_size, completions_per_update)
     stops = fmt.stop_strings
     gen_kwargs: dict[str, Any] | None = None
     if stops and use_vllm:
@@ -166,22 +199,33 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
         num_train_epochs=settings.num_train_epochs,
         max_steps=settings.max_steps,
         per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accumulation_steps(completions_per_step, per_device,
-                                                       "prompts_per_step x num_generations"),
+        gradient_accumulation_steps=accumulation_steps(completions_per_update, per_device,
+                                                       "prompts_per_update x num_generations", world=world),
+        generation_batch_size=completions_per_rollout,
         num_generations=settings.num_generations,
         temperature=settings.rollout.temperature,
         top_p=settings.rollout.top_p,
         top_k=0,
+        min_p=None,
+        repetition_penalty=1.0,
         max_completion_length=settings.rollout.max_completion_length,
         beta=settings.beta,
         use_bias_correction_kl=False,
+        sync_ref_model=False,  # verl's reference model is the initial policy throughout
         entropy_coef=settings.entropy_coef,
+        use_adaptive_entropy=False,
+        top_entropy_quantile=1.0,
         epsilon=settings.epsilon,
+        epsilon_high=settings.epsilon,  # verl's clip_ratio_high defaults to clip_ratio
+        delta=None,
         loss_type=settings.loss_type,
         scale_rewards=settings.scale_rewards,
         num_iterations=settings.num_iterations,
         mask_truncated_completions=False,
         importance_sampling_level="token",
+        vllm_importance_sampling_correction=settings.vllm_importance_sampling_correction,
+        off_policy_mask_threshold=None,
+        vllm_gpu_memory_utilization=settings.rollout.vllm_gpu_memory_utilization,
         weight_decay=settings.weight_decay,
         lr_scheduler_type=settings.lr_scheduler_type,
         warmup_steps=settings.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
@@ -217,8 +261,6 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
     function) replaces it, e.g. a rule applied to the extracted answer in tests. Rerunning after a
     crash resumes from the newest complete checkpoint.
     """
-    from trl import GRPOTrainer
-
     from rlmt.models.loading import load_causal_lm, load_tokenizer
 
     out = Path(out)
@@ -229,9 +271,9 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
     use_vllm = vllm_wanted(settings.rollout.use_vllm)
 
     tokenizer = load_tokenizer(policy_dir, padding_side="left")
-    train_ds, dropped = _prompt_dataset(train_path, tokenizer, settings.rollout.max_prompt_length)
+    train_ds, too_long = _prompt_dataset(train_path, tokenizer, settings.rollout.max_prompt_length)
     val_ds = _prompt_dataset(val_path, tokenizer, settings.rollout.max_prompt_length)[0] if val_path else None
-    _log_setup({"prompts_train": len(train_ds), "prompts_dropped_too_long": dropped,
+    _log_setup({"prompts_train": len(train_ds), "prompts_left_truncated": too_long,
                 "prompts_val": len(val_ds) if val_ds is not None else 0, "format": fmt.name, "use_vllm": use_vllm})
 
     if reward_fn is None:
@@ -250,7 +292,8 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
     args = trl_grpo_args(settings, out, fmt, has_val=val_ds is not None, use_vllm=use_vllm)
     ckpt_cb = CheckpointCallback(out, fmt, keep_last=settings.checkpoints.save_total_limit,
                                  select_rule=settings.checkpoints.select_step, val_metric=VAL_METRIC)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+    trainer_cls = left_truncating_trainer(settings.rollout.max_prompt_length)
+    trainer = trainer_cls(model=model, reward_funcs=reward, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           processing_class=tokenizer,
                           callbacks=[MLflowMetricsCallback(), SamplesTableCallback(buffer, settings.log_samples_every),
                                      ckpt_cb, *(callbacks or [])])

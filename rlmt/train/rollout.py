@@ -67,10 +67,24 @@ def render_prompts(tokenizer, prompts: Sequence[list[dict]], max_prompt_length: 
         text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         bos = tokenizer.bos_token
         ids = tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
-        if len(ids) > max_prompt_length:
-            ids, n_truncated = ids[-max_prompt_length:], n_truncated + 1
+        ids, cut = left_truncate(ids, max_prompt_length)
         rows.append(ids)
+        n_truncated += cut
     return rows, n_truncated
+
+
+def left_truncate(ids: list[int], max_prompt_length: int) -> tuple[list[int], bool]:
+    """The prompt rule of every RL trainer (GRPO and PPO): keep the last `max_prompt_length` tokens.
+
+    The end of a prompt is its generation prompt (``<|start_header_id|>assistant...``), which the
+    model must continue from, so the cut falls on the oldest context (verl's ``truncation: left``).
+    Returns the kept ids and whether anything was cut.
+    """
+    if max_prompt_length < 1:
+        raise ValueError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
+    if len(ids) > max_prompt_length:
+        return list(ids[-max_prompt_length:]), True
+    return list(ids), False
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,12 +29,14 @@ def use_bf16(bf16: bool | None) -> bool:
     return bf16
 
 
-def accumulation_steps(global_batch: int, per_device: int, what: str = "global_batch_size") -> int:
-    """Gradient-accumulation steps so that per_device x world_size x steps == global_batch."""
-    per_step = per_device * world_size()
+def accumulation_steps(global_batch: int, per_device: int, what: str = "global_batch_size",
+                       world: int | None = None) -> int:
+    """Gradient-accumulation steps so that per_device x world x steps == global_batch (world: $WORLD_SIZE)."""
+    world = world_size() if world is None else world
+    per_step = per_device * world
     if global_batch % per_step:
         raise TrainingSetupError(f"{what}={global_batch} is not divisible by per_device_train_batch_size "
-                                 f"({per_device}) x devices ({world_size()})")
+                                 f"({per_device}) x devices ({world})")
     return global_batch // per_step
 
 

@@ -65,11 +65,33 @@ def data_format(rows: list[dict]) -> ThinkingFormat:
     raise TrainingSetupError(f"SFT data mixes think ({sum(thinks)}) and nothink ({len(thinks) - sum(thinks)}) examples")
 
 
-def _check_template(tokenizer, chat_template_path: str | None) -> None:
+def _check_template(tokenizer, chat_template_path: str | None) -> str | None:
+    """The training template file to hand TRL (None: the model's own), checked against the model's template.
+
+    A configured template (``package:<name>`` or a .jinja path) must render the model's own text with an
+    assistant mask of exactly the assistant turns (:func:`rlmt.resources.chat_templates.template_problems`).
+    """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    if chat_template_path or has_generation_markers(tokenizer.chat_template or ""):
-        return
+    from rlmt.resources import chat_templates
+
+    if chat_template_path:
+        try:
+            path = chat_templates.resolve(chat_template_path)
+        except chat_templates.TemplateError as err:
+            raise TrainingSetupError(f"sft.{err}") from None
+        if tokenizer.chat_template:
+            known = chat_templates.shipped(chat_template_path)
+            problems = chat_templates.template_problems(
+                tokenizer.chat_template, path.read_text(),
+                end_of_turn=known.end_of_turn if known else tokenizer.eos_token,
+                bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
+            if problems:
+                raise TrainingSetupError(f"sft.chat_template_path {chat_template_path!r} does not fit this model's "
+                                         "chat template: " + "; ".join(problems))
+        return str(path)
+    if has_generation_markers(tokenizer.chat_template or ""):
+        return None
     if not tokenizer.chat_template:
         raise TrainingSetupError("the model has no chat template; prepare base models with chat_template_from")
     try:
@@ -78,7 +100,42 @@ def _check_template(tokenizer, chat_template_path: str | None) -> None:
         raise TrainingSetupError(
             "assistant-only loss needs {% generation %} markers in the chat template, this template has none and "
             "TRL has no training version of it: set sft.chat_template_path to a Jinja file with the markers "
-            "(see rlmt/train/sft.py)") from None
+            "(package:llama3_1_training and package:qwen2_5_training are shipped; see rlmt/train/sft.py)") from None
+    return None
+
+
+def trl_sft_args(settings: SFTConfig, work: Path, *, chat_template_path: str | None, world: int | None = None):
+    """TRL's SFTConfig for `settings` (a pure function of the config: no model, no data)."""
+    from trl import SFTConfig as TRLSFTConfig
+
+    return TRLSFTConfig(
+        output_dir=str(work),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=accumulation_steps(settings.global_batch_size,
+                                                       settings.per_device_train_batch_size, world=world),
+        warmup_steps=settings.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=settings.lr_scheduler_type,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        max_length=settings.max_length,
+        assistant_only_loss=True,
+        chat_template_path=chat_template_path,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=use_bf16(settings.bf16),
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=None,  # CheckpointCallback keeps the last N step-<N> dirs
+        logging_steps=1,
+        report_to="none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataset_num_proc=None,
+        disable_tqdm=False,
+    )
 
 
 def train_sft(model_dir: str | Path, data_path: str | Path, out: str | Path, settings: SFTConfig, *,
@@ -89,7 +146,6 @@ def train_sft(model_dir: str | Path, data_path: str | Path, out: str | Path, set
     and the work dir is removed once `out` is in place.
     """
     from datasets import Dataset
-    from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
     from rlmt.models.loading import load_causal_lm, load_tokenizer
@@ -106,36 +162,9 @@ def train_sft(model_dir: str | Path, data_path: str | Path, out: str | Path, set
     resume = ckpt.latest_checkpoint(work)
 
     tokenizer = load_tokenizer(model_dir)
-    _check_template(tokenizer, settings.chat_template_path)
+    template_file = _check_template(tokenizer, settings.chat_template_path)
     model = load_causal_lm(model_dir, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
-    args = TRLSFTConfig(
-        output_dir=str(work),
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.num_train_epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.per_device_train_batch_size,
-        gradient_accumulation_steps=accumulation_steps(settings.global_batch_size,
-                                                       settings.per_device_train_batch_size),
-        warmup_steps=settings.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
-        lr_scheduler_type=settings.lr_scheduler_type,
-        weight_decay=settings.weight_decay,
-        adam_beta1=settings.adam_beta1,
-        adam_beta2=settings.adam_beta2,
-        max_length=settings.max_length,
-        assistant_only_loss=True,
-        chat_template_path=settings.chat_template_path,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        bf16=use_bf16(settings.bf16),
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=None,  # CheckpointCallback keeps the last N step-<N> dirs
-        logging_steps=1,
-        report_to="none",
-        seed=settings.seed,
-        data_seed=settings.seed,
-        dataset_num_proc=None,
-        disable_tqdm=False,
-    )
+    args = trl_sft_args(settings, work, chat_template_path=template_file)
     callbacks = [MLflowMetricsCallback(),
                  CheckpointCallback(work, fmt, keep_last=settings.save_total_limit)]
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -92,15 +95,37 @@ def test_batched_scores_equal_one_at_a_time(tiny_zoo, scorer):
     assert max(abs(again[k] - batched.scores[i]) for k, i in enumerate(perm)) < 1e-4
 
 
-def test_batching_without_a_configured_pad_id_pools_at_the_last_token(tiny_zoo):
+def _reward_model_without_pad_id(source: Path, out: Path, *, tokenizer_pad: bool) -> Path:
+    """A copy of a reward model whose config names no pad id (and, optionally, whose tokenizer has no pad token)."""
+    shutil.copytree(source, out)
+    config = json.loads((out / "config.json").read_text())
+    config["pad_token_id"] = None
+    (out / "config.json").write_text(json.dumps(config))
+    if not tokenizer_pad:
+        tok_config = json.loads((out / "tokenizer_config.json").read_text())
+        assert tok_config.pop("pad_token", None) is not None
+        (out / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return out
+
+
+@pytest.mark.parametrize("tokenizer_pad", [True, False], ids=["tokenizer-pad", "no-pad-token-at-all"])
+def test_batching_without_a_configured_pad_id_pools_at_the_last_token(tiny_zoo, tmp_path, tokenizer_pad):
+    """Padded batches of a reward model without a pad id score as one unpadded input each: the
+    padding id must be one that no row holds (with no pad token the loader's fallback, EOS, is in
+    every row), or the model would pool at the wrong position."""
+    model_dir = _reward_model_without_pad_id(tiny_zoo["reward"], tmp_path / "rm", tokenizer_pad=tokenizer_pad)
     prompts, outputs = _mixed_batch(12, seed=3)
     ref = AnswerRewardScorer(tiny_zoo["reward"], WARM_THINK, max_tokens_per_batch=1, device="cpu", dtype="float32")
-    nopad = AnswerRewardScorer(tiny_zoo["reward"], WARM_THINK, device="cpu", dtype="float32")
-    for s in (ref, nopad):
-        s.model.config.pad_token_id = None
-        s._config_pad_id = None
-    a, b = ref.score(prompts, outputs).scores, nopad.score(prompts, outputs).scores
-    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+    nopad = AnswerRewardScorer(model_dir, WARM_THINK, device="cpu", dtype="float32")
+    assert nopad.model.config.pad_token_id is None
+    assert (nopad.tokenizer.pad_token == "<pad>") == tokenizer_pad
+    if not tokenizer_pad:
+        assert nopad.tokenizer.pad_token_id == nopad.tokenizer.eos_token_id
+    batch = nopad.score(prompts, outputs)
+    assert any(len(b) > 1 for b in length_buckets(batch.input_lengths, nopad.max_tokens_per_batch))  # it padded
+    a = ref.score(prompts, outputs).scores
+    assert max(abs(x - y) for x, y in zip(a, batch.scores)) < 1e-4
+    assert nopad.model.config.pad_token_id is None  # the temporary pad id does not stay on the model
 
 
 def test_length_buckets_respect_the_token_budget():

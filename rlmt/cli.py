@@ -65,6 +65,25 @@ def config_schema(out: Optional[Path] = typer.Option(None, help="Write here inst
         sys.stdout.write(text)
 
 
+@app.command("preflight")
+def preflight_cmd(config: Path = ConfigOpt,
+                  root: Path = typer.Option(Path("."), help="Directory the config's relative paths resolve against."),
+                  done: Optional[Path] = typer.Option(None, help="Write this file when no blocker is found "
+                                                      "(the workflow's marker that training may start).")) -> None:
+    """Check every cell for what would fail hours into a run (templates, launcher, schedule, memory, resources)."""
+    from rlmt.preflight import run
+
+    report = run(config, root=root)
+    typer.echo(report.table())
+    for f in report.blockers:
+        typer.echo(f"BLOCKER cell={f.cell} key={f.key}: {f.message}", err=True)
+    if report.blockers:
+        raise typer.Exit(1)
+    if done is not None:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(f"{len(report.cells)} cells, no blockers\n")
+
+
 @config_app.command("cells")
 def config_cells(config: Path = ConfigOpt) -> None:
     """List the grid's cell names."""

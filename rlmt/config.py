@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 ALGORITHMS = ("grpo", "ppo", "dpo")
 STARTS = ("warm-start", "zero", "none")
@@ -443,6 +443,8 @@ class Resources(Strict):
     slurm_account: str | None = None
     launcher: Literal["python", "accelerate"] = "python"
     accelerate_config: str | None = None
+    gpu_mem_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU in GB (rlmt preflight checks "
+                                     "the per-GPU estimate of a job against it); None: not checked.")
 
 
 class TrackingConfig(Strict):
@@ -480,7 +482,7 @@ class RLMTConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _references(self) -> "RLMTConfig":
+    def _references(self, info: ValidationInfo) -> "RLMTConfig":
         for i, block in enumerate(self.grid):
             for axis, known in (("base", self.models), ("rm", self.reward_models), ("mixture", self.mixtures)):
                 for value in getattr(block, axis):
@@ -521,10 +523,11 @@ class RLMTConfig(Strict):
                 raise ValueError(f"evaluation.benchmarks: unknown benchmark {bench!r}; allowed: {sorted(KNOWN_BENCHMARKS)}")
         if "default" not in self.resources:
             raise ValueError("resources: a 'default' entry is required")
-        for cell in self.cells():
-            problem = select_step_problem(self, cell)
-            if problem:
-                raise ValueError(problem)
+        if (info.context or {}).get("check_schedules", True):  # rlmt preflight reports these in its table instead
+            for cell in self.cells():
+                problem = select_step_problem(self, cell)
+                if problem:
+                    raise ValueError(problem)
         return self
 
     # ----------------------------------------------------------------- derived views
@@ -666,10 +669,14 @@ def _first_error(err: ValidationError) -> str:
     return f"{loc}: {msg}"
 
 
-def parse_config(raw: dict[str, Any]) -> RLMTConfig:
-    """Validate a raw config mapping; errors name the key path and, where known, the allowed values."""
+def parse_config(raw: dict[str, Any], *, check_schedules: bool = True) -> RLMTConfig:
+    """Validate a raw config mapping; errors name the key path and, where known, the allowed values.
+
+    `check_schedules`: reject an int select_step that a cell's schedule never saves (rlmt preflight
+    turns it off to report every such cell in its table).
+    """
     try:
-        return RLMTConfig.model_validate(raw)
+        return RLMTConfig.model_validate(raw, context={"check_schedules": check_schedules})
     except ValidationError as err:
         lines = []
         for e in err.errors():

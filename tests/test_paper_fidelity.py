@@ -66,7 +66,7 @@ GRPO_ROWS = {
 # PAPER.md §4.3 (ppo__llamabase__warm-start__*.yaml) and Table 7 (lr, critic lr, weight decay, footnote).
 PPO_COMMON = {
     "critic_lr": 1e-5, "gamma": 1.0, "lam": 1.0, "samples_per_prompt": 1, "clip_ratio": 0.2, "cliprange_value": 0.5,
-    "entropy_coef": 0.001, "kl_coef": 0.0, "prompts_per_step": 64, "updates_per_rollout": 1, "micro_batch_size": 16,
+    "entropy_coef": 0.001, "kl_coef": 0.0, "prompts_per_step": 64, "updates_per_rollout": 1,
     "max_prompt_length": 896, "max_completion_length": 4096, "temperature": 0.7, "top_p": 1.0, "weight_decay": 0.01,
     "max_grad_norm": 1.0, "save_steps": 55, "epochs": 2, "truncation_side": "left",
 }
@@ -197,7 +197,7 @@ def test_ppo_cell_matches_reference(cfg, cell):
         "samples_per_prompt": 1,  # rlmt's PPO samples one response per prompt by construction (rollout.sample)
         "clip_ratio": s.clip_ratio, "cliprange_value": s.cliprange_value, "entropy_coef": s.entropy_coef,
         "kl_coef": s.kl_coef, "prompts_per_step": s.prompts_per_step, "updates_per_rollout": s.updates_per_rollout,
-        "micro_batch_size": s.micro_batch_size, "max_prompt_length": s.rollout.max_prompt_length,
+        "max_prompt_length": s.rollout.max_prompt_length,
         "max_completion_length": s.rollout.max_completion_length, "temperature": s.rollout.temperature,
         "top_p": s.rollout.top_p, "weight_decay": s.weight_decay, "max_grad_norm": s.max_grad_norm,
         "save_steps": s.checkpoints.save_steps, "epochs": s.num_train_epochs,
@@ -205,7 +205,7 @@ def test_ppo_cell_matches_reference(cfg, cell):
     }
     want = {**PPO_COMMON, "learning_rate": PPO_LR.get(cell.base, 1e-6), "strict": cell.base in STRICT}
     assert _diff(got, want) == {}
-    # the update geometry the trainer derives on 8 processes: one mini-batch of 64 = 8 per GPU, micro 8 <= 16
+    # the update geometry the trainer derives on 8 processes: one mini-batch of 64 = 8 per GPU
     assert s.prompts_per_step % WORLD == 0 and s.mini_batch_size % WORLD == 0
     assert training_schedule(cfg, cell, N_PROMPTS).saved_steps[:2] == [55, 110]
 

@@ -1,5 +1,24 @@
 # Training: warm-start SFT, then one RL run (GRPO, PPO or DPO) per cell.
 
+PREFLIGHT = "results/.rlmt/preflight.ok"
+
+
+localrules:
+    preflight,
+
+
+# Every training job waits for `rlmt preflight`: the config's cells checked in seconds (templates,
+# launcher and sharding, reachable checkpoints, memory per GPU, resources) before any GPU hour.
+rule preflight:
+    input:
+        config=CONFIG,
+    output:
+        PREFLIGHT,
+    log:
+        "results/logs/preflight.log",
+    shell:
+        "python -m rlmt.cli preflight --config {input.config} --done {output} > {log} 2>&1"
+
 
 rule sft:
     input:
@@ -8,6 +27,7 @@ rule sft:
             sft=PLAN.parse_policy(w.sft_policy)["sft_data"],
             think="think" if PLAN.parse_policy(w.sft_policy)["think"] else "nothink",
         ),
+        preflight=PREFLIGHT,
     output:
         directory("results/models/{sft_policy}"),
     params:
@@ -39,6 +59,7 @@ rule sft:
 rule train:
     input:
         unpack(lambda w: PLAN.train_inputs(w.cell)),
+        preflight=PREFLIGHT,
     output:
         directory("results/checkpoints/{cell}/final"),
     params:

@@ -90,7 +90,7 @@ def template_problems(original: str, training: str, *, end_of_turn: str, bos_tok
 
     specials = {"bos_token": bos_token or "", "eos_token": eos_token or end_of_turn}
     problems: list[str] = []
-    if not _has_markers(training):
+    if not has_markers(training):
         return ["the training template has no {% generation %} markers"]
     for i, chat in enumerate(_probes()):
         try:
@@ -125,7 +125,8 @@ def template_problems(original: str, training: str, *, end_of_turn: str, bos_tok
     return problems
 
 
-def _has_markers(template: str) -> bool:
+def has_markers(template: str) -> bool:
+    """Whether a chat template wraps something in {% generation %} ... {% endgeneration %}."""
     import re
 
     return bool(re.search(r"\{%-?\s*generation\s*-?%\}", template)) and "endgeneration" in template

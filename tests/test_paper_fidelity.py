@@ -316,3 +316,66 @@ def test_grpo_and_ppo_cut_an_over_long_prompt_the_same_way_keeping_its_end():
     assert grpo_ids[0] == list(full[-limit:]) and grpo_ids[1] == list(short)  # kept its end; short one untouched
     assert ppo_ids == grpo_ids and n_cut == 1 and trainer.prompts_truncated == 1
     assert tok.decode(grpo_ids[0]).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_config_rejects_a_select_step_the_schedule_never_saves():
+    import copy
+
+    import yaml
+
+    from rlmt.config import ConfigError, parse_config
+
+    raw = yaml.safe_load(PAPER.read_text())
+    raw = copy.deepcopy(raw)
+    raw["algorithms"]["grpo"].pop("prompts_per_update")  # one update per rollout: 116 updates for 128-prompt cells
+    with pytest.raises(ConfigError, match=r"cell grpo__.*: algorithms\.grpo\.checkpoints\.select_step: 135 is never "
+                                          r"saved: the run saves steps \[45, 90, 116\]"):
+        parse_config(raw)
+
+
+@pytest.mark.slow
+def test_grpo_schedule_matches_trls_real_steps(tiny_zoo, tmp_path):
+    """A real TRL run: rollouts of 4 prompts, updates of 2, one epoch of 12 prompts -> 3 rollouts x 2 = 6 updates."""
+    import json
+
+    import polars as pl
+
+    from rlmt.config import GRPOConfig, parse_config
+    from rlmt.train.grpo import train_grpo
+
+    demo = [json.loads(line) for line in (ROOT / "rlmt/resources/demo_prompts.jsonl").read_text().splitlines()][:12]
+    pl.DataFrame([{"id": r["id"], "messages": r["messages"], "source": "demo", "n_tokens": 20} for r in demo]) \
+        .write_parquet(tmp_path / "train.parquet")
+    settings = GRPOConfig(learning_rate=1e-4, prompts_per_step=4, prompts_per_update=2, num_generations=2,
+                          per_device_train_batch_size=2, num_train_epochs=1, bf16=False,
+                          rollout={"max_prompt_length": 64, "max_completion_length": 6, "use_vllm": False},
+                          checkpoints={"save_steps": 3, "select_step": 3}, log_samples_every=100, seed=0)
+    rollouts = []
+
+    def reward(prompts, completions, **kwargs):
+        rollouts.append(len(completions))
+        return [float(len(str(c))) % 3 for c in completions]
+
+    final = train_grpo(tiny_zoo["llama-instruct"], None, tmp_path / "train.parquet", None, tmp_path / "out", settings,
+                       reward_fn=reward)
+    state = json.loads((tmp_path / "out" / "step-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and not (tmp_path / "out" / "step-7").exists()
+    assert rollouts == [8, 8, 8]  # one generation batch (4 prompts x 2) per rollout, two updates each
+    assert json.loads((final / "selected.json").read_text())["step"] == 3
+
+    # the schedule rlmt validates select_step with predicts exactly this run
+    raw = yaml_config_for(settings)
+    cfg = parse_config(raw)
+    sched = training_schedule(cfg, cfg.cells()[0], n_train=12)
+    assert (sched.total_steps, sched.saved_steps, sched.rollouts) == (6, [3, 6], 3)
+
+
+def yaml_config_for(settings) -> dict:
+    """The embedded default config with `settings` as its GRPO block and one GRPO cell."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw["algorithms"]["grpo"] = settings.model_dump(mode="json")
+    raw["grid"] = [{**raw["grid"][0], "algo": ["grpo"], "base": raw["grid"][0]["base"][:1], "think": [False],
+                    "start": ["warm-start"]}]
+    return raw

@@ -16,6 +16,8 @@ rule preflight:
         PREFLIGHT,
     log:
         "results/logs/preflight.log",
+    conda:
+        "../../envs/train.yaml"
     shell:
         "python -m rlmt.cli preflight --config {input.config} --done {output} > {log} 2>&1"
 

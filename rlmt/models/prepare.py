@@ -5,7 +5,10 @@ A source is one of:
 - ``tiny:<name>``: a member of the offline tiny zoo, built here from its seed;
 - a local directory in Hugging Face layout;
 - a Hugging Face id (``meta-llama/Llama-3.1-8B``), downloaded on a networked machine into the
-  Hugging Face cache (safetensors, configs and tokenizer files only).
+  Hugging Face cache (safetensors, configs and tokenizer files only);
+- ``gguf:<package>/<file>.gguf`` or ``gguf:<path>.gguf``: real small pretrained weights shipped in a
+  GGUF file, dequantised once into safetensors (:mod:`rlmt.models.gguf_import`), cached by the file's
+  SHA-256 under ``<out's parent>/.gguf-cache/``.
 
 Weights are linked, not copied (an 8B model is 16 GB); small files are copied so that later
 steps may rewrite them. The result always holds safetensors only and a ``longcot_config.json``
@@ -19,6 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+from rlmt.models.gguf_import import PREFIX as GGUF_PREFIX
+from rlmt.models.gguf_import import import_gguf
 from rlmt.models.loading import check_safetensors
 from rlmt.thinking import ThinkingFormat
 
@@ -33,6 +38,9 @@ def resolve_source(source: str, *, revision: str | None = None, scratch: Path | 
 
         assert scratch is not None
         return build_tiny(source.split(":", 1)[1], scratch)
+    if source.startswith(GGUF_PREFIX):
+        assert scratch is not None
+        return import_gguf(source, cache=scratch)
     local = Path(source).expanduser()
     if local.exists():
         return local
@@ -42,7 +50,8 @@ def resolve_source(source: str, *, revision: str | None = None, scratch: Path | 
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(source, revision=revision, allow_patterns=HUB_PATTERNS))
-    raise FileNotFoundError(f"model source {source!r} is neither 'tiny:<name>', a directory, nor a Hugging Face id")
+    raise FileNotFoundError(f"model source {source!r} is neither 'tiny:<name>', 'gguf:<file>', a directory, "
+                            "nor a Hugging Face id")
 
 
 def prepare_model(
@@ -60,7 +69,8 @@ def prepare_model(
     if source.startswith("tiny:"):
         resolve_source(source, scratch=tmp)
     else:
-        src = resolve_source(source, revision=revision)
+        cache = out.parent / ".gguf-cache" if source.startswith(GGUF_PREFIX) else None
+        src = resolve_source(source, revision=revision, scratch=cache)
         check_safetensors(src)
         tmp.mkdir(parents=True)
         for f in sorted(src.iterdir()):

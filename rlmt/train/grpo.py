@@ -242,7 +242,8 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
         save_total_limit=None,  # CheckpointCallback keeps the last N step-<N> dirs
         eval_strategy="steps" if has_val else "no",
         eval_steps=settings.checkpoints.save_steps if has_val else None,
-        per_device_eval_batch_size=per_device,
+        # whole groups of num_generations per device, so the eval batch divides on any number of processes
+        per_device_eval_batch_size=settings.num_generations,
         logging_steps=1,
         report_to="none",
         seed=settings.seed,

@@ -352,9 +352,9 @@ def _geometry_problem(cfg: RLMTConfig, cell: Cell, algo: str, world: int) -> tup
         if per_update % micro:
             return ("algorithms.grpo.prompts_per_update", f"{per_update} completions per update are not divisible by "
                     f"per_device_train_batch_size x {world}")
-        if (min(s.per_device_train_batch_size, per_update) * world) % s.num_generations:
-            return ("algorithms.grpo.per_device_train_batch_size", "the eval batch over all processes must hold whole "
-                    f"groups of {s.num_generations}")
+        if (s.prompts_per_step * s.num_generations) % micro:
+            return ("algorithms.grpo.prompts_per_step", f"{s.prompts_per_step * s.num_generations} completions per "
+                    f"rollout are not divisible by per_device_train_batch_size x {world}")
     elif algo == "ppo":
         if s.prompts_per_step % world or s.mini_batch_size % world:
             return ("algorithms.ppo.mini_batch_size", f"prompts_per_step {s.prompts_per_step} and mini_batch_size "

@@ -309,3 +309,84 @@ def test_training_cli_names_the_pickled_weights_and_exits_2(tiny_zoo, tmp_path, 
     assert res.exit_code == 2, res.output
     assert f"train grpo: {policy}: no *.safetensors weights (pytorch_model.bin)" in res.output
     assert not sentinel.exists()
+
+
+# ----------------------------------------------------------------------------- API keys never written
+
+TEACHER_ANSWER = "<think>\nPlan: greet, then give two tips.\n</think>\n<response>\nWater them well. Ask a friend.\n</response>"
+
+
+def _files_holding(root: Path, needle: bytes) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes())
+
+
+def test_api_key_values_reach_no_file_the_teacher_and_judge_write(openai_server, tmp_path, mlflow_uri, caplog):
+    """`rlmt data sft` (teacher) and `rlmt eval judge` against local servers that require a distinctive
+    key: every file under the work dir (outputs, SQLite caches, the MLflow store and its artifacts,
+    the command output and DEBUG logs) is searched for the key's value."""
+    import logging
+    import sqlite3
+
+    import yaml
+    from test_judge_responders import judge_responder, marked_answers, write_generations
+    from typer.testing import CliRunner
+
+    from rlmt.cli import app
+
+    teacher_key = f"sk-rlmt-teacher-{uuid.uuid4().hex}"
+    judge_key = f"sk-rlmt-judge-{uuid.uuid4().hex}"
+    teacher = openai_server(lambda body: TEACHER_ANSWER, required_key=teacher_key)
+    judge = openai_server(judge_responder, required_key=judge_key)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": str(i), "messages": [{"role": "user", "content": text}]}) + "\n"
+                               for i, text in enumerate(["How do I keep my houseplants alive during a holiday?",
+                                                         "Explain why the sky looks blue during the day to a child."])))
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    # variable names that do not look like credentials: nothing masks them, only not writing the value helps
+    cfg["sft_data"] = {"leak-check": {"prompts": [{"path": str(prompts), "format": "chat-jsonl"}], "n_prompts": None,
+                                      "teacher": {"base_url": teacher.base_url, "model": "teacher-x",
+                                                  "api_key_env": "RLMT_TEACHER_SESAME", "backoff_s": 0.0}}}
+    cfg["evaluation"]["judges"] = {"remote": {"base_url": judge.base_url, "model": "gpt-4o",
+                                              "api_key_env": "RLMT_JUDGE_SESAME",
+                                              "cache_path": str(tmp_path / "judges/cache.sqlite")}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {"RLMT_TEACHER_SESAME": teacher_key, "RLMT_JUDGE_SESAME": judge_key}
+    caplog.set_level(logging.DEBUG)
+    runner = CliRunner()
+    sft = runner.invoke(app, ["data", "sft", "--config", str(config), "--name", "leak-check",
+                              "--out-think", str(tmp_path / "sft/think.jsonl"),
+                              "--out-nothink", str(tmp_path / "sft/nothink.jsonl")], env=env)
+    assert sft.exit_code == 0, sft.output
+    ids = ["wb-001", "wb-002", "wb-003"]
+    gens = write_generations(tmp_path / "g.jsonl", ids, marked_answers(ids, {"wb-001"}))
+    judged = runner.invoke(app, ["eval", "judge", "--bench", "wildbench", "--config", str(config),
+                                 "--generations", str(gens), "--out-judgments", str(tmp_path / "eval/j.jsonl"),
+                                 "--out", str(tmp_path / "eval/scores.json"),
+                                 "--option", f"path={ROOT / 'tests/fixtures/judged/wildbench/wildbench_v2.jsonl'}"],
+                           env=env)
+    assert judged.exit_code == 0, judged.output
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs/commands.log").write_text(sft.output + judged.output + caplog.text)
+
+    # the keys were really in use: every request carried one, and the work was done and recorded
+    assert len(teacher.log) == 2 and len(judge.log) == 3
+    assert {h["Authorization"] for h in teacher.headers_seen} == {f"Bearer {teacher_key}"}
+    assert {h["Authorization"] for h in judge.headers_seen} == {f"Bearer {judge_key}"}
+    with sqlite3.connect(tmp_path / "sft/teacher_cache.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 2
+    assert len(list(tmp_path.rglob("mlruns.db"))) == 1 and list((tmp_path / "mlruns").rglob("*.json"))
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) >= 12, [str(p) for p in written]
+
+    # the search itself finds a value hidden in a SQLite file (WAL and all), so an empty result means something
+    canary = tmp_path / "canary.sqlite"
+    with sqlite3.connect(canary) as db:
+        db.execute("CREATE TABLE t (v TEXT)")
+        db.execute("INSERT INTO t VALUES (?)", (judge_key,))
+    assert _files_holding(tmp_path, judge_key.encode()) == ["canary.sqlite"]
+    canary.unlink()
+
+    for key in (teacher_key, judge_key):
+        assert _files_holding(tmp_path, key.encode()) == []
+        assert _files_holding(tmp_path, key.split("-")[-1].encode()) == []  # nor its distinctive part alone

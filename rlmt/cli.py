@@ -586,7 +586,8 @@ def train_sft_cmd(
 def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
     """Shared body of the RL commands: settings with the cell's overrides, one MLflow run, clean errors.
 
-    `run(cfg, settings, reward_max_length)` calls the algorithm's trainer and returns final/.
+    `run(cfg, settings, reward_spec)` calls the algorithm's trainer and returns final/ (`reward_spec`:
+    the cell's ``reward_models.<rm>`` entry, so trust_remote_code and the batch budget reach the scorer).
     """
     from rlmt.tracking import stage_run
 
@@ -595,7 +596,7 @@ def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
     try:
         with stage_run(algo, cell=cell, rule="train", run_name=f"{algo}:{cell}", inputs=inputs,
                        params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
-            final = run(cfg, settings, cfg.reward_models[cell_obj.rm].max_length)
+            final = run(cfg, settings, cfg.reward_models[cell_obj.rm])
     except _training_errors() as err:
         typer.echo(f"train {algo}: {err}", err=True)
         raise typer.Exit(2) from None
@@ -622,8 +623,8 @@ def train_grpo_cmd(
     from rlmt.train.grpo import train_grpo
 
     _train_rl("grpo", cell, {"policy": policy, "reward_model": reward_model, "train": train, "val": val}, config,
-              lambda cfg, settings, rm_len: train_grpo(policy, reward_model, train, val, out, settings,
-                                                       reward_max_length=rm_len))
+              lambda cfg, settings, rm_spec: train_grpo(policy, reward_model, train, val, out, settings,
+                                                        reward_spec=rm_spec))
 
 
 @train_app.command("dpo")
@@ -641,9 +642,9 @@ def train_dpo_cmd(
     from rlmt.train.dpo import train_dpo
 
     _train_rl("dpo", cell, {"policy": policy, "reward_model": reward_model, "train": train, "val": val}, config,
-              lambda cfg, settings, rm_len: train_dpo(policy, reward_model, train, out, settings,
-                                                      reward_max_length=rm_len,
-                                                      generation_backend=cfg.generation.backend))
+              lambda cfg, settings, rm_spec: train_dpo(policy, reward_model, train, out, settings,
+                                                       reward_spec=rm_spec,
+                                                       generation_backend=cfg.generation.backend))
 
 
 @train_app.command("ppo")
@@ -660,8 +661,8 @@ def train_ppo_cmd(
     from rlmt.train.ppo import train_ppo
 
     _train_rl("ppo", cell, {"policy": policy, "reward_model": reward_model, "train": train, "val": val}, config,
-              lambda cfg, settings, rm_len: train_ppo(policy, reward_model, train, val, out, settings,
-                                                      reward_max_length=rm_len))
+              lambda cfg, settings, rm_spec: train_ppo(policy, reward_model, train, val, out, settings,
+                                                       reward_spec=rm_spec))
 
 
 # ----------------------------------------------------------------------------- items, collection, report

@@ -178,9 +178,17 @@ def stage_run(
 
     Yields the active ``mlflow.ActiveRun``; metrics and artifacts go through ``mlflow.log_*`` as
     usual. A failing job ends its run as FAILED and re-raises.
+
+    Under a launcher (``accelerate launch``, torchrun: ``RANK`` set) the job is all its processes
+    and has one run: the main process (rank 0) opens it and computes the input digests; every
+    other rank yields None, has no active run and so logs nothing (the trainers' MLflow calls
+    all check for an active run).
     """
     import mlflow
 
+    if not is_main_process():
+        yield None
+        return
     uri = tracking_uri(uri)
     _, exp_id = _setup(uri, experiment)
     all_tags = {TAG_STAGE: stage, TAG_RULE: rule or stage, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
@@ -204,6 +212,11 @@ def stage_run(
         raise
     else:
         _retry(mlflow.end_run, "FINISHED")
+
+
+def is_main_process() -> bool:
+    """True unless a launcher started this process as a rank other than 0 (``RANK``)."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def end_orphaned_runs(*, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> list[str]:
@@ -268,7 +281,12 @@ def log_params(params: Mapping[str, Any]) -> None:
 
 
 def log_outputs(outputs: Mapping[str, str | Path]) -> None:
-    """Tag the active run with the digests of its outputs (large files are referenced, not copied)."""
+    """Tag the active run with the digests of its outputs (large files are referenced, not copied).
+
+    Without an active run (a rank other than the main one) nothing is hashed or logged.
+    """
     import mlflow
 
+    if mlflow.active_run() is None:
+        return
     _retry(mlflow.set_tags, {f"rlmt.output.{n}": f"{p}@{digest(p)[:16]}" for n, p in outputs.items()})

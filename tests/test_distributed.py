@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -27,7 +28,13 @@ def test_two_process_cpu_ddp_runs_sft_and_grpo_through_the_unchanged_cli(tmp_pat
     assert (tmp_path / "sft-model/model.safetensors").is_file()
     assert (tmp_path / "grpo/final/selected.json").is_file()
     grpo_log = (tmp_path / "grpo.log").read_text()
-    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in grpo_log
+    # total = per-device batch x processes x accumulation steps: 8 = 4 x 2 x 1 (one process would need 2 steps)
+    geometry = {k: int(v.replace(",", "")) for k, v in re.findall(
+        r"(Instantaneous batch size per device|Total train batch size \(w\. parallel, distributed & accumulation\)"
+        r"|Gradient Accumulation steps) = ([\d,]+)", grpo_log)}
+    per_device, accumulation = geometry["Instantaneous batch size per device"], geometry["Gradient Accumulation steps"]
+    total = geometry["Total train batch size (w. parallel, distributed & accumulation)"]
+    assert (total, per_device, accumulation) == (8, 4, 1) and total // (per_device * accumulation) == 2, geometry
     assert "[rank1]" in grpo_log  # the second process ran the DDP reducer
 
 
@@ -45,3 +52,181 @@ def test_gpu_check_runs_its_tiny_path_on_cpu():
     # PPO also trains the critic: more parameters than GRPO's policy alone
     params = [float(x) for x in re.findall(r"summary: params ([\d.]+)M", done.stdout)]
     assert params[1] > params[0]
+
+
+# ----------------------------------------------------------------------------- ranks and devices (issue 14)
+
+
+def test_auto_device_is_the_ranks_own_gpu(monkeypatch):
+    """Under a launcher each rank loads onto cuda:<LOCAL_RANK>, not all onto GPU 0."""
+    import torch
+
+    from rlmt.models.loading import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("auto") == "cuda:1"
+    assert resolve_device("cuda") == "cuda:1"
+    assert resolve_device("cuda:3") == "cuda:3" and resolve_device("cpu") == "cpu"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("auto") == "cuda:0"
+    monkeypatch.setenv("LOCAL_RANK", "one")
+    with pytest.raises(ValueError, match="LOCAL_RANK"):
+        resolve_device("auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("auto") == "cpu"
+
+
+def test_only_the_main_process_opens_the_jobs_run(tmp_path, monkeypatch):
+    """One MLflow run per job: a rank other than 0 opens none and hashes no inputs."""
+    from mlflow.tracking import MlflowClient
+
+    from rlmt import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"x" * 64)
+    hashed = []
+    real_digest = tracking.digest
+    monkeypatch.setattr(tracking, "digest", lambda p, *a, **k: hashed.append(Path(p)) or real_digest(p, *a, **k))
+    monkeypatch.setenv("RANK", "1")
+    with tracking.stage_run("grpo", cell="c1", inputs={"policy": model_dir}, params={"lr": 1}, uri=uri) as run:
+        import mlflow
+
+        assert run is None and mlflow.active_run() is None
+        tracking.log_outputs({"final": model_dir})  # a no-op without the run
+    assert hashed == []
+    monkeypatch.setenv("RANK", "0")
+    with tracking.stage_run("grpo", cell="c1", inputs={"policy": model_dir}, params={"lr": 1}, uri=uri) as run:
+        assert run is not None
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id])
+    jobs = [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == "grpo"]
+    assert len(jobs) == 1 and jobs[0].data.tags["rlmt.input.policy"].startswith(str(model_dir))
+    assert hashed[0] == model_dir  # once, by the main process (then its files, recursively)
+
+
+def test_trainers_score_with_the_reward_models_spec(tiny_zoo):
+    """GRPO, PPO and DPO build the scorer from RewardModelSpec; its max_tokens_per_batch bounds each forward."""
+    from rlmt.config import RewardModelSpec
+    from rlmt.thinking import WARM_NOTHINK
+    from rlmt.train.job import answer_scorer
+
+    spec = RewardModelSpec(source="tiny:reward", max_tokens_per_batch=64, max_length=48)
+    scorer = answer_scorer(tiny_zoo["reward"], WARM_NOTHINK, spec, strict=False, device="cpu")
+    assert scorer.max_tokens_per_batch == 64 and scorer.max_length == 48
+    shapes = []
+    forward = scorer.model.forward
+    scorer.model.forward = lambda *a, **k: shapes.append(tuple(k["input_ids"].shape)) or forward(*a, **k)
+    prompts = [[{"role": "user", "content": "word " * n}] for n in (1, 2, 3, 5, 8, 13, 21, 2, 1)]
+    batch = scorer.score(prompts, ["ok " * (n % 4 + 1) for n in range(len(prompts))])
+    assert len(batch.scores) == len(prompts) and sum(rows for rows, _ in shapes) == len(prompts)
+    assert len(shapes) > 1 and all(rows * width <= 64 or rows == 1 for rows, width in shapes), shapes
+    assert max(width for _, width in shapes) <= 48
+    # trust_remote_code comes from the spec too: a one-label model with it off loads as before,
+    # the flag is what the loader receives (ArmoRM needs it on)
+    import inspect
+
+    from rlmt.rewards import AnswerRewardScorer
+
+    assert "trust_remote_code=spec.trust_remote_code" in inspect.getsource(AnswerRewardScorer.from_spec)
+
+
+def test_dpo_refuses_a_samples_file_with_the_wrong_count_per_prompt(tmp_path):
+    from rlmt.train.dpo import check_samples_per_prompt
+    from rlmt.train.runtime import TrainingSetupError
+
+    rows = [{"id": "a"}] * 3 + [{"id": "b"}] * 6
+    with pytest.raises(TrainingSetupError, match=r"'b': 6") as err:
+        check_samples_per_prompt(rows, 3, tmp_path / "dpo_samples.jsonl")
+    assert "samples_per_prompt=3" in str(err.value)
+    check_samples_per_prompt([{"id": "a"}] * 3, 3, tmp_path / "dpo_samples.jsonl")
+
+
+def test_ppo_refuses_deepspeed_and_reads_fsdp2_from_the_launcher(monkeypatch):
+    from types import SimpleNamespace
+
+    from rlmt.train.ppo import check_launcher
+    from rlmt.train.runtime import TrainingSetupError
+
+    acc = SimpleNamespace(distributed_type=SimpleNamespace(name="MULTI_CPU"), num_processes=2)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(TrainingSetupError, match="fsdp2.yaml"):
+        check_launcher(acc)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    assert check_launcher(acc) is False
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(TrainingSetupError, match="version 2"):
+        check_launcher(acc)
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert check_launcher(acc) is True
+
+
+@pytest.fixture()
+def zero3_launcher_env(monkeypatch):
+    """The environment `accelerate launch --config_file config/accelerate/zero3.yaml` gives each rank."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ROOT / "config/deepspeed/zero3.json"))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true")
+    yield
+    from accelerate.state import AcceleratorState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("algo", ["sft", "grpo", "dpo"])
+def test_policy_loads_after_the_zero3_config_is_known(algo, tiny_zoo, tmp_path, monkeypatch, zero3_launcher_env):
+    """The policy is loaded after TRL's arguments, so ZeRO-3 partitions it as it loads (zero3_init_flag)."""
+    import polars as pl
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    import rlmt.models.loading as loading
+    from rlmt.config import DPOConfig, GRPOConfig, SFTConfig
+
+    class Loaded(Exception):
+        pass
+
+    seen = []
+
+    def load_and_stop(*args, **kwargs):
+        seen.append(is_deepspeed_zero3_enabled())
+        raise Loaded
+
+    monkeypatch.setattr(loading, "load_causal_lm", load_and_stop)
+    policy = tiny_zoo["llama-instruct"]
+    prompts = tmp_path / "train.parquet"
+    pl.DataFrame([{"id": str(i), "messages": [{"role": "user", "content": f"hi {i}"}], "source": "t", "n_tokens": 3}
+                  for i in range(4)]).write_parquet(prompts)
+    with pytest.raises(Loaded):
+        if algo == "sft":
+            from rlmt.train.sft import train_sft
+
+            data = tmp_path / "sft.jsonl"
+            data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                             {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                                    for i in range(4)))
+            train_sft(policy, data, tmp_path / "out", SFTConfig(max_steps=1, global_batch_size=2,
+                                                                per_device_train_batch_size=2))
+        elif algo == "grpo":
+            from rlmt.train.grpo import train_grpo
+
+            train_grpo(policy, None, prompts, None, tmp_path / "out", GRPOConfig(max_steps=1),
+                       reward_fn=lambda prompts, completions, **kw: [0.0] * len(completions))
+        else:
+            from rlmt.train.dpo import PAIRS_DIR, train_dpo
+
+            pairs = tmp_path / "out" / PAIRS_DIR  # pairs already built: DPO goes straight to training
+            pairs.mkdir(parents=True)
+            rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "a"}],
+                     "rejected": [{"role": "assistant", "content": "b"}]} for i in range(4)]
+            pl.DataFrame(rows).write_parquet(pairs / "train.parquet")
+            pl.DataFrame(rows[:1]).write_parquet(pairs / "val.parquet")
+            (pairs / "stats.json").write_text(json.dumps({"counts": {"pairs": 4}}))
+            train_dpo(policy, tiny_zoo["reward"], prompts, tmp_path / "out",
+                      DPOConfig(max_steps=1, global_batch_size=2, per_device_train_batch_size=1))
+    assert seen == [True]

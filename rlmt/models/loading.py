@@ -34,11 +34,25 @@ def check_safetensors(model_dir: str | Path) -> list[Path]:
     return safe
 
 
+def local_rank() -> int:
+    """This process's index on its node under a launcher (``LOCAL_RANK``, set by accelerate/torchrun), else 0."""
+    import os
+
+    value = os.environ.get("LOCAL_RANK", "0") or "0"
+    if not value.isdigit():
+        raise ValueError(f"LOCAL_RANK must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def resolve_device(device: str = "auto") -> str:
+    """'auto': this rank's GPU (``cuda:<LOCAL_RANK>``) when CUDA is available, else 'cpu'; a bare
+    'cuda' also means this rank's GPU, so eight ranks on a node never all load onto GPU 0."""
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return f"cuda:{local_rank()}"
     return device
 
 
@@ -66,7 +80,12 @@ def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False, pa
 
 def load_causal_lm(model_dir: str | Path, *, device: str = "auto", dtype: str | None = "auto",
                    trust_remote_code: bool = False, **kwargs: Any):
-    """A causal LM from a local directory, safetensors only."""
+    """A causal LM from a local directory, safetensors only, on `device` ('auto': this rank's GPU, else CPU).
+
+    Loaded after a trainer's arguments under a DeepSpeed ZeRO-3 launcher config, transformers
+    partitions the weights as they load (``zero3_init_flag``); such a model is left where
+    DeepSpeed put its shards.
+    """
     from transformers import AutoModelForCausalLM
 
     check_safetensors(model_dir)
@@ -74,6 +93,10 @@ def load_causal_lm(model_dir: str | Path, *, device: str = "auto", dtype: str | 
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code,
         dtype=resolve_dtype(dtype, device), **kwargs)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return model  # partitioned as it loaded (a trainer's ZeRO-3 config is known); DeepSpeed places the shards
     return model.to(device)
 
 

@@ -86,20 +86,29 @@ def load_critic(model_dir: str | Path, kind: CriticKind, *, fresh_head: bool, dt
     raise ValueError(f"unknown critic kind {kind!r}; allowed: value-head, token-classification")
 
 
-def save_critic(critic: nn.Module, out: str | Path, kind: CriticKind) -> Path:
-    """Write the critic as safetensors (a model dir plus, for the value head, its own file)."""
+def save_critic(critic: nn.Module, out: str | Path, kind: CriticKind, state_dict: dict | None = None) -> Path:
+    """Write the critic as safetensors (a model dir plus, for the value head, its own file).
+
+    `state_dict`: the critic's full parameters (keys as in ``critic.state_dict()``) when the
+    module's own are shards (FSDP2); default: the module's.
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    state = state_dict if state_dict is not None else critic.state_dict()
     if isinstance(critic, ValueHeadCritic):
-        critic.body.save_pretrained(str(out), safe_serialization=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in critic.value_head.state_dict().items()},
+        critic.body.save_pretrained(str(out), safe_serialization=True, state_dict=_under(state, "body."))
+        save_file({k: v.detach().contiguous().cpu() for k, v in _under(state, "value_head.").items()},
                   str(out / VALUE_HEAD_FILE))
     else:
-        critic.model.save_pretrained(str(out), safe_serialization=True)
+        critic.model.save_pretrained(str(out), safe_serialization=True, state_dict=_under(state, "model."))
     (out / CRITIC_META).write_text(json.dumps({"kind": kind}) + "\n")
     return out
+
+
+def _under(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class ActorCritic(nn.Module):
@@ -109,6 +118,16 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.policy = policy
         self.critic = critic
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The FSDP2 units (:func:`shard`): the transformer layers, and the policy and the critic as a
+        whole, so that ``policy.generate`` (called on the policy alone during a rollout) gathers the
+        policy's embeddings and head, not only its layers."""
+        names = []
+        for part in (self.policy, getattr(self.critic, "body", None), getattr(self.critic, "model", None)):
+            names += list(getattr(part, "_no_split_modules", None) or [])
+        return sorted(set(names) | {type(self.policy).__name__, type(self.critic).__name__})
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
                 with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -128,3 +147,33 @@ class ActorCritic(nn.Module):
             {"params": [p for p in self.critic.parameters() if p.requires_grad], "lr": critic_lr,
              "weight_decay": weight_decay, "name": "critic"},
         ]
+
+
+def shard(model: ActorCritic, *, device_type: str, world: int, bf16: bool) -> ActorCritic:
+    """Shard actor and critic over the job's processes with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+    Units, innermost first: every transformer layer, then the policy and the critic each as a
+    whole (so ``policy.generate`` during a rollout gathers the policy's embeddings and head).
+    The policy and the critic are the two FSDP roots (a rollout runs the policy alone, so the
+    wrapper holding both, which has no parameters of its own, is no unit). Parameters, gradients and AdamW state are then 1/world per rank. bf16: the
+    forward and backward compute in bf16, gradients are reduced and the master weights kept in fp32.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device_type, (world,))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    wholes = {type(model.policy).__name__, type(model.critic).__name__}
+    layers = set(model._no_split_modules) - wholes
+    for module in list(model.modules()):
+        if type(module).__name__ in layers:
+            fully_shard(module, mesh=mesh, mp_policy=mp)
+    fully_shard(model.policy, mesh=mesh, mp_policy=mp)
+    fully_shard(model.critic, mesh=mesh, mp_policy=mp)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(getattr(model, "policy", model), FSDPModule)

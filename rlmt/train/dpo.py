@@ -25,11 +25,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from rlmt.config import DPOConfig
+from rlmt.config import DPOConfig, RewardModelSpec
 from rlmt.thinking import ThinkingFormat
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback
-from rlmt.train.grpo import finish
+from rlmt.train.job import answer_scorer, finish, note_loaded, on_main_then_wait, process_state, rank_device, report_rank
 from rlmt.train.runtime import TrainingSetupError, accumulation_steps, prompt_tokens, read_prompt_table, use_bf16
 
 VAL_METRIC = "eval_rewards/margins"
@@ -92,12 +92,16 @@ def split_pairs(pairs: list[dict], val_fraction: float, seed: int = 42) -> tuple
 
 
 def prepare_pairs(policy_dir: str | Path, reward_model_dir: str | Path, train_path: str | Path, out: Path,
-                  settings: DPOConfig, *, reward_max_length: int | None = None, backend: str = "auto") -> Path:
-    """Sample, score and pair; write ``out/pairs/{train,val}.parquet`` + stats.json (reused when present)."""
+                  settings: DPOConfig, *, reward_spec: RewardModelSpec | None = None, backend: str = "auto",
+                  device: str = "auto") -> Path:
+    """Sample, score and pair; write ``out/pairs/{train,val}.parquet`` + stats.json (reused when present).
+
+    One process only: under a launcher :func:`train_dpo` calls it on the main process while the
+    other ranks wait, so the samples file and the pairs are written once.
+    """
     import polars as pl
 
     from rlmt.models.loading import load_tokenizer
-    from rlmt.rewards import AnswerRewardScorer
 
     pairs_dir = out / PAIRS_DIR
     if (pairs_dir / "stats.json").is_file():
@@ -105,7 +109,8 @@ def prepare_pairs(policy_dir: str | Path, reward_model_dir: str | Path, train_pa
     fmt = ThinkingFormat.load(policy_dir)
     rows = read_prompt_table(train_path)
     generations = sample_responses(policy_dir, rows, out / "dpo_samples.jsonl", settings, backend=backend)
-    scorer = AnswerRewardScorer(reward_model_dir, fmt, strict=settings.strict, max_length=reward_max_length)
+    check_samples_per_prompt(generations, settings.samples_per_prompt, out / "dpo_samples.jsonl")
+    scorer = answer_scorer(reward_model_dir, fmt, reward_spec, strict=settings.strict, device=device)
     batch = scorer.score([g["prompt"] for g in generations], [g["output"] for g in generations], progress=True)
     del scorer
     pairs, counts = build_pairs(generations, batch.scores, load_tokenizer(policy_dir), settings)
@@ -122,6 +127,16 @@ def prepare_pairs(policy_dir: str | Path, reward_model_dir: str | Path, train_pa
                                                indent=2) + "\n")
     tmp.rename(pairs_dir)
     return pairs_dir
+
+
+def check_samples_per_prompt(generations: list[dict], n: int, path: Path) -> None:
+    """Every prompt has exactly `n` samples ("best vs worst of 8" must not become "of 16")."""
+    counts = Counter(str(g["id"]) for g in generations)
+    wrong = {rid: c for rid, c in counts.items() if c != n}
+    if wrong:
+        shown = ", ".join(f"{rid!r}: {c}" for rid, c in list(wrong.items())[:5])
+        raise TrainingSetupError(f"{path}: {len(wrong)} prompt(s) do not have exactly samples_per_prompt={n} "
+                                 f"samples ({shown}); delete the file to sample again")
 
 
 def _pair_dataset(path: Path):
@@ -172,18 +187,32 @@ def trl_dpo_args(settings: DPOConfig, out: Path, *, n_pairs: int, has_val: bool,
 
 
 def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: str | Path, out: str | Path,
-              settings: DPOConfig, *, reward_max_length: int | None = None, generation_backend: str = "auto",
+              settings: DPOConfig, *, reward_spec: RewardModelSpec | None = None, generation_backend: str = "auto",
               callbacks: list | None = None) -> Path:
-    """Build on-policy pairs, train DPO, write ``out/step-<N>/`` and ``out/final/``; return final."""
+    """Build on-policy pairs, train DPO, write ``out/step-<N>/`` and ``out/final/``; return final.
+
+    Under a launcher the main process alone samples, scores and writes the pairs (on its own
+    device, before TRL's arguments exist, so nothing of it is ZeRO-partitioned); the other ranks
+    wait and read them. Then TRL's arguments, then the policy (see :mod:`rlmt.train.job`).
+    """
     from trl import DPOTrainer
 
     from rlmt.models.loading import load_causal_lm, load_tokenizer
 
+    state = process_state()
+    device = rank_device(state)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.discard_incomplete(out)
-    pairs_dir = prepare_pairs(policy_dir, reward_model_dir, train_path, out, settings,
-                              reward_max_length=reward_max_length, backend=generation_backend)
+
+    def build() -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.discard_incomplete(out)
+        return prepare_pairs(policy_dir, reward_model_dir, train_path, out, settings, reward_spec=reward_spec,
+                             backend=generation_backend, device=device)
+
+    on_main_then_wait(state, build)
+    pairs_dir = out / PAIRS_DIR
+    if not (pairs_dir / "stats.json").is_file():
+        raise TrainingSetupError(f"{pairs_dir}: the main process wrote no DPO pairs (see its error)")
     stats = json.loads((pairs_dir / "stats.json").read_text())
     import mlflow
 
@@ -198,11 +227,14 @@ def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: 
     resume = ckpt.latest_checkpoint(out)
     train_ds, val_ds = _pair_dataset(pairs_dir / "train.parquet"), _pair_dataset(pairs_dir / "val.parquet")
     tokenizer = load_tokenizer(policy_dir)
-    model = load_causal_lm(policy_dir, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    # TRL's arguments before the policy: under ZeRO-3 the policy is then partitioned as it loads.
     args = trl_dpo_args(settings, out, n_pairs=len(train_ds), has_val=val_ds is not None)
+    model = load_causal_lm(policy_dir, device=device, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    note_loaded("policy", model)
     ckpt_cb = CheckpointCallback(out, fmt, keep_last=settings.checkpoints.save_total_limit,
                                  select_rule=settings.checkpoints.select_step, val_metric=VAL_METRIC)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tokenizer, callbacks=[MLflowMetricsCallback(), ckpt_cb, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    report_rank("dpo", state, trainer.accelerator.unwrap_model(trainer.model))
     return finish(out, fmt, settings.checkpoints.select_step, trainer.accelerator)

@@ -42,10 +42,11 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
-from rlmt.config import GRPOConfig
+from rlmt.config import GRPOConfig, RewardModelSpec
 from rlmt.thinking import ThinkingFormat, extract
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback, SampleBuffer, SamplesTableCallback
+from rlmt.train.job import answer_scorer, finish, log_setup, note_loaded, process_state, rank_device, report_rank
 from rlmt.train.rollout import left_truncate
 from rlmt.train.runtime import (
     TrainingSetupError,
@@ -254,19 +255,27 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
 
 def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, train_path: str | Path,
                val_path: str | Path | None, out: str | Path, settings: GRPOConfig, *,
-               reward_fn: Callable[..., list[float]] | None = None, reward_max_length: int | None = None,
+               reward_fn: Callable[..., list[float]] | None = None, reward_spec: RewardModelSpec | None = None,
                callbacks: list | None = None) -> Path:
     """Train `policy_dir` with GRPO; write ``out/step-<N>/`` checkpoints and ``out/final/``; return final.
 
     The reward is the answer-only reward model at `reward_model_dir`; `reward_fn` (a TRL reward
-    function) replaces it, e.g. a rule applied to the extracted answer in tests. Rerunning after a
-    crash resumes from the newest complete checkpoint.
+    function) replaces it, e.g. a rule applied to the extracted answer in tests; `reward_spec` (the
+    config's ``reward_models.<rm>``) sets the scorer's trust_remote_code, max_length and batch
+    budget. Rerunning after a crash resumes from the newest complete checkpoint.
+
+    Under a launcher the process state comes first, the reward model next (a full copy on this
+    rank's device), then TRL's arguments and only then the policy (see :mod:`rlmt.train.job`).
     """
     from rlmt.models.loading import load_causal_lm, load_tokenizer
 
+    state = process_state()
+    device = rank_device(state)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.discard_incomplete(out)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.discard_incomplete(out)
+    state.wait_for_everyone()
     resume = ckpt.latest_checkpoint(out)
     fmt = ThinkingFormat.load(policy_dir)
     use_vllm = vllm_wanted(settings.rollout.use_vllm)
@@ -274,23 +283,26 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
     tokenizer = load_tokenizer(policy_dir, padding_side="left")
     train_ds, too_long = _prompt_dataset(train_path, tokenizer, settings.rollout.max_prompt_length)
     val_ds = _prompt_dataset(val_path, tokenizer, settings.rollout.max_prompt_length)[0] if val_path else None
-    _log_setup({"prompts_train": len(train_ds), "prompts_left_truncated": too_long,
+    log_setup({"prompts_train": len(train_ds), "prompts_left_truncated": too_long,
                 "prompts_val": len(val_ds) if val_ds is not None else 0, "format": fmt.name, "use_vllm": use_vllm})
 
+    scorer = None
     if reward_fn is None:
         if reward_model_dir is None:
             raise TrainingSetupError("train_grpo needs a reward model dir or a reward_fn")
-        from rlmt.rewards import AnswerRewardScorer
-
-        reward_fn = AnswerRewardScorer(reward_model_dir, fmt, strict=settings.strict,
-                                       max_length=reward_max_length).as_trl_reward_func()
+        scorer = answer_scorer(reward_model_dir, fmt, reward_spec, strict=settings.strict, device=device)
+        note_loaded("reward", scorer.model)
+        reward_fn = scorer.as_trl_reward_func()
     buffer = SampleBuffer()
     reward = AnswerRewardWithLogging(reward_fn, fmt, tokenizer, strict=settings.strict, buffer=buffer)
 
-    model = load_causal_lm(policy_dir, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    # TRL's arguments before the policy: under ZeRO-3 they make the DeepSpeed config known, so the
+    # policy is partitioned as it loads.
+    args = trl_grpo_args(settings, out, fmt, has_val=val_ds is not None, use_vllm=use_vllm)
+    model = load_causal_lm(policy_dir, device=device, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    note_loaded("policy", model)
     if fmt.stop_strings and not use_vllm:
         _stop_at_strings(model, tokenizer, fmt.stop_strings)
-    args = trl_grpo_args(settings, out, fmt, has_val=val_ds is not None, use_vllm=use_vllm)
     ckpt_cb = CheckpointCallback(out, fmt, keep_last=settings.checkpoints.save_total_limit,
                                  select_rule=settings.checkpoints.select_step, val_metric=VAL_METRIC)
     trainer_cls = left_truncating_trainer(settings.rollout.max_prompt_length)
@@ -299,36 +311,6 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
                           callbacks=[MLflowMetricsCallback(), SamplesTableCallback(buffer, settings.log_samples_every),
                                      ckpt_cb, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    report_rank("grpo", state, trainer.accelerator.unwrap_model(trainer.model),
+                devices={"reward": str(scorer.device) if scorer is not None else "none"})
     return finish(out, fmt, settings.checkpoints.select_step, trainer.accelerator)
-
-
-def finish(out: Path, fmt: ThinkingFormat, rule: ckpt.SelectRule, accelerator=None) -> Path:
-    """Select the evaluated checkpoint, write ``out/final/`` last, and record it in MLflow.
-
-    Under several processes only the main one writes; the others wait until final/ exists.
-    """
-    if accelerator is not None and accelerator.num_processes > 1:
-        final = Path(out) / ckpt.FINAL_DIR
-        if accelerator.is_main_process:
-            final = finish(out, fmt, rule)
-        accelerator.wait_for_everyone()
-        return final
-    step = ckpt.select_step(out, rule)
-    final = ckpt.write_final(out, step, fmt, rule)
-    _log_setup({"selected_step": step})
-    import mlflow
-
-    if mlflow.active_run() is not None:
-        from rlmt.tracking import log_outputs
-
-        log_outputs({"final": final})
-    return final
-
-
-def _log_setup(params: dict) -> None:
-    import mlflow
-
-    if mlflow.active_run() is not None:
-        from rlmt.tracking import log_params
-
-        log_params({f"run.{k}": v for k, v in params.items()})

@@ -33,15 +33,18 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from rlmt.config import PPOConfig
+from rlmt.config import PPOConfig, RewardModelSpec
 from rlmt.rewards import RewardBatch
 from rlmt.thinking import ThinkingFormat, extract
 from rlmt.train import checkpoints as ckpt
 from rlmt.train import ppo_math as pm
-from rlmt.train.actor_critic import CRITIC_DIR, ActorCritic, load_critic, save_critic
+from rlmt.train.actor_critic import CRITIC_DIR, ActorCritic, is_sharded, load_critic, save_critic, shard
+from rlmt.train.job import answer_scorer, note_loaded, report_rank
 from rlmt.train.rollout import Rollout, sample
+from rlmt.train.runtime import TrainingSetupError
 
 TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
 
 
 class Scorer(Protocol):
@@ -67,11 +70,15 @@ class PPOBatch:
 
 def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train_path: str | Path,
               val_path: str | Path | None, out: str | Path, settings: PPOConfig, *,
-              scorer: Scorer | None = None, reward_max_length: int | None = None) -> Path:
+              scorer: Scorer | None = None, reward_spec: RewardModelSpec | None = None) -> Path:
     """Train the policy in `policy_dir` with PPO; returns ``OUT/final/``.
 
     `scorer` replaces the reward model (tests use a rule reward on the extracted answer);
-    `reward_max_length` is the reward model's token budget (``reward_models.<rm>.max_length``).
+    `reward_spec` is the config's ``reward_models.<rm>`` entry (token budget, batch budget,
+    trust_remote_code).
+
+    Launchers: DDP (``config/accelerate/ddp.yaml``) or FSDP2 (``config/accelerate/fsdp2.yaml``,
+    actor and critic parameters, gradients and optimizer state sharded over the processes).
     """
     from accelerate import Accelerator
 
@@ -81,16 +88,15 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
     out = Path(out)
     policy_dir = Path(policy_dir)
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16(settings.bf16) else "no")
-    if accelerator.distributed_type.name == "DEEPSPEED":
-        raise RuntimeError("PPO runs under DDP (config/accelerate/ddp*.yaml); its DeepSpeed path (actor and critic "
-                           "state sharded by ZeRO) is not implemented yet")
+    sharded = check_launcher(accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     _check_geometry(settings, world)
     fmt = ThinkingFormat.load(policy_dir)
     train_rows = read_prompt_table(train_path)
     val_rows = read_prompt_table(val_path)[: settings.val_prompts] if val_path else []
     total_steps = _total_steps(settings, len(train_rows))
-    accelerator.print(f"ppo: {world} processes ({accelerator.distributed_type.value}), {total_steps} steps of "
+    accelerator.print(f"ppo: {world} processes ({accelerator.distributed_type.value}"
+                      f"{', actor and critic sharded by FSDP2' if sharded else ''}), {total_steps} steps of "
                       f"{settings.prompts_per_step} prompts")
 
     # -- resume: the newest complete checkpoint, else the initial policy with a fresh critic head
@@ -104,24 +110,34 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
     policy = load_causal_lm(start_dir, device="cpu", dtype="float32")
     critic = load_critic(resume / CRITIC_DIR if resume else policy_dir, settings.critic, fresh_head=resume is None)
     model = ActorCritic(policy, critic)
+    if sharded:
+        model = shard(model, device_type=accelerator.device.type, world=world, bf16=use_bf16(settings.bf16))
     optimizer = torch.optim.AdamW(model.param_groups(settings.learning_rate, settings.critic_lr, settings.weight_decay))
     state = {"global_step": 0, "log_history": []}
     if resume:
-        optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location="cpu", weights_only=True))
+        if not sharded:
+            optimizer.load_state_dict(torch.load(resume / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
         state = json.loads((resume / TRAINER_STATE).read_text())
         accelerator.print(f"resuming from {resume} at step {state['global_step']}")
     reference = None
     if settings.kl_coef:
         # The KL penalty compares with the *initial* policy, also after a resume.
-        reference = load_causal_lm(policy_dir, device=accelerator.device, dtype="float32").eval().requires_grad_(False)
-    model, optimizer = accelerator.prepare(model, optimizer)
+        reference = load_causal_lm(policy_dir, device=str(accelerator.device), dtype="float32").eval().requires_grad_(False)
+    if sharded:  # each rank holds its shard on its device already; the optimizer steps the shards
+        if resume:
+            load_sharded_optimizer(accelerator, model, optimizer, resume / OPTIMIZER_FILE)
+    else:  # DDP: each rank's full copy moves to its device
+        model, optimizer = accelerator.prepare(model, optimizer)
     if scorer is None:
-        from rlmt.rewards import AnswerRewardScorer
-
         if reward_model_dir is None:
             raise ValueError("train_ppo needs a reward model dir (or a scorer)")
-        scorer = AnswerRewardScorer(reward_model_dir, fmt, strict=settings.strict, max_length=reward_max_length,
-                                    device=str(accelerator.device))
+        scorer = answer_scorer(reward_model_dir, fmt, reward_spec, strict=settings.strict,
+                               device=str(accelerator.device))
+        note_loaded("reward", scorer.model)
+    core: ActorCritic = accelerator.unwrap_model(model)
+    devices = {"policy": str(next(core.policy.parameters()).device),
+               "critic": str(next(core.critic.parameters()).device),
+               "reward": str(getattr(scorer, "device", "none"))}
 
     from tqdm.auto import tqdm
 
@@ -145,6 +161,7 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
     bar.close()
 
+    report_rank("ppo", accelerator, core, devices=devices)
     accelerator.wait_for_everyone()
     final = out / ckpt.FINAL_DIR
     if accelerator.is_main_process:
@@ -165,7 +182,8 @@ def make_experience(accelerator, model, reference, tokenizer, scorer: Scorer, pr
     ro = settings.rollout
     rollout = sample(core.policy, tokenizer, prompts, max_prompt_length=ro.max_prompt_length,
                      max_new_tokens=ro.max_completion_length, temperature=ro.temperature, top_p=ro.top_p,
-                     stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size)
+                     stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size,
+                     synced=is_sharded(core))
     rewarded = scorer.score(prompts, rollout.texts)
     scores = torch.tensor(rewarded.scores, dtype=torch.float32)
     rollout.malformed_fraction = rewarded.malformed_fraction
@@ -241,13 +259,48 @@ def ppo_update(accelerator, model, optimizer, batch: PPOBatch, settings: PPOConf
 
 
 def clip_per_group(accelerator, optimizer, max_norm: float) -> dict[str, float]:
-    """Clip the policy's and the critic's gradients separately (their scales differ: verl clips each model)."""
+    """Clip the policy's and the critic's gradients separately (their scales differ: verl clips each model).
+
+    Under FSDP2 the gradients are shards (DTensors): torch's clipping computes the norm over all
+    ranks' shards, and the norm is read back as one full value.
+    """
     norms = {}
     for group in optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None]
-        if params:
-            norms[f"{group.get('name', 'group')}/grad_norm"] = float(accelerator.clip_grad_norm_(params, max_norm))
+        if not params:
+            continue
+        if hasattr(params[0], "full_tensor"):  # FSDP2 shards
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        else:
+            norm = accelerator.clip_grad_norm_(params, max_norm)
+        norms[f"{group.get('name', 'group')}/grad_norm"] = float(norm)
     return norms
+
+
+def check_launcher(accelerator) -> bool:
+    """PPO runs plain, under DDP, or sharded with FSDP2 (``config/accelerate/fsdp2.yaml``); True: sharded.
+
+    The launcher's config says which (``accelerate launch`` exports ``ACCELERATE_USE_FSDP`` and
+    ``FSDP_VERSION``). PPO applies FSDP2 itself (:func:`rlmt.train.actor_critic.shard`) rather than
+    through ``accelerator.prepare``, so the same code shards on GPUs and on CPU processes (accelerate
+    1.15 grants its FSDP mode to GPU-type devices only).
+
+    DeepSpeed is refused: one engine would own actor and critic, clip their gradients as one
+    vector (verl clips each model on its own, as :func:`clip_per_group` does) and rescale the loss
+    by its own accumulation count; FSDP2 keeps this loop's plain torch semantics, as the
+    reference's FSDP workers did.
+    """
+    import os
+
+    if accelerator.distributed_type.name == "DEEPSPEED" or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+        raise TrainingSetupError("PPO's sharded path is FSDP2: launch it with config/accelerate/fsdp2.yaml "
+                                 "(resources.train_ppo), not DeepSpeed")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return False
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise TrainingSetupError("PPO needs FSDP version 2 (fsdp_version: 2, as in config/accelerate/fsdp2.yaml)")
+    return accelerator.num_processes > 1
 
 
 @torch.no_grad()
@@ -256,13 +309,20 @@ def validate(accelerator, model, tokenizer, scorer: Scorer, val_rows: list[dict]
     """Mean answer-only reward of one sampled response per validation prompt (for best_val_reward)."""
     core: ActorCritic = accelerator.unwrap_model(model)
     mine = [r["messages"] for r in val_rows[accelerator.process_index::accelerator.num_processes]]
+    counted = len(mine)
+    synced = is_sharded(core)
+    if synced and val_rows:
+        # sharded parameters: every rank must run as many forwards as the others, so a rank with
+        # fewer prompts samples extra copies of a prompt, which are not counted
+        per_rank = math.ceil(len(val_rows) / accelerator.num_processes)
+        mine = mine + [val_rows[0]["messages"]] * (per_rank - len(mine))
     total, count = 0.0, 0
     if mine:
         ro = settings.rollout
         rollout = sample(core.policy, tokenizer, mine, max_prompt_length=ro.max_prompt_length,
                          max_new_tokens=ro.max_completion_length, temperature=ro.temperature, top_p=ro.top_p,
-                         stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size)
-        scores = scorer.score(mine, rollout.texts).scores
+                         stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size, synced=synced)
+        scores = scorer.score(mine[:counted], rollout.texts[:counted]).scores
         total, count = float(sum(scores)), len(scores)
     sums = accelerator.reduce(torch.tensor([total, count], device=accelerator.device, dtype=torch.float64), "sum")
     return float(sums[0] / sums[1].clamp(min=1))
@@ -284,17 +344,28 @@ def whiten_across_processes(accelerator, x: torch.Tensor, mask: torch.Tensor, ep
 
 def save_checkpoint(accelerator, model, optimizer, tokenizer, state: dict, out: Path, fmt: ThinkingFormat,
                     settings: PPOConfig, val_reward: float | None) -> Path | None:
-    """Write ``OUT/checkpoint-<N>/`` (staging), then let :mod:`checkpoints` rename it to ``step-<N>``."""
+    """Write ``OUT/checkpoint-<N>/`` (staging), then let :mod:`checkpoints` rename it to ``step-<N>``.
+
+    Every rank calls it: under FSDP2 the full weights and optimizer state are gathered (a
+    collective) and the main process writes them.
+    """
     accelerator.wait_for_everyone()
+    if is_sharded(model):  # gather the full parameters and optimizer state (collectives)
+        weights, optim_state = full_model_state(model), full_optimizer_state(model, optimizer)
+    else:
+        weights, optim_state = accelerator.get_state_dict(model), optimizer.state_dict()
     path = None
     if accelerator.is_main_process:
         step = state["global_step"]
         staging = out / f"{ckpt.STAGING_PREFIX}{step}"
         core: ActorCritic = accelerator.unwrap_model(model)
-        core.policy.save_pretrained(str(staging), safe_serialization=True)
+        core.policy.save_pretrained(str(staging), safe_serialization=True,
+                                    state_dict={k[len("policy."):]: v for k, v in weights.items()
+                                                if k.startswith("policy.")})
         tokenizer.save_pretrained(str(staging))
-        save_critic(core.critic, staging / CRITIC_DIR, settings.critic)
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        save_critic(core.critic, staging / CRITIC_DIR, settings.critic,
+                    state_dict={k[len("critic."):]: v for k, v in weights.items() if k.startswith("critic.")})
+        torch.save(optim_state, staging / OPTIMIZER_FILE)
         (staging / TRAINER_STATE).write_text(json.dumps({**state, "val_reward": val_reward}, indent=1) + "\n")
         path = ckpt.finalize_checkpoint(staging, out, step, fmt, val_reward)
         ckpt.prune(out, settings.checkpoints.save_total_limit,
@@ -302,6 +373,29 @@ def save_checkpoint(accelerator, model, optimizer, tokenizer, state: dict, out: 
         _log(accelerator, {"val/reward": val_reward} if val_reward is not None else {}, step)
     accelerator.wait_for_everyone()
     return path
+
+
+def full_model_state(model) -> dict:
+    """The FSDP2 parameters gathered whole on the main process (CPU tensors, keyed by name)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    """The FSDP2 optimizer state gathered whole (keyed by parameter name) on the main process."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_sharded_optimizer(accelerator, model, optimizer, path: Path) -> None:
+    """Resume an FSDP2 optimizer: the main process reads the full state, every rank takes its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    full = torch.load(path, map_location="cpu", weights_only=True) if accelerator.is_main_process else {}
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=full,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 # ----------------------------------------------------------------------------- data, seeds, metrics

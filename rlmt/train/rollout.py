@@ -129,8 +129,14 @@ def response_end(tokens: list[int], tokenizer, eos: set[int], stop_strings: Sequ
 
 @torch.no_grad()
 def sample(policy, tokenizer, prompts: Sequence[list[dict]], *, max_prompt_length: int, max_new_tokens: int,
-           temperature: float, top_p: float = 1.0, stop_strings: Sequence[str] = (), batch_size: int = 64) -> Rollout:
-    """Sample one response per prompt and compute the old log-probs (see the module docstring)."""
+           temperature: float, top_p: float = 1.0, stop_strings: Sequence[str] = (), batch_size: int = 64,
+           synced: bool = False) -> Rollout:
+    """Sample one response per prompt and compute the old log-probs (see the module docstring).
+
+    `synced`: the policy's parameters are sharded over the processes (FSDP2), so every forward is
+    a collective; each rank then keeps stepping ``generate`` until every rank's batch is done
+    (``synced_gpus``), and every rank must call this with the same number of prompts.
+    """
     from tqdm.auto import tqdm
 
     device = next(policy.parameters()).device
@@ -150,6 +156,7 @@ def sample(policy, tokenizer, prompts: Sequence[list[dict]], *, max_prompt_lengt
             input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=temperature,
             top_p=top_p, max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(eos),
             stop_strings=list(stop_strings) or None, tokenizer=tokenizer if stop_strings else None,
+            synced_gpus=synced,
         )
         for row in out[:, ids.shape[1]:].tolist():
             n, ended = response_end(row, tokenizer, eos, stop_strings)

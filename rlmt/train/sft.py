@@ -32,6 +32,7 @@ from rlmt.config import SFTConfig
 from rlmt.thinking import WARM_NOTHINK, WARM_THINK, ThinkingFormat
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback
+from rlmt.train.job import note_loaded, process_state, rank_device, report_rank
 from rlmt.train.runtime import TrainingSetupError, accumulation_steps, use_bf16
 
 
@@ -159,20 +160,27 @@ def train_sft(model_dir: str | Path, data_path: str | Path, out: str | Path, set
     if expect_think is not None and fmt.thinks != expect_think:
         raise TrainingSetupError(f"{data_path}: the cell wants {'think' if expect_think else 'nothink'} data, "
                                  f"the file holds {fmt.name} examples")
+    state = process_state()  # first: the process group and this rank's device (rlmt.train.job)
     work = Path(str(out) + ".work")
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt.discard_incomplete(work)
+    if state.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        ckpt.discard_incomplete(work)
+    state.wait_for_everyone()
     resume = ckpt.latest_checkpoint(work)
 
     tokenizer = load_tokenizer(model_dir)
     template_file = _check_template(tokenizer, settings.chat_template_path)
-    model = load_causal_lm(model_dir, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    # TRL's arguments before the model: under ZeRO-3 the model is then partitioned as it loads.
     args = trl_sft_args(settings, work, chat_template_path=template_file)
+    model = load_causal_lm(model_dir, device=rank_device(state),
+                           dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    note_loaded("policy", model)
     callbacks = [MLflowMetricsCallback(),
                  CheckpointCallback(work, fmt, keep_last=settings.save_total_limit)]
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    report_rank("sft", state, trainer.accelerator.unwrap_model(trainer.model))
 
     tmp = Path(str(out) + ".tmp")
     accelerator = trainer.accelerator

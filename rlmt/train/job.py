@@ -1,0 +1,196 @@
+"""One training job across its processes: what SFT, GRPO, DPO and PPO do the same way around ranks.
+
+Under ``accelerate launch`` every process is a rank. The order every trainer follows:
+
+1. :func:`process_state` first: the process group exists and this rank's device is known
+   (``cuda:<LOCAL_RANK>`` on a GPU node, ``cpu`` here) before any model is loaded;
+2. the reward model (and, for DPO, the pair sampling) next, as a full copy on that device —
+   before the trainer's arguments exist, so DeepSpeed ZeRO-3 never partitions a model that is
+   only run forward outside the engine;
+3. the trainer's arguments (TRL's config) next: under ``config/accelerate/zero3.yaml`` they make
+   the DeepSpeed config known to transformers, so the policy loaded after them is partitioned
+   as it loads (``zero3_init_flag``) instead of materialised whole on every rank;
+4. the policy, the trainer, training;
+5. :func:`finish`: one process selects the checkpoint and writes ``final/``; the others wait.
+
+Shared data (DPO's pairs) is built by the main process alone (:func:`on_main_then_wait`);
+MLflow logging happens only where :mod:`rlmt.tracking` opened the job's run, the main process.
+
+``RLMT_RANK_REPORT_DIR`` (tests only): each rank writes ``<stage>-rank<N>.json`` there — the
+devices its models sit on, whether the policy was ZeRO-3-partitioned as it loaded, and a digest
+plus the full values of its final parameters (gathered first when they are sharded) — so a test
+can check every rank against the others and against the written model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from rlmt.thinking import ThinkingFormat
+from rlmt.train import checkpoints as ckpt
+
+RANK_REPORT_ENV = "RLMT_RANK_REPORT_DIR"
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- processes and devices
+
+
+def process_state():
+    """accelerate's process state (one per process, shared by every Accelerator made later).
+
+    Creating it starts the process group under a launcher (gloo on CPU, NCCL on GPUs; DeepSpeed's
+    when the launcher's config is DeepSpeed) and fixes this rank's device.
+    """
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def rank_device(state=None) -> str:
+    """This rank's device as a string (``cuda:<LOCAL_RANK>`` or ``cpu``)."""
+    state = state or process_state()
+    device = state.device
+    return "cpu" if device.type == "cpu" else str(device)
+
+
+def zero3_partitioning() -> bool:
+    """True when a model loaded now is partitioned by DeepSpeed ZeRO-3 as it loads."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
+
+
+def on_main_then_wait(state, build: Callable[[], T]) -> T | None:
+    """Run `build` on the main process only; every other rank waits until it is done.
+
+    `build` must leave its result on disk for the others to read; its return value is given to
+    the main process only (others get None). A failure on the main process is re-raised there
+    after the others are released (the caller's check for the missing file then fails them).
+    """
+    if state.num_processes == 1:
+        return build()
+    result, error = None, None
+    if state.is_main_process:
+        try:
+            result = build()
+        except BaseException as err:  # release the waiting ranks before failing
+            error = err
+    state.wait_for_everyone()
+    if error is not None:
+        raise error
+    return result
+
+
+# ----------------------------------------------------------------------------- reward model
+
+
+def answer_scorer(reward_model_dir: str | Path, fmt: ThinkingFormat, spec: Any = None, *, strict: bool,
+                  device: str = "auto"):
+    """The answer-only scorer for this rank's device, with the config's :class:`RewardModelSpec`
+    (``trust_remote_code``, ``max_length``, ``max_tokens_per_batch``) when one is given."""
+    from rlmt.rewards import AnswerRewardScorer
+
+    if spec is None:
+        return AnswerRewardScorer(reward_model_dir, fmt, strict=strict, device=device)
+    return AnswerRewardScorer.from_spec(reward_model_dir, fmt, spec, strict=strict, device=device)
+
+
+# ----------------------------------------------------------------------------- the end of a job
+
+
+def finish(out: Path, fmt: ThinkingFormat, rule: ckpt.SelectRule, accelerator=None) -> Path:
+    """Select the evaluated checkpoint, write ``out/final/`` last, and record it in MLflow.
+
+    Under several processes only the main one writes; the others wait until final/ exists.
+    """
+    if accelerator is not None and accelerator.num_processes > 1:
+        final = Path(out) / ckpt.FINAL_DIR
+        if accelerator.is_main_process:
+            final = finish(out, fmt, rule)
+        accelerator.wait_for_everyone()
+        return final
+    step = ckpt.select_step(out, rule)
+    final = ckpt.write_final(out, step, fmt, rule)
+    log_setup({"selected_step": step})
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        from rlmt.tracking import log_outputs
+
+        log_outputs({"final": final})
+    return final
+
+
+def log_setup(params: dict) -> None:
+    """``run.<key>`` params of the job's run (nothing without one: other ranks, library calls)."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        from rlmt.tracking import log_params
+
+        log_params({f"run.{k}": v for k, v in params.items()})
+
+
+# ----------------------------------------------------------------------------- the rank report (tests)
+
+_loaded: dict[str, dict[str, Any]] = {}
+
+
+def note_loaded(name: str, model) -> None:
+    """Record, for the rank report, where `model` sits right after loading and whether ZeRO-3 partitioned it."""
+    if not os.environ.get(RANK_REPORT_ENV):
+        return
+    param = next(model.parameters())
+    _loaded[name] = {"device": str(param.device), "zero3_partitioned": hasattr(param, "ds_id"),
+                     "zero3_enabled": zero3_partitioning()}
+
+
+def full_parameters(model) -> dict[str, Any]:
+    """Every parameter of `model` as a full CPU tensor, on every rank (collective when sharded).
+
+    ZeRO-3 parameters are gathered with ``GatheredParameters``, FSDP2 DTensors with
+    ``full_tensor()``; plain and DDP parameters are read as they are. Every rank must call it.
+    """
+    out = {}
+    for name, p in model.named_parameters():
+        if hasattr(p, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p]):
+                out[name] = p.detach().float().cpu().clone()
+        elif hasattr(p, "full_tensor"):
+            out[name] = p.full_tensor().detach().float().cpu()
+        else:
+            out[name] = p.detach().float().cpu().clone()
+    return out
+
+
+def report_rank(stage: str, state, model, *, devices: dict[str, str] | None = None) -> None:
+    """Write this rank's report (see the module docstring); a no-op unless ``RLMT_RANK_REPORT_DIR`` is set.
+
+    Collective when the parameters are sharded: every rank calls it at the same point.
+    """
+    folder = os.environ.get(RANK_REPORT_ENV)
+    if not folder:
+        return
+    from safetensors.torch import save_file
+
+    params = full_parameters(model)
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(name.encode())
+        h.update(params[name].numpy().tobytes())
+    folder_path = Path(folder)
+    folder_path.mkdir(parents=True, exist_ok=True)
+    rank = state.process_index
+    save_file({k: v.contiguous() for k, v in params.items()}, str(folder_path / f"{stage}-rank{rank}.safetensors"))
+    report = {"stage": stage, "rank": rank, "local_rank": state.local_process_index, "world": state.num_processes,
+              "distributed_type": str(state.distributed_type.value), "expected_device": rank_device(state),
+              "loaded": dict(_loaded), "devices": devices or {}, "params_sha256": h.hexdigest(),
+              "n_params": sum(v.numel() for v in params.values())}
+    (folder_path / f"{stage}-rank{rank}.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -116,3 +116,37 @@ def test_tools_are_refused_not_rendered_wrongly():
         with pytest.raises(Exception, match="no tools"):
             render_jinja_template([CHATS[0]], tools=[tool], chat_template=chat_templates.resolve(f"package:{name}").read_text(),
                                   bos_token="", eos_token="")
+
+
+@pytest.mark.parametrize("name,tiny", [("llama3_1_training", "llama-instruct"), ("qwen2_5_training", "qwen-instruct")])
+def test_trl_sft_trainer_masks_exactly_the_assistant_turns_of_the_real_template(name, tiny, tmp_path):
+    """TRL's own SFTTrainer, set up as a job sets it up (template check, then the args builder), on a tiny model
+    wearing the family's real template: its tokenized rows render the real text and train on the assistant turns."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from rlmt.config import SFTConfig
+    from rlmt.models.loading import load_causal_lm, load_tokenizer
+    from rlmt.models.tiny import build_tiny
+    from rlmt.train.sft import trl_sft_args
+
+    model_dir = build_tiny(tiny, tmp_path / "model")
+    tok = load_tokenizer(model_dir)
+    tok.chat_template = REAL[name].read_text()
+    real_texts = [tok.apply_chat_template(chat, tokenize=False) for chat in CHATS]
+    settings = SFTConfig(chat_template_path=f"package:{name}", per_device_train_batch_size=1, global_batch_size=1,
+                         max_length=1024, bf16=False)
+    template_file = _check_template(tok, settings.chat_template_path)
+    args = trl_sft_args(settings, tmp_path / "work", chat_template_path=template_file, world=1)
+    trainer = SFTTrainer(model=load_causal_lm(model_dir, device="cpu", dtype="float32"), args=args,
+                         train_dataset=Dataset.from_list([{"messages": c} for c in CHATS]), processing_class=tok)
+    eot = chat_templates.SHIPPED[name].end_of_turn
+    for i, (chat, real_text) in enumerate(zip(CHATS, real_texts)):
+        batch = trainer.data_collator([trainer.train_dataset[i]])  # what the loss sees: labels -100 off the mask
+        ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        assert tok.decode(ids) == real_text
+        masked = tok.decode([t for t, label in zip(ids, labels) if label != -100])
+        contents = [m["content"] for m in chat if m["role"] == "assistant"]
+        if ARCH[name] == "llama":
+            contents = [c.strip() for c in contents]
+        assert masked == "".join(c + eot for c in contents)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,71 @@ def test_every_malformed_kind_is_quarantined_with_its_reason(tmp_path, tiny_zoo)
     want = len(tok.apply_chat_template(by_id["fx-0"]["messages"], tokenize=True, add_generation_prompt=True,
                                        return_dict=False))
     assert by_id["fx-0"]["n_tokens"] == want
+
+
+def test_lone_surrogate_is_quarantined_and_nothing_else_changes(tmp_path, tiny_zoo):
+    """A JSON escape spelling a lone UTF-16 surrogate is valid JSON in valid UTF-8, yet no UTF-8
+    writer takes the string it decodes to: the row is quarantined as invalid_utf8, raw line intact,
+    and every other row is decided as before."""
+    line = r'{"id": "lone-surrogate", "messages": [{"role": "user", "content": "Tell me about \ud800 the moon."}]}'
+    source = tmp_path / "with-surrogate.jsonl"
+    source.write_bytes(FIXTURE.read_bytes() + line.encode() + b"\n")
+    spec = _fixture_spec().model_copy(update={"sources": [SourceSpec(path=str(source), format="chat-jsonl",
+                                                                     name="fx")]})
+    result = curate_mixture(spec, tmp_path / "out", name="fx", tokenizer_dir=tiny_zoo["llama-instruct"])
+    quarantine = pl.read_parquet(tmp_path / "out" / "quarantine.parquet")
+    assert dict(zip(quarantine["source_row"].to_list(), quarantine["reason"].to_list(), strict=True)) \
+        == {**EXPECTED, 21: "invalid_utf8"}
+    assert quarantine.filter(pl.col("source_row") == 21)["raw"].item() == line
+    assert sorted(int(i.split("-")[1]) for i in _mixture(tmp_path / "out")["id"]) == sorted(VALID)
+    assert result.stats["dropped"]["invalid_utf8"] == 2 and result.stats["in"] == 22
+
+
+# One valid and one broken row per format: the broken one holds BAD in a string it reads.
+FORMAT_ROWS = {
+    "chat-jsonl": lambda text: {"messages": [{"role": "user", "content": text}]},
+    "rl-parquet": lambda text: {"prompt": [{"role": "user", "content": text}]},
+    "tulu-preference": lambda text: {"prompt": text, "chosen": [{"role": "user", "content": text},
+                                                                {"role": "assistant", "content": "An answer."}]},
+    "ultrafeedback": lambda text: {"prompt": text, "prompt_id": "p"},
+    "instruction-jsonl": lambda text: {"instruction": "Translate this sentence.", "input": text},
+}
+BAD = "@@BAD@@"
+
+
+@pytest.mark.parametrize("container", ["jsonl", "parquet"])
+@pytest.mark.parametrize("fmt", sorted(FORMAT_ROWS))
+def test_invalid_text_is_quarantined_in_every_format(tmp_path, fmt, container):
+    """A lone surrogate escape (JSONL) or bytes that are not UTF-8 in a string column (Parquet: its
+    readers do not check) make an invalid_utf8 row in each format; the valid row is kept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [FORMAT_ROWS[fmt]("How far away is the Moon from the Earth?"),
+            FORMAT_ROWS[fmt](f"Is {BAD} a word?")]
+    if container == "jsonl":
+        path = tmp_path / "s.jsonl"
+        path.write_text("".join(json.dumps(r).replace(BAD, "\\ud800 and \\udfff") + "\n" for r in rows))
+    else:
+        path = tmp_path / "s.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path, compression="none", use_dictionary=False,
+                       write_statistics=False)
+        data = path.read_bytes()
+        assert BAD.encode() in data
+        path.write_bytes(data.replace(BAD.encode(), b"\xed\xa0\x80 \xff ."))  # same length: a CESU surrogate, 0xff
+    spec = MixtureSpec(sources=[SourceSpec(path=str(path), format=fmt, name="s")], n_train=None, n_val=0,
+                       filters=FilterSpec(max_prompt_tokens=None, language=None))
+    stats = curate_mixture(spec, tmp_path / "out", name="s").stats
+    assert stats["kept"] == 1 and stats["dropped_total"] == 1 and stats["dropped"]["invalid_utf8"] == 1
+    quarantine = pl.read_parquet(tmp_path / "out" / "quarantine.parquet")
+    assert quarantine.select("source_row", "reason").rows() == [(1, "invalid_utf8")]
+    raw = quarantine["raw"].item()
+    if container == "jsonl":  # the line as it was
+        assert raw == json.dumps(rows[1]).replace(BAD, "\\ud800 and \\udfff")
+    else:  # the row as JSON, its bad bytes escaped
+        assert raw == json.dumps(FORMAT_ROWS[fmt]("Is \\xed\\xa0\\x80 \\xff . a word?"), ensure_ascii=False)
+    assert _mixture(tmp_path / "out")["messages"].to_list()[0][-1]["content"].endswith(
+        "How far away is the Moon from the Earth?")
 
 
 def test_reading_in_small_batches_changes_nothing(tmp_path, tiny_zoo):
@@ -257,33 +323,130 @@ def test_cli_curate_logs_to_mlflow(tmp_path, tiny_zoo, mlflow_uri):
     assert no_tok.exit_code == 2 and "needs a tokenizer" in no_tok.output
 
 
-def test_near_duplicate_index_matches_exact_jaccard_across_batches(tmp_path):
-    """The MinHash index, fed in three batches, drops exactly the rows a brute-force exact-Jaccard
-    pass drops (pairs far above or below the threshold, where banding cannot miss)."""
+def _reference_shingles(text: str, words: bool, size: int) -> set:
+    """Shingles written out as tuples of words or strings of characters, no hashing: the definition
+    the module docstring of rlmt.data.near_duplicates states."""
+    tokens = re.findall(r"\w+", text.lower()) if words else list(text)
+    if len(tokens) < size:
+        return {tuple(tokens)} if tokens else set()
+    return {tuple(tokens[k:k + size]) for k in range(len(tokens) - size + 1)}
+
+
+def _reference_near_duplicates(texts: list[str], threshold: float, word_size: int, char_size: int,
+                               char_below: int | None) -> np.ndarray:
+    """Brute force over every pair: j is dropped when it is `threshold`-similar to an earlier kept i,
+    on characters when both texts are shorter than `char_below`, on words otherwise."""
+    by_words = [_reference_shingles(t, True, word_size) for t in texts]
+    by_chars = [_reference_shingles(t, False, char_size) for t in texts]
+    short = [char_below is not None and len(t) < char_below for t in texts]
+    dropped = np.zeros(len(texts), dtype=bool)
+    for j in range(len(texts)):
+        for i in range(j):
+            if dropped[i]:
+                continue
+            a, b = (by_chars[i], by_chars[j]) if short[i] and short[j] else (by_words[i], by_words[j])
+            if a | b and len(a & b) / len(a | b) >= threshold:
+                dropped[j] = True
+                break
+    return dropped
+
+
+def _variant_corpus(seed: int = 0) -> list[str]:
+    """Random texts of 8 to 120 words, every fifth one an edited copy of an earlier text: a word
+    changed, a character changed, a word inserted, or two words changed."""
     import random
 
-    from rlmt.data.near_duplicates import NearDuplicateIndex, shingles
-
-    rng = random.Random(0)
+    rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(400)]
     texts: list[str] = []
-    for i in range(300):
-        if i > 10 and i % 5 == 0:  # one word changed in a 60-word text: Jaccard ~0.9+
-            words = texts[rng.randrange(i)].split()
-            words[rng.randrange(len(words))] = "zebra"
+    for k in range(300):
+        if k > 10 and k % 5 == 0:
+            words = texts[rng.randrange(k)].split()
+            at = rng.randrange(len(words))
+            edit = k // 5 % 4
+            if edit == 0:
+                words[at] = "zebra"
+            elif edit == 1:
+                words[at] = words[at][:-1] + ("x" if words[at][-1] != "x" else "y")
+            elif edit == 2:
+                words.insert(at, "zebra")
+            else:
+                words[at] = words[rng.randrange(len(words))] = "zebra"
             texts.append(" ".join(words))
         else:
-            texts.append(" ".join(rng.choices(vocab, k=60)))
-    series = pl.Series(texts)
-    index = NearDuplicateIndex(tmp_path, num_perm=32, shingle_size=3, seed=0)
-    for start in (0, 120, 200):
-        index.add(series.slice(start, {0: 120, 120: 80, 200: 100}[start]))
-    got = index.duplicates(0.85)
+            texts.append(" ".join(rng.choices(vocab, k=rng.choice([8, 20, 30, 45, 70, 120]))))
+    return texts
 
-    hashes, offsets = shingles(series, 3)
-    sets = [set(hashes[offsets[k]:offsets[k + 1]].tolist()) for k in range(len(texts))]
-    want = np.zeros(len(texts), dtype=bool)
-    for j in range(len(texts)):
-        want[j] = any(not want[i] and len(sets[i] & sets[j]) / len(sets[i] | sets[j]) >= 0.85 for i in range(j))
-    assert want.sum() > 20
-    assert np.array_equal(got, want)
+
+@pytest.mark.parametrize("char_below", [None, 400])
+def test_near_duplicate_index_matches_brute_force_jaccard_across_batches(tmp_path, char_below):
+    """The MinHash index, fed in three batches, drops exactly the rows a brute-force exact-Jaccard
+    pass over shingles built here (tuples of words, strings of characters) drops."""
+    from rlmt.data.near_duplicates import NearDuplicateIndex
+
+    texts = _variant_corpus()
+    series = pl.Series(texts)
+    index = NearDuplicateIndex(tmp_path, threshold=0.85, num_perm=32, shingle_size=3, char_size=5,
+                               char_below=char_below, seed=0)
+    for start, n in ((0, 120), (120, 80), (200, 100)):
+        index.add(series.slice(start, n))
+    got = index.duplicates()
+    want = _reference_near_duplicates(texts, 0.85, 3, 5, char_below)
+    assert np.array_equal(got, want), (np.flatnonzero(got != want), want.sum())
+    short = np.array([len(t) < 400 for t in texts])
+    if char_below is None:
+        assert 15 < want.sum() and want[~short].sum() > 5
+    else:  # both regimes drop rows: short edited copies on characters, long ones on words
+        assert want[short].sum() > 15 and want[~short].sum() > 5
+        # Characters catch the short edited copies that words miss.
+        assert want[short].sum() > _reference_near_duplicates(texts, 0.85, 3, 5, None)[short].sum()
+
+
+THIRTY_WORDS = ("Could you explain simply why the sky looks blue during the day but turns red and orange at sunset, "
+                "and whether the same thing happens on other planets like Mars?")
+
+
+def test_one_character_variant_of_a_short_prompt_is_a_near_duplicate(tmp_path):
+    """At the default threshold (0.9) a one-character variant of a 30-word prompt is dropped as a
+    near duplicate; two different short prompts, however alike in form, are both kept. With
+    character shingles off (words only) the variant survives: a changed word removes 3 of its 28
+    word 3-grams."""
+    assert len(THIRTY_WORDS.split()) == 30
+    prompts = [THIRTY_WORDS,
+               THIRTY_WORDS.replace("during", "durinf"),  # one character
+               THIRTY_WORDS.replace("simply", "simpyl"),  # a typo: two characters swapped
+               "Write a short poem about the sea at night, with four lines that rhyme and a calm mood.",
+               "Write a short poem about the city at night, with four lines that rhyme and a calm mood.",
+               "What is 12 times 7?", "What is 12 times 8?"]
+    path = tmp_path / "short.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n" for p in prompts))
+
+    def reasons(**filters) -> dict[int, str]:
+        spec = MixtureSpec(sources=[SourceSpec(path=str(path), format="chat-jsonl", name="s")], n_train=None, n_val=0,
+                           filters=FilterSpec(max_prompt_tokens=None, language=None, **filters))
+        out = tmp_path / f"out-{len(filters)}"
+        curate_mixture(spec, out, name="s")
+        q = pl.read_parquet(out / "quarantine.parquet")
+        return dict(zip(q["source_row"].to_list(), q["reason"].to_list(), strict=True))
+
+    assert FilterSpec().near_dup_threshold == 0.9 and FilterSpec().near_dup_char_below == 400
+    assert reasons() == {1: "near_duplicate", 2: "near_duplicate"}
+    assert reasons(near_dup_char_below=None) == {}
+
+
+def test_a_pair_is_compared_on_characters_only_when_both_texts_are_short(tmp_path):
+    """"sky" -> "skies" in a 30-word text: 0.9+ alike in characters, 0.8 in word 3-grams. The
+    pair is a near duplicate only when both texts are under char_below."""
+    from rlmt.data.near_duplicates import NearDuplicateIndex
+
+    short = THIRTY_WORDS.lower()
+    longer = short.replace("sky", "skies")
+    chars = [_reference_shingles(t, False, 5) for t in (short, longer)]
+    words = [_reference_shingles(t, True, 3) for t in (short, longer)]
+    assert len(chars[0] & chars[1]) / len(chars[0] | chars[1]) > 0.9 > len(words[0] & words[1]) / len(words[0] | words[1])
+    for char_below, dropped in ((len(longer) + 1, True), (len(longer), False), (None, False)):
+        scratch = tmp_path / str(char_below)
+        scratch.mkdir()
+        index = NearDuplicateIndex(scratch, threshold=0.9, char_below=char_below)
+        index.add(pl.Series([short, longer]))
+        assert index.duplicates().tolist() == [False, dropped], char_below

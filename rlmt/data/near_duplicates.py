@@ -7,13 +7,35 @@ is then verified with the exact Jaccard similarity of the two shingle sets, so t
 approximation left is a candidate pair that banding misses (probability below 0.5 % at the
 threshold, far less above it).
 
-Shingles are word n-grams of the normalized text (``\\w+`` words, lowercased). The decision rule
-is order-based like a streaming deduplicator: a row is dropped when it is at least `threshold`
-similar to an earlier row that was itself kept.
+What counts as a near duplicate. Two rows are compared on their normalized texts (roles and
+contents, NFKC, lowercased, whitespace collapsed: :func:`rlmt.data.filters.with_normalized_text`):
+
+* when **both** texts are shorter than ``char_below`` characters, on their *character*
+  ``char_size``-grams (``near_dup_char_below``, default 400 characters, and
+  ``near_dup_shingle_chars``, default 5);
+* otherwise on their *word* ``shingle_size``-grams (``\\w+`` words; ``near_dup_shingle_words``).
+
+They are near duplicates when the Jaccard similarity of those shingle sets is at least the
+threshold. Word n-grams suit long prompts but are blunt on short ones: one changed word removes
+up to ``shingle_size`` of a text's word n-grams, so at threshold 0.9 with word 3-grams a
+one-character typo is caught only from about 60 words on (and a 30-word prompt's typo variant
+scores 0.8). One changed character removes at most ``char_size`` character n-grams, so a
+one-character variant of a text of *m* characters scores at least (m - 5) / (m + 5): caught from
+about 95 characters (~16 words) on, while two different short prompts ("... about the sea" and
+"... about the city") share far fewer than 90 % of their character 5-grams. Texts shorter than
+that differ too much per character to be called near duplicates (``what is 2+2?`` and
+``what is 2+3?`` are different prompts); exact duplicates are caught before. 400 characters is
+where word 3-grams take over at 0.9 (about 60 words). A text under ``char_size`` characters (or
+``shingle_size`` words) is one shingle of all of them; one without any has no shingles and is
+never a near duplicate.
+
+The decision rule is order-based like a streaming deduplicator: a row is dropped when it is a near
+duplicate of an earlier row that was itself kept.
 
 :class:`NearDuplicateIndex` takes rows a batch at a time, so curation never holds every text: it
-keeps each row's signature (``num_perm`` uint32) in memory and appends its shingle hashes to a
-scratch file, from which only the rows in candidate pairs are read back for verification.
+keeps each row's signatures (``num_perm`` uint32 for the word n-grams of every row, and as many
+for the character n-grams of each short row) in memory and appends the shingle hashes to scratch
+files, from which only the rows in candidate pairs are read back for verification.
 """
 
 from __future__ import annotations
@@ -41,14 +63,40 @@ def lsh_params(threshold: float, num_perm: int, recall: float = 0.995) -> tuple[
     return best
 
 
-def shingles(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
+def word_shingles(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(flat uint64 shingle hashes, row offsets of length n+1) for word `size`-grams of each text.
 
-    A text with fewer than `size` words is one shingle of all its words; one with no words has none.
+    Words are ``\\w+`` runs of the lowercased text. A text with fewer than `size` words is one
+    shingle of all its words; one with no words has none.
     """
     words = texts.str.to_lowercase().str.extract_all(r"\w+").fill_null([])
     lengths = words.list.len().to_numpy().astype(np.int64)
     flat = words.explode().drop_nulls().hash(seed=17).to_numpy()
+    return _ngrams(flat, lengths, size)
+
+
+def char_shingles(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint64 shingle hashes, row offsets of length n+1) for character `size`-grams of each
+    text, as they are (the normalized texts are lowercased already). A text shorter than `size`
+    characters is one shingle of all of them; an empty one has none."""
+    lengths = texts.fill_null("").str.len_chars().to_numpy().astype(np.int64)
+    joined = "".join(texts.fill_null("").to_list())
+    codepoints = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    return _ngrams(_mix64(codepoints), lengths, size)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: spreads small integers (code points) over all 64 bits."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _ngrams(flat: np.ndarray, lengths: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of the `size`-grams of each row's tokens (``flat`` holds every row's token hashes in
+    a row, ``lengths`` how many each row has), with the row offsets into them."""
     word_off = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=word_off[1:])
     n_sh = np.where(lengths >= size, lengths - size + 1, np.minimum(lengths, 1))
@@ -60,13 +108,13 @@ def shingles(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
     in_full_row = np.repeat(full, n_sh)
     n_runs = len(flat) - size + 1
     if n_runs > 0 and full.any():
-        # Hash every run of `size` consecutive words of the flat array with contiguous slices (no
+        # Hash every run of `size` consecutive tokens of the flat array with contiguous slices (no
         # gathers), then keep the runs that end inside the text they start in.
         run = _combine([flat[k:k + n_runs] for k in range(size)], size)
         row_end = np.repeat(word_off[1:], lengths)[:n_runs]
         out[in_full_row] = run[np.arange(size, n_runs + size) <= row_end]
     short = np.flatnonzero(~full & (lengths > 0))
-    if len(short):  # fewer words than `size`: one shingle of all of them
+    if len(short):  # fewer tokens than `size`: one shingle of all of them
         firsts, width = word_off[:-1][short], lengths[short]
         parts = [np.where(k < width, flat[np.minimum(firsts + k, len(flat) - 1)], np.uint64(0)) for k in range(size)]
         out[sh_off[:-1][short]] = _combine(parts, size, width)
@@ -142,65 +190,118 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray) -
     return np.unique(pairs, axis=0)
 
 
+class _ShingleSpace:
+    """One kind of shingles (word or character n-grams) over the rows that use it: their MinHash
+    signatures in memory, their shingle hashes in a scratch file."""
+
+    def __init__(self, path: Path, num_perm: int, seed: int) -> None:
+        self.num_perm, self.seed, self.path = num_perm, seed, path
+        self._spill = open(path, "wb")
+        self._signatures: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []  # shingles per member row, in the order they were added
+        self._rows: list[np.ndarray] = []  # each member's position among all rows of the index
+
+    def add(self, hashes: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> None:
+        self._signatures.append(signatures(hashes, offsets, self.num_perm, self.seed))
+        self._counts.append(np.diff(offsets))
+        self._rows.append(rows)
+        self._spill.write(hashes.tobytes())
+
+    def candidates(self, threshold: float) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """(candidate pairs as row positions of the index, i < j; each such row's distinct shingle hashes)."""
+        self._spill.close()
+        empty = np.zeros((0, 2), dtype=np.int64)
+        if not self._counts:
+            return empty, {}
+        counts, rows = np.concatenate(self._counts), np.concatenate(self._rows)
+        if len(counts) < 2:
+            return empty, {}
+        sig = np.concatenate(self._signatures)
+        self._signatures = [sig]
+        local = candidate_pairs(sig, *lsh_params(threshold, self.num_perm), counts > 0)
+        if len(local) == 0:
+            return empty, {}
+        starts = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        sets = self._read_back(np.unique(local), starts)
+        return rows[local], {int(rows[k]): v for k, v in sets.items()}
+
+    def _read_back(self, members: np.ndarray, starts: np.ndarray) -> dict[int, np.ndarray]:
+        """Each member's distinct shingle hashes (sorted), read from the spill file with plain reads:
+        a memory map would count every page it touches as this process's memory."""
+        out: dict[int, np.ndarray] = {}
+        with open(self.path, "rb") as fh:
+            for r in members.tolist():  # ascending: the reads move forward through the file
+                fh.seek(int(starts[r]) * 8)
+                out[r] = np.unique(np.fromfile(fh, dtype=np.uint64, count=int(starts[r + 1] - starts[r])))
+        return out
+
+
 class NearDuplicateIndex:
     """Near-duplicate decisions over rows added in order, batch by batch (see the module docstring).
 
     Args:
-        scratch_dir: where the shingle hashes are spilled (one binary file, removed with the directory).
-        num_perm, shingle_size, seed: MinHash settings; the same seed gives the same decisions.
+        scratch_dir: where the shingle hashes are spilled (binary files, removed with the directory).
+        threshold: the Jaccard similarity from which a row is a near duplicate.
+        num_perm, shingle_size, seed: MinHash settings and words per word shingle; the same seed
+            gives the same decisions.
+        char_size, char_below: characters per character shingle, and the length (characters of
+            the text) under which two texts are compared on character shingles; None: words only.
     """
 
-    def __init__(self, scratch_dir: str | Path, *, num_perm: int = 32, shingle_size: int = 3, seed: int = 0) -> None:
-        self.num_perm, self.shingle_size, self.seed = num_perm, shingle_size, seed
-        self._path = Path(scratch_dir) / "shingles.u64"
-        self._spill = open(self._path, "wb")
-        self._signatures: list[np.ndarray] = []
-        self._counts: list[np.ndarray] = []  # shingles per row, in the order rows were added
+    def __init__(self, scratch_dir: str | Path, *, threshold: float, num_perm: int = 32, shingle_size: int = 3,
+                 char_size: int = 5, char_below: int | None = None, seed: int = 0) -> None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+        self.threshold, self.num_perm, self.shingle_size, self.seed = threshold, num_perm, shingle_size, seed
+        self.char_size, self.char_below = char_size, char_below
+        self._words = _ShingleSpace(Path(scratch_dir) / "word-shingles.u64", num_perm, seed)
+        self._chars = (_ShingleSpace(Path(scratch_dir) / "char-shingles.u64", num_perm, seed)
+                       if char_below is not None else None)
+        self._short: list[np.ndarray] = []  # per row: shorter than char_below (compared on characters)
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self._counts)
+        return sum(len(s) for s in self._short)
 
     def add(self, texts: pl.Series) -> None:
         """Append rows (normalized texts); their positions continue from the rows added before."""
         for start in range(0, len(texts), CHUNK_ROWS):
-            hashes, offsets = shingles(texts.slice(start, CHUNK_ROWS), self.shingle_size)
-            self._signatures.append(signatures(hashes, offsets, self.num_perm, self.seed))
-            self._counts.append(np.diff(offsets))
-            self._spill.write(hashes.tobytes())
+            chunk = texts.slice(start, CHUNK_ROWS)
+            first = len(self)
+            rows = np.arange(first, first + len(chunk), dtype=np.int64)
+            self._words.add(*word_shingles(chunk, self.shingle_size), rows)
+            short = np.zeros(len(chunk), dtype=bool)
+            if self._chars is not None:
+                short = chunk.fill_null("").str.len_chars().to_numpy() < self.char_below
+                picked = np.flatnonzero(short)
+                self._chars.add(*char_shingles(chunk.gather(picked), self.char_size), rows[picked])
+            self._short.append(short)
 
-    def duplicates(self, threshold: float) -> np.ndarray:
-        """Boolean mask over all added rows: True for rows at least `threshold`-similar to an earlier kept row."""
-        self._spill.close()
+    def duplicates(self) -> np.ndarray:
+        """Boolean mask over all added rows: True for a near duplicate of an earlier kept row."""
         n = len(self)
         dropped = np.zeros(n, dtype=bool)
-        if n < 2:
-            return dropped
-        counts = np.concatenate(self._counts)
-        sig = np.concatenate(self._signatures)
-        self._signatures = [sig]
-        pairs = candidate_pairs(sig, *lsh_params(threshold, self.num_perm), counts > 0)
-        if len(pairs) == 0:
-            return dropped
-        starts = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=starts[1:])
-        shingle_sets = self._read_back(np.unique(pairs), starts)
+        short = np.concatenate(self._short) if self._short else np.zeros(0, dtype=bool)
+        word_pairs, word_sets = self._words.candidates(self.threshold)
+        # Two short texts are compared on their characters only, whatever their words share.
+        word_pairs = word_pairs[~(short[word_pairs[:, 0]] & short[word_pairs[:, 1]])]
+        spaces = [(word_pairs, word_sets)]
+        if self._chars is not None:
+            spaces.append(self._chars.candidates(self.threshold))
+        pairs = np.concatenate([p for p, _ in spaces])
+        kind = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, (p, _) in enumerate(spaces)])
         order = np.lexsort((pairs[:, 0], pairs[:, 1]))  # by j, then i: i's fate is settled before j's
-        for i, j in pairs[order]:
+        for (i, j), k in zip(pairs[order].tolist(), kind[order].tolist(), strict=True):
             if dropped[j] or dropped[i]:
                 continue
-            a, b = shingle_sets[int(i)], shingle_sets[int(j)]
-            shared = len(np.intersect1d(a, b, assume_unique=True))
-            union = len(a) + len(b) - shared
-            if (shared / union if union else 1.0) >= threshold:
+            sets = spaces[k][1]
+            if jaccard(sets[i], sets[j]) >= self.threshold:
                 dropped[j] = True
         return dropped
 
-    def _read_back(self, rows: np.ndarray, starts: np.ndarray) -> dict[int, np.ndarray]:
-        """Each row's distinct shingle hashes (sorted), read from the spill file with plain reads:
-        a memory map would count every page it touches as this process's memory."""
-        out: dict[int, np.ndarray] = {}
-        with open(self._path, "rb") as fh:
-            for r in rows.tolist():  # ascending: the reads move forward through the file
-                fh.seek(int(starts[r]) * 8)
-                out[r] = np.unique(np.fromfile(fh, dtype=np.uint64, count=int(starts[r + 1] - starts[r])))
-        return out
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two sets given as sorted arrays of distinct hashes (1.0 for two empty sets)."""
+    shared = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - shared
+    return shared / union if union else 1.0

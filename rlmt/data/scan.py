@@ -17,7 +17,8 @@ order, so streaming gives the decisions a whole-table pass would:
   batch and only ever widen (:meth:`rlmt.data.token_length.TokenCounter.calibrate`);
 * language: per row, in a second thread while the tokenizer runs;
 * near duplicates: the one global check. Each batch's surviving rows are added to a
-  :class:`rlmt.data.near_duplicates.NearDuplicateIndex`, decided once the pass is over.
+  :class:`rlmt.data.near_duplicates.NearDuplicateIndex`, decided once the pass is over (character
+  n-grams for two short prompts, word n-grams otherwise: see that module).
 """
 
 from __future__ import annotations
@@ -93,8 +94,10 @@ class SourceScan:
         if fs.near_dup_threshold is not None:
             from rlmt.data.near_duplicates import NearDuplicateIndex
 
-            self.near = NearDuplicateIndex(scratch_dir, num_perm=fs.near_dup_num_perm,
-                                           shingle_size=fs.near_dup_shingle_words, seed=seed)
+            self.near = NearDuplicateIndex(scratch_dir, threshold=fs.near_dup_threshold,
+                                           num_perm=fs.near_dup_num_perm, shingle_size=fs.near_dup_shingle_words,
+                                           char_size=fs.near_dup_shingle_chars, char_below=fs.near_dup_char_below,
+                                           seed=seed)
         self._near_rows: list[np.ndarray] = []  # _i of the rows added to the index, in order
         self.length_decisions: Counter[str] = Counter()
         self._batches = 0
@@ -123,7 +126,7 @@ class SourceScan:
         if self.near is None:
             return np.zeros(0, dtype=np.int64)
         with self.clock("near duplicates"):
-            dropped = self.near.duplicates(self.fs.near_dup_threshold)
+            dropped = self.near.duplicates()
         rows = np.concatenate(self._near_rows) if self._near_rows else np.zeros(0, dtype=np.int64)
         return rows[dropped]
 

@@ -16,6 +16,7 @@ column types) goes through a per-record reader that checks every type.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -180,11 +181,56 @@ def _hub_batches(src: ResolvedSource, batch_rows: int, all_columns: bool = False
 
 
 def _read_arrow(src: ResolvedSource, batches: Iterator[Any], wanted: np.ndarray | None) -> Iterator[pl.DataFrame]:
-    """Canonical frames from arrow record batches, all rows or only the `wanted` ones."""
+    """Canonical frames from arrow record batches, all rows or only the `wanted` ones.
+
+    Rows holding a string that is not valid UTF-8 become ``invalid_utf8`` rows without messages:
+    polars takes arrow's string bytes as they are, and such bytes fail (or panic) later.
+    """
     for numbers, batch in _pick(batches, wanted):
-        frame = pl.from_arrow(batch)
+        bad = invalid_utf8_rows(batch)
+        good = np.setdiff1d(np.arange(batch.num_rows), bad) if len(bad) else None
+        frame = pl.from_arrow(batch if good is None else batch.take(good))
         assert isinstance(frame, pl.DataFrame)
-        yield _canonical_frame(frame, src, numbers)
+        out = _canonical_frame(frame, src, numbers if good is None else numbers[good])
+        if good is not None:
+            broken = pl.DataFrame({"source": [src.name] * len(bad), "source_row": numbers[bad],
+                                   "messages": [None] * len(bad), "error": [INVALID_UTF8] * len(bad)}, schema=CANONICAL)
+            out = pl.concat([out, broken]).sort("source_row")
+        yield out
+
+
+def invalid_utf8_rows(batch: Any) -> np.ndarray:
+    """Positions of the rows of an arrow record batch that hold a string which is not valid UTF-8.
+
+    Parquet readers do not check string bytes; one full validation per batch does, and only a batch
+    that fails it is bisected (on compacted ``take`` copies: a slice would still validate the
+    whole child arrays of nested columns) down to its bad rows.
+    """
+    import pyarrow as pa
+
+    def valid(part: Any) -> bool:
+        try:
+            part.validate(full=True)
+        except pa.ArrowInvalid as err:
+            if "UTF8" not in str(err):
+                raise
+            return False
+        return True
+
+    if valid(batch):
+        return np.zeros(0, dtype=np.int64)
+    bad: list[int] = []
+    spans = [(0, batch.num_rows)]
+    while spans:
+        lo, hi = spans.pop()
+        if valid(batch.take(pa.array(np.arange(lo, hi)))):
+            continue
+        if hi - lo == 1:
+            bad.append(lo)
+        else:
+            mid = (lo + hi) // 2
+            spans += [(lo, mid), (mid, hi)]
+    return np.array(sorted(bad), dtype=np.int64)
 
 
 def _pick(batches: Iterator[Any], wanted: np.ndarray | None) -> Iterator[tuple[np.ndarray, Any]]:
@@ -239,8 +285,8 @@ def raw_rows(src: ResolvedSource, rows: list[int]) -> Iterator[dict[int, str]]:
 
     Read again from the source rather than kept in memory during curation: only dropped rows are
     ever asked for, and they come back a source batch at a time (row -> text, in row order), so
-    the caller can write them out without holding them all. Lines that are not valid UTF-8 come
-    back with the bad bytes escaped.
+    the caller can write them out without holding them all. Lines (or parquet strings) that are not
+    valid UTF-8 come back with the bad bytes escaped.
     """
     wanted = set(rows)
     if not wanted:
@@ -249,10 +295,14 @@ def raw_rows(src: ResolvedSource, rows: list[int]) -> Iterator[dict[int, str]]:
         # Batch by batch, so a large file is never decoded whole just to pick a few rows.
         batches = (_hub_batches if src.is_hub else _parquet_batches)(src, BATCH_ROWS, all_columns=True)
         for numbers, batch in _pick(batches, np.array(sorted(wanted), dtype=np.int64)):
-            picked = pl.from_arrow(batch)
+            bad = invalid_utf8_rows(batch)
+            good = np.setdiff1d(np.arange(batch.num_rows), bad)
+            picked = pl.from_arrow(batch.take(good) if len(bad) else batch)
             assert isinstance(picked, pl.DataFrame)
             raw = picked.select(pl.struct(pl.all()).struct.json_encode())
-            yield dict(zip(numbers.tolist(), raw.to_series().to_list(), strict=True))
+            chunk = dict(zip(numbers[good].tolist(), raw.to_series().to_list(), strict=True))
+            chunk.update((int(numbers[i]), _escaped_json(batch.take([int(i)]))) for i in bad)
+            yield chunk
         return
     chunk: dict[int, str] = {}
     with open(src.location, "rb") as fh:
@@ -264,6 +314,40 @@ def raw_rows(src: ResolvedSource, rows: list[int]) -> Iterator[dict[int, str]]:
                     chunk = {}
     if chunk:
         yield chunk
+
+
+def _escaped_json(row: Any) -> str:
+    """One arrow row holding invalid UTF-8 as JSON text, its string bytes decoded with the bad bytes
+    escaped (``\\xff``), as JSONL lines are."""
+    table = row.cast(_binary_schema(row.schema))
+    record = table.to_pylist()[0]
+
+    def text(value: Any) -> str:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", errors="backslashreplace")
+        return str(value)
+
+    return json.dumps(record, ensure_ascii=False, default=text)
+
+
+def _binary_schema(schema: Any) -> Any:
+    """`schema` with every (nested) string type replaced by binary, so invalid bytes can be read."""
+    import pyarrow as pa
+
+    def swap(t: Any) -> Any:
+        if pa.types.is_string(t):
+            return pa.binary()
+        if pa.types.is_large_string(t):
+            return pa.large_binary()
+        if pa.types.is_list(t):
+            return pa.list_(swap(t.value_type))
+        if pa.types.is_large_list(t):
+            return pa.large_list(swap(t.value_type))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, swap(f.type), f.nullable) for f in t])
+        return t
+
+    return pa.schema([pa.field(f.name, swap(f.type), f.nullable) for f in schema])
 
 
 def _release_arrow_memory() -> None:
@@ -355,15 +439,39 @@ def _string_prompt(text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
 
 
 def _record_from_line(line: bytes, fmt: str) -> tuple[list[dict[str, str]] | None, str | None]:
+    """One JSONL line -> (messages, None) or (None, reason).
+
+    A line is UTF-8, but a JSON escape can still spell a lone UTF-16 surrogate (``"\\ud800"``):
+    ``json.loads`` gives a Python string that no UTF-8 writer (polars, the tokenizer, Parquet)
+    accepts, so a conversation holding one is ``invalid_utf8`` too.
+    """
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         return None, INVALID_UTF8
     try:
         record = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder's stack
         return None, INVALID_JSON
-    return _record_messages(record, fmt)
+    messages, error = _record_messages(record, fmt)
+    if messages is not None and _SURROGATE_ESCAPE.search(line) and not _encodable(messages):
+        return None, INVALID_UTF8
+    return messages, error
+
+
+# A JSON escape in the surrogate range (\ud800-\udfff); a paired one decodes to a proper character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(messages: list[dict[str, str]]) -> bool:
+    try:
+        for m in messages:
+            for value in (m["role"], m["content"]):
+                if value is not None:
+                    value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _record_messages(record: Any, fmt: str) -> tuple[list[dict[str, str]] | None, str | None]:

@@ -69,18 +69,29 @@ def test_arenahard_two_games_raw_and_style_controlled_with_cis(judge, tmp_path):
     assert judge.server.requests == 10  # 5 answered items x 2 games with swapped positions
     games = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines() if '"paper"' in line]
     assert sorted((g["game"], g["candidate"]) for g in games if g["id"] == "ah-01") == [("game1", "B"), ("game2", "A")]
-    # paper: win 1 / loss 0 per game; ah-06 has no answer (a loss): 3 of 6 items won
-    assert res.metrics["paper.win_rate"].value == pytest.approx(50.0)
-    # official BT: 6 slight wins (weight 1), 4 slight losses (1), ah-06's two games as decisive losses (3 each)
-    assert res.metrics["official.win_rate"].value == pytest.approx(100 * 6 / (6 + 4 + 6), abs=1e-4)
+    # paper: win 1 / loss 0 per game (ah-06 has no answer: both games lost); categories apart
+    assert res.metrics["paper.hard_prompt.win_rate"].value == pytest.approx(50.0)
+    assert res.metrics["paper.creative_writing.win_rate"].value == pytest.approx(50.0)
+    assert res.metrics["paper.pooled.win_rate"].value == pytest.approx(50.0)
+    # official: weighted rows; ah-06's two games are decisive losses (3 rows each)
+    assert res.metrics["official.hard_prompt.win_rate"].value == pytest.approx(50.0)
+    assert res.metrics["official.creative_writing.win_rate"].value == pytest.approx(100 * 2 / 8)
+    assert res.metrics["official.pooled.win_rate"].value == pytest.approx(100 * 6 / (6 + 4 + 6))
     scores = json.loads((tmp_path / "s.json").read_text())
     assert scores["protocol"] == "both"
     for proto in ("paper", "official"):
-        for metric in ("win_rate", "style_controlled_win_rate"):
-            m = scores["metrics"][f"{proto}.{metric}"]
-            assert m["ci_low"] is not None and m["ci_low"] <= m["value"] <= m["ci_high"], (proto, metric, m)
-    assert scores["metrics"]["score"] == scores["metrics"]["paper.style_controlled_win_rate"]
+        for group in ("hard_prompt", "creative_writing", "pooled"):
+            for metric in ("win_rate", "style_controlled_alone"):
+                m = scores["metrics"][f"{proto}.{group}.{metric}"]
+                assert m["ci_low"] is not None and m["ci_low"] <= m["value"] + 1e-9 <= m["ci_high"] + 2e-9, (proto, metric, m)
+        assert set(scores["extra"][proto]["official_bootstrap"]) == {"hard_prompt", "creative_writing", "pooled"}
+    assert scores["metrics"]["score"] == scores["metrics"]["paper.pooled.style_controlled_alone"]
+    assert scores["extra"]["official"]["headline"] == "hard_prompt.style_controlled_alone"
     assert scores["n_failed"] == 1 and scores["extra"]["paper"]["generation_failures"] == 1
+    assert set(scores["extra"]["paper"]["missing_answers"]) == {"ah-06"}
+    rows = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert all({"style", "baseline_style", "category", "baseline"} <= set(r) for r in rows)
+    assert rows[0]["style"]["token_len"] > 0
     creative = [m for m in judge.server.log if "lighthouse" in m["messages"][-1]["content"]]
     hard = [m for m in judge.server.log if "irrational" in m["messages"][-1]["content"]]
     assert creative and "Before judging, write your own answer" not in creative[0]["messages"][0]["content"]

@@ -18,7 +18,8 @@ import pytest
 
 from rlmt.benchmarks.length_control import (fit_l1_logistic, official_lc_win_rate, paper_lc_win_rate,
                                             read_gamed_table)
-from rlmt.benchmarks.style_control import Battle, bt_win_rate, bt_with_ci, style_counts, style_difference
+from rlmt.benchmarks import arena_style
+from rlmt.benchmarks.arena_style import Pair, Rows
 from rlmt.judges import parsing
 
 FIX = Path(__file__).parent / "fixtures" / "judged"
@@ -139,43 +140,90 @@ def test_official_lc_matches_alpaca_eval_package():
 # ------------------------------------------------------------------ Bradley-Terry with style features
 
 
+NO_STYLE = dict.fromkeys(arena_style.STYLE_KEYS, 0)
+
+
+def _rows(models, outcomes, features=None) -> Rows:
+    features = np.zeros((len(outcomes), 4)) if features is None else np.asarray(features, dtype=float)
+    return Rows(list(models), [str(i) for i in range(len(outcomes))], np.asarray(outcomes, dtype=float), features)
+
+
+def test_pair_rows_weight_decisive_verdicts_and_drop_broken_pairs():
+    # game 2 (model as A) first: A>>B -> three wins; game 1 (baseline as A): A>B -> one loss
+    assert arena_style.pair_rows(Pair("m", "u", "A>B", "A>>B", NO_STYLE, NO_STYLE)) == [1.0, 1.0, 1.0, 0.0]
+    assert arena_style.pair_rows(Pair("m", "u", "B<<A", "B=A", NO_STYLE, NO_STYLE)) == [0.5, 0.0, 0.0, 0.0]
+    assert arena_style.pair_rows(Pair("m", "u", None, "A>B", NO_STYLE, NO_STYLE)) is None
+    rows, dropped = arena_style.battle_rows([Pair("m", "u", "A>B", None, NO_STYLE, NO_STYLE),
+                                             Pair("m", "v", "B>A", "A=B", NO_STYLE, NO_STYLE)])
+    assert dropped == 1 and rows.outcomes.tolist() == [0.5, 1.0]
+
+
 def test_bt_raw_is_the_weighted_win_share():
-    battles = [Battle("a", 1.0, 1.0, np.zeros(4)), Battle("b", 1.0, 3.0, np.zeros(4)),
-               Battle("c", 0.0, 1.0, np.zeros(4)), Battle("d", 0.5, 1.0, np.zeros(4))]
-    value, _ = bt_win_rate(battles, style_control=False)
-    assert value == pytest.approx((1 + 3 + 0 + 0.5) / 6, abs=1e-6)
+    rows = _rows(["m"] * 6, [1, 1, 1, 1, 0, 0.5])  # one decisive win (3 rows), a slight win, a loss, a tie
+    assert arena_style.raw_win_rates(rows)["m"] == pytest.approx(4.5 / 6)
+    assert arena_style.win_rates(rows, style=False, fit="optimum")["m"] == pytest.approx(4.5 / 6, abs=1e-6)
+    assert arena_style.win_rates(rows, style=False)["m"] == pytest.approx(4.5 / 6, abs=0.01)  # official: 50 L-BFGS steps
 
 
 def test_bt_style_control_removes_the_style_advantage():
-    # style +1 (e.g. longer and bolder than the baseline): 8 of 10 won; style -1: 4 of 10 won
-    s_pos, s_neg = np.array([1.0, 1.0, 0.0, 0.0]), np.array([-1.0, -1.0, 0.0, 0.0])
-    battles = [Battle(f"p{i}", float(i < 8), 1.0, s_pos) for i in range(10)] + \
-              [Battle(f"n{i}", float(i < 4), 1.0, s_neg) for i in range(10)]
-    raw, _ = bt_win_rate(battles, style_control=False)
-    sc, beta = bt_win_rate(battles, style_control=True)
-    assert raw == pytest.approx(0.6, abs=1e-6)
-    # the two identical style columns share the effect; the intercept is (logit .8 + logit .4) / 2
-    assert sc == pytest.approx(sigmoid((logit(0.8) + logit(0.4)) / 2), abs=1e-4)  # 0.6202
-    assert beta[1] + beta[2] == pytest.approx((logit(0.8) - logit(0.4)) / 2, abs=1e-3)
+    # style +1 (e.g. longer than the baseline): 8 of 10 won; style -1: 4 of 10 won
+    f = [[1, 0, 0, 0]] * 10 + [[-1, 0, 0, 0]] * 10
+    rows = _rows(["m"] * 20, [float(i < 8) for i in range(10)] + [float(i < 4) for i in range(10)], f)
+    assert arena_style.raw_win_rates(rows)["m"] == pytest.approx(0.6)
+    # one model, a symmetric style column: the intercept is (logit .8 + logit .4) / 2
+    assert arena_style.win_rates(rows, style=True, fit="optimum")["m"] == pytest.approx(sigmoid((logit(0.8) + logit(0.4)) / 2), abs=1e-6)
 
 
-def test_bt_bootstrap_ci_is_deterministic_and_brackets_the_estimate():
+def test_joint_fit_reaches_the_likelihood_optimum_with_a_shared_style_coefficient():
+    from scipy.optimize import minimize
+
+    # two models, answers long (+1) or short (-1) against the baseline; the judge likes long ones
+    wins = {("a", 1): 9, ("a", -1): 5, ("b", 1): 7, ("b", -1): 3}
+    models, outcomes, feats = [], [], []
+    for (m, st), k in wins.items():
+        for i in range(10):
+            models.append(m)
+            outcomes.append(float(i < k))
+            feats.append([st, 0, 0, 0])
+    rows = _rows(models, outcomes, feats)
+    joint = arena_style.win_rates(rows, style=True, fit="optimum")
+    x = np.asarray(feats)[:, 0]
+    z = (x - x.mean()) / x.std(ddof=1)
+    ia = np.array([m == "a" for m in models], dtype=float)
+    y = np.asarray(outcomes)
+
+    def nll(theta):  # the official loss: BCE with logits, summed
+        logits = theta[0] * ia + theta[1] * (1 - ia) + theta[2] * z
+        return float(np.sum(np.logaddexp(0, logits) - y * logits))
+
+    best = minimize(nll, np.zeros(3), method="BFGS", options={"gtol": 1e-10}).x
+    assert joint["a"] == pytest.approx(sigmoid(best[0]), abs=1e-5)
+    assert joint["b"] == pytest.approx(sigmoid(best[1]), abs=1e-5)
+    # the style advantage is shared: both models move the same way from their raw win rates
+    raw = arena_style.raw_win_rates(rows)
+    assert raw == {"a": pytest.approx(0.7), "b": pytest.approx(0.5)} and joint["a"] < 0.75 and joint["b"] < 0.55
+
+
+def test_official_bootstrap_is_seeded_and_brackets_the_median():
     rng = random.Random(1)
-    battles = [Battle(str(i // 2), float(rng.random() < 0.7), 1.0, np.array([rng.gauss(0, 1), 0, 0, 0]))
-               for i in range(80)]
-    v, lo, hi = bt_with_ci(battles, style_control=True, n_resamples=100, seed=0)
-    assert lo < v < hi and 0 < hi - lo < 0.5
-    assert bt_with_ci(battles, True, n_resamples=100, seed=0) == (v, lo, hi)
-    same = [Battle(str(i), 1.0, 1.0, np.zeros(4)) for i in range(5)]
-    assert bt_with_ci(same, False, n_resamples=50)[1] == pytest.approx(bt_with_ci(same, False, n_resamples=50)[2])
+    rows = _rows(["m"] * 80, [float(rng.random() < 0.7) for _ in range(80)], [[rng.gauss(0, 1), 0, 0, 0] for _ in range(80)])
+    med, lo, hi = arena_style.official_bootstrap(rows, True, rounds=50, seed=0)["m"]
+    assert lo < med < hi and 0 < hi - lo < 0.5
+    assert arena_style.official_bootstrap(rows, True, rounds=50, seed=0)["m"] == (med, lo, hi)
+    low, high = arena_style.prompt_bootstrap(rows, True, rounds=50, seed=0)["m"]
+    assert low < arena_style.win_rates(rows, True)["m"] < high
 
 
-def test_style_features_count_markdown():
-    text = "# Title\n\nSome **bold** words and __more__.\n\n- one\n- two\n1. three\n## Sub\nplain"
-    assert style_counts(text).tolist() == [len(text.split()), 2, 3, 2]
-    diff = style_difference(text, "plain words only here")
-    assert diff[1] == 1.0 and diff[3] == 1.0  # (a - 0) / (a + 0)
-    assert style_difference("", "")[0] == 0.0
+def test_style_metadata_counts_markdown_outside_code_and_o200k_tokens():
+    text = "# Title\n\nSome **bold** words and __more__.\n\n- one\n- two\n1. three\n## Sub\n```\n# code\n- code\n```"
+    meta = arena_style.style_metadata(text)
+    assert meta["header_count"] == 2 and meta["list_count"] == 3 and meta["bold_count"] == 2
+    assert meta["token_len"] == len(arena_style.o200k_encoding().encode(text, disallowed_special=()))
+    assert arena_style.o200k_encoding().encode("hello world") == [24912, 2375]  # o200k_base ids
+    f = arena_style.relative_style({"token_len": 30, "header_count": 3, "list_count": 0, "bold_count": 0},
+                                   {"token_len": 10, "header_count": 0, "list_count": 0, "bold_count": 0})
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx((3 / 31) / (3 / 31 + 1)) and f[2] == 0
+    assert arena_style.relative_style(NO_STYLE, NO_STYLE).tolist() == [0, 0, 0, 0]
 
 
 # ------------------------------------------------------------------ WildBench, Creative Writing, parsers
@@ -207,6 +255,13 @@ def test_creative_writing_inverts_flaws():
 
 
 def test_parsers():
+    # official Arena-Hard v2 rule: upper-cased, [[X]] first, then [X], the last match wins
+    assert parsing.parse_arena_verdict_official("[[A>B]] then [[B>>A]]") == "B>>A"
+    assert parsing.parse_arena_verdict_official("[[a>b]]") == "A>B"
+    assert parsing.parse_arena_verdict_official("verdict [B>A]") == "B>A"
+    assert parsing.parse_arena_verdict_official("[[ B>A ]]") is None and parsing.parse_arena_verdict_official("[[A>>>B]]") is None
+    assert parsing.parse_arena_verdict_official("My final verdict is [[B<A]]") == "B<A"
+    assert parsing.parse_arena_verdict("[[ B>A ]]") == "B>A"  # the lenient option
     assert parsing.parse_arena_verdict("blah [[A>B]] final: [[A>B]]") == "A>B"
     assert parsing.parse_arena_verdict("[[A>B]] then [[B>>A]]") is None  # contradictory
     assert parsing.parse_arena_verdict("My final verdict is [[B<A]]") == "A>B"

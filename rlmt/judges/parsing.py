@@ -98,12 +98,32 @@ def parse_wildbench_score(text: str | None) -> float | None:
 
 
 ARENA_VERDICTS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
+ARENA_LABELS = ("A>B", "A>>B", "A=B", "A<<B", "A<B", "B>A", "B>>A", "B=A", "B<<A", "B<A")  # the official table
+_ARENA_OFFICIAL = (re.compile(r"\[\[([AB<>=]+)\]\]"), re.compile(r"\[([AB<>=]+)\]"))  # arena-hard-v2.0.yaml
 _ARENA = re.compile(r"\[\[\s*(A>>B|A>B|A=B|B>A|B>>A|A<<B|A<B|B<<A|B<A)\s*\]\]")
 _MIRROR = {"A<<B": "B>>A", "A<B": "B>A", "B<<A": "A>>B", "B<A": "A>B"}
 
 
+def parse_arena_verdict_official(text: str | None) -> str | None:
+    """Arena-Hard v2's own rule (``gen_judgment.get_score`` with the v2 regexes): the reply is
+    upper-cased, ``[[X]]`` labels are searched first and ``[X]`` only if there is none, and the
+    *last* match wins. A label outside the official table (``[[A>>>B]]``) is unparsed here: the
+    official ``show_result`` would stop with a KeyError on it."""
+    if not text:
+        return None
+    upper = text.upper()
+    for pattern in _ARENA_OFFICIAL:
+        found = [m for m in pattern.findall(upper) if m != ""]
+        if found:
+            label = found[-1].strip("\n")
+            return label if label in ARENA_LABELS else None
+    return None
+
+
 def parse_arena_verdict(text: str | None) -> str | None:
-    """The ``[[A>B]]``-style label; several *different* labels in one reply count as unparsed."""
+    """Our lenient reading (option ``verdict_parsing: lenient``): ``[[ A>B ]]`` with spaces is read;
+    only double brackets, case-sensitive; mirrored labels normalised (``B<A`` -> ``A>B``); several
+    *different* labels in one reply count as unparsed (official takes the last)."""
     if not text:
         return None
     found = {_MIRROR.get(m, m) for m in _ARENA.findall(text)}

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from rlmt.report.arena_joint import joint_leaderboards, joint_table
+from rlmt.report.arena_joint import markdown as arena_markdown
 from rlmt.report.figures import plot_benchmark_bars, plot_deltas, plot_training_curves, training_histories
 from rlmt.report.tables import COLUMNS, load_rows, main_table, think_deltas, to_markdown
 from rlmt.workflow import Plan
@@ -64,6 +66,11 @@ def build_report(plan: Plan, cfg: ReportConfig) -> dict[str, Path]:
     deltas.write_csv(out / "think_deltas.csv")
     shown = [c for c in table.columns if not c.endswith(" CI") and c not in ("model", "avg_over")] if rows else []
     (out / "main_table.md").write_text(to_markdown(table.select(shown)) if rows else "_(no scores)_\n")
+    sections: list[str] = []
+    if "arenahard-v2" in benchmarks:  # the official style control needs every model at once
+        arena = joint_table(joint_leaderboards([r.model for r in rows], cfg.eval_root))
+        arena.write_csv(out / "arenahard_style_control.csv")
+        sections = arena_markdown(arena)
 
     histories = training_histories(plan.cell_names, uri=cfg.tracking_uri, experiment=cfg.experiment)
     fig_paths = plot_training_curves(histories, figures)
@@ -73,7 +80,7 @@ def build_report(plan: Plan, cfg: ReportConfig) -> dict[str, Path]:
     (out / "training_curves.json").write_text(json.dumps(histories, indent=1))
     links = run_links([r.model for r in rows], uri=cfg.tracking_uri, experiment=cfg.experiment, ui_url=cfg.ui_url)
 
-    md = _markdown(plan, table, deltas, shown, fig_paths, links, out)
+    md = _markdown(plan, table, deltas, shown, fig_paths, links, out, sections)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(_html(plan, table, deltas, shown, fig_paths, links, out))
     return {"report": out / "report.md", "html": out / "report.html", "table": out / "main_table.csv",
@@ -86,7 +93,7 @@ def _fmt(v) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
-def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path) -> str:
+def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections: list[str] = ()) -> str:
     lines = ["# RLMT report", "",
              f"{len(plan.cells)} cells; benchmarks: {', '.join(plan.benchmarks)}. "
              "Scores are in points (0–100; WildBench −100..100) with 95 % bootstrap CIs in `main_table.csv`. "
@@ -101,7 +108,7 @@ def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path) -> str:
             lines.append(f"- `{model}`: {f'[run]({link})' if link else 'no run found'}")
     else:
         lines.append("_(no scores yet)_")
-    lines += ["", "## Thinking minus non-thinking (paired bootstrap over items)", "", to_markdown(deltas), "",
+    lines += ["", *sections, "## Thinking minus non-thinking (paired bootstrap over items)", "", to_markdown(deltas), "",
               "## Figures", ""]
     for p in fig_paths:
         lines.append(f"![{p.stem}]({p.relative_to(out)})")

@@ -1,0 +1,101 @@
+"""Arena-Hard v2's official style-controlled score: one joint fit over every model of the report.
+
+The official leaderboard fits Bradley-Terry jointly over all its models against the baseline, with
+style coefficients shared by all of them (:mod:`rlmt.benchmarks.arena_style`); a cell alone cannot
+(its ``scores.json`` holds ``style_controlled_alone``). This stage reads every evaluated model's
+``arenahard-v2/judgments.jsonl`` (each row carries the game's label and both answers' official
+style metadata) and fits ``hard_prompt`` and ``creative_writing`` separately, each against its own
+baseline. A model's missing answers (``extra.missing_answers`` of its scores) lose both games
+decisively, as in the cell's own score.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from rlmt.benchmarks import arena_style
+from rlmt.benchmarks.arena_style import Pair
+
+BENCH = "arenahard-v2"
+
+
+def model_pairs(model: str, bench_dir: Path) -> list[tuple[str, str, Pair]]:
+    """(category, baseline, pair) for one model, from its judgments and scores."""
+    path = bench_dir / "judgments.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    protocols = {r.get("protocol") for r in rows}
+    protocol = "official" if "official" in protocols else next(iter(protocols), None)
+    games: dict[str, dict] = {}
+    for r in rows:
+        if r.get("protocol") != protocol:
+            continue
+        if "style" not in r:
+            raise ValueError(f"{path}: judgment rows lack style metadata (judged before the joint fit existed); "
+                             "rerun `rlmt eval judge` (cached replies are reused)")
+        g = games.setdefault(r["id"], {"category": r["category"], "baseline": r["baseline"], "style": r["style"],
+                                       "baseline_style": r["baseline_style"], "game1": None, "game2": None})
+        g[r["game"]] = r["parsed"] if r["ok"] else None
+    out = [(g["category"], g["baseline"], Pair(model, uid, g["game1"], g["game2"], g["style"], g["baseline_style"]))
+           for uid, g in games.items()]
+    scores = bench_dir / "scores.json"
+    if scores.exists():
+        extra = json.loads(scores.read_text()).get("extra", {})
+        missing = extra.get("missing_answers") or extra.get("official", extra.get("paper", {})).get("missing_answers", {})
+        empty = dict.fromkeys(arena_style.STYLE_KEYS, 0)  # the style of a missing answer (no tokenizer needed)
+        for uid, m in (missing or {}).items():
+            out.append((m["category"], m["baseline"], Pair(model, uid, "A>>B", "B>>A", empty, m["baseline_style"])))
+    return out
+
+
+def joint_leaderboards(models: list[str], eval_root: str | Path, *, official_rounds: int = 100,
+                       our_rounds: int = 200, seed: int = 0) -> dict[str, arena_style.Leaderboard]:
+    """category -> the joint leaderboard over ``models`` (those with Arena-Hard judgments)."""
+    by_category: dict[str, list[Pair]] = {}
+    baselines: dict[str, str] = {}
+    for model in models:
+        bench_dir = Path(eval_root) / model / BENCH
+        if not (bench_dir / "judgments.jsonl").exists():
+            continue
+        for category, baseline, pair in model_pairs(model, bench_dir):
+            if baselines.setdefault(category, baseline) != baseline:
+                raise ValueError(f"{model}: {category} judged against {baseline}, others against {baselines[category]}")
+            by_category.setdefault(category, []).append(pair)
+    return {c: arena_style.leaderboard(pairs, c, baselines[c], official_rounds=official_rounds,
+                                       our_rounds=our_rounds, seed=seed)
+            for c, pairs in sorted(by_category.items())}
+
+
+def joint_table(boards: dict[str, arena_style.Leaderboard]) -> pl.DataFrame:
+    records = []
+    for category, b in boards.items():
+        for model in sorted(b.raw):
+            med, p05, p95 = b.official_bootstrap[model]
+            lo, hi = b.prompt_ci[model]
+            records.append({"category": category, "model": model, "baseline": b.baseline,
+                            "win_rate": b.raw[model], "style_controlled": b.style_controlled[model],
+                            "official_bootstrap_median": med, "official_p05": p05, "official_p95": p95,
+                            "ours_ci95_low": lo, "ours_ci95_high": hi,
+                            "dropped_pairs_all_models": b.dropped_pairs})
+    return pl.DataFrame(records)
+
+
+def markdown(table: pl.DataFrame) -> list[str]:
+    lines = ["## Arena-Hard v2: official style control (joint fit over every model here)", "",
+             f"Official rules: {arena_style.OFFICIAL_VERSION} (o200k token length and markdown densities, code "
+             "removed, features standardised over all weighted rows; Bradley-Terry over all models and the "
+             "baseline). `style_controlled` is the point fit; the official bootstrap (100 row resamples, "
+             "seeded) gives its median and 5-95 %; ours resamples prompts (95 %). `win_rate` is without "
+             "style control. hard_prompt and creative_writing are separate leaderboards; the main table's "
+             "AH2 is the cell-alone pooled number (the paper's variant).", ""]
+    if table.is_empty():
+        return lines + ["_(no Arena-Hard judgments)_", ""]
+    lines += ["| category | model | win rate | style-controlled | official median [5, 95] | ours 95 % CI |",
+              "|---|---|---|---|---|---|"]
+    for r in table.iter_rows(named=True):
+        lines.append(f"| {r['category']} | {r['model']} | {r['win_rate']:.1f} | {r['style_controlled']:.1f} | "
+                     f"{r['official_bootstrap_median']:.1f} [{r['official_p05']:.1f}, {r['official_p95']:.1f}] | "
+                     f"[{r['ours_ci95_low']:.1f}, {r['ours_ci95_high']:.1f}] |")
+    return lines + [""]

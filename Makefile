@@ -15,7 +15,7 @@ venv: $(BIN)/python
 # Set up and run the main job: the embedded default (tiny offline models, CPU).
 # The rules run `rlmt ...`: the venv's bin goes first on PATH (as `. .venv/bin/activate` would do).
 run: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile workflow/profiles/default all
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake all
 
 # alpaca_eval 0.6.6 needs pkg_resources (setuptools<81), which our pins exclude: it lives in its own
 # --target directory, used only by the test that checks our LC GLM against alpaca_eval's.
@@ -43,5 +43,5 @@ lint: venv
 	$(BIN)/snakemake --lint
 
 report: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile workflow/profiles/default \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake \
 		--report results/report/snakemake-report.html all

@@ -1,10 +1,19 @@
-# rlmt: the RLMT experiment DAG.
-#   snakemake --profile workflow/profiles/default all                  # embedded default (tiny, CPU)
-#   snakemake --profile slurm --configfile config/paper.yaml all       # the paper's grid on a cluster
+# rlmt: the RLMT experiment DAG. The workflow profile profiles/default (cores, ...) applies to every run.
+#   snakemake all                                                      # embedded default (tiny, CPU)
 #   snakemake results/eval/<cell>/scores.json                          # one ablation cell
+#   snakemake --profile profiles/slurm --configfile=config/paper.yaml  # the paper's grid on a cluster
+# (--configfile takes several files: give it with "=", or a target after it is read as a config.)
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+# A Snakemake killed outright (kill -9) leaves its directory locks behind, and the same command
+# would stop at them; they are removed when no Snakemake of this workflow is alive (rlmt/stale_locks.py).
+if workflow.is_main_process:
+    from rlmt.stale_locks import release_stale_locks
+
+    for stale in release_stale_locks():
+        logger.warning(f"removed {stale}: the Snakemake that locked this directory is gone")
 
 
 # The embedded default unless a config is given (--configfile REPLACES it rather than being

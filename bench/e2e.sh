@@ -13,7 +13,7 @@ export PATH="$PWD/.venv/bin:$PATH"   # the rules run `rlmt ...`
 .venv/bin/python - <<'PY'
 import resource, subprocess, sys, time
 t0 = time.time()
-rc = subprocess.call([".venv/bin/snakemake", "--profile", "workflow/profiles/default", "all"])
+rc = subprocess.call([".venv/bin/snakemake", "all"])
 wall = time.time() - t0
 peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 / 1024
 print(f"e2e: exit {rc}; wall {wall / 60:.1f} min (target <= 15); "

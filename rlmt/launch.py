@@ -27,7 +27,19 @@ so an 8-GPU job holds 8 tasks, and any plain ``srun`` inside it then runs a sing
   command directly, without its own ``srun``), ``tasks=N`` so that ``sbatch --nodes=N
   --ntasks=N`` holds one task per node; the rule's own ``srun --ntasks-per-node=1`` (from
   :func:`launch_prefix`) then starts exactly one launcher per node, and the launchers meet at a
-  c10d rendezvous on the first node of the allocation.
+  static rendezvous on the first node of the allocation (its NodeAddr, which need not be its name).
+
+Which step owns the CPUs (measured on a real Slurm 22.05, tests/test_slurm_e2e.py): without
+``mpi`` the jobstep's ``srun -n1`` step holds every CPU of the job, so an ``srun`` inside the
+rule waits for CPUs that are never freed and the job hangs until its time limit. ``srun --overlap``
+would get past that but share the step's CPUs and memory; with ``mpi`` the rule's own ``srun`` is
+the job's only step and owns its CPUs, which is the design here. ``mpi`` is therefore set exactly
+when the launcher starts with ``srun`` (several nodes) and left out otherwise (the jobstep tests
+the key's presence, not its value). One node never needs ``srun``: its ``accelerate launch``
+runs inside the jobstep's step and starts its processes there.
+
+Without GPUs (CPU nodes, and the tests) the processes are torchrun's (``--multi_gpu``, which
+only selects that launcher) on the gloo backend (``ACCELERATE_USE_CPU=true``).
 """
 
 from __future__ import annotations
@@ -50,12 +62,20 @@ def accelerate_args(res: Resources, *, num_machines: int, machine_rank: str | No
                     main_process_ip: str | None = None, port: int = DEFAULT_PORT) -> list[str]:
     """``accelerate launch`` options for `res` (the config file supplies DDP vs DeepSpeed ZeRO)."""
     args = ["accelerate", "launch"]
+    processes = num_machines * processes_per_node(res)
     if res.accelerate_config:
         args += ["--config_file", res.accelerate_config]
-    args += ["--num_machines", str(num_machines), "--num_processes", str(num_machines * processes_per_node(res))]
+    elif processes > 1:
+        args += ["--multi_gpu"]  # torchrun's launcher; without it accelerate starts one lone process per machine
+    args += ["--num_machines", str(num_machines), "--num_processes", str(processes)]
+    if num_machines == 1 and port != DEFAULT_PORT:  # one node: only its port can clash (jobs sharing a node)
+        args += ["--main_process_port", str(port)]
     if num_machines > 1:
+        # static rendezvous: node 0 (the first of the allocation) hosts the store, the others join it.
+        # (c10d lets whichever agent comes first host it, which on one host collides with node 0's own
+        # port check; a fixed-size job gains nothing from c10d's elasticity.)
         args += ["--machine_rank", machine_rank or "0", "--main_process_ip", main_process_ip or "localhost",
-                 "--main_process_port", str(port), "--rdzv_backend", "c10d"]
+                 "--main_process_port", str(port), "--rdzv_backend", "static"]
     return args + ["--no_python"]
 
 
@@ -65,14 +85,27 @@ def launch_prefix(res: Resources, *, port: int = DEFAULT_PORT) -> str:
         raise ValueError(f"resources.nodes must be >= 1, got {res.nodes}")
     if res.nodes == 1 and res.gpus <= 1 and res.launcher == "python":
         return ""
+    cpu_env = "ACCELERATE_USE_CPU=true " if res.gpus == 0 else ""
     if res.nodes == 1:
-        return shlex.join(accelerate_args(res, num_machines=1))
+        return cpu_env + shlex.join(accelerate_args(res, num_machines=1, port=port))
     # Several nodes: $SLURM_NODEID and the node list exist only inside srun's task, so the
     # accelerate command is expanded there, by bash -c; the training command follows as "$@".
+    # The rendezvous is the first node's NodeAddr (node names need not resolve), on a port
+    # offset by the job id, so two jobs sharing a node do not collide.
     inner = shlex.join(accelerate_args(res, num_machines=res.nodes, machine_rank="RANK", main_process_ip="HEAD",
                                        port=port))
-    inner = inner.replace(" RANK ", ' "$SLURM_NODEID" ').replace(" HEAD ", ' "$head" ')
-    script = 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); exec ' + inner + ' "$@"'
+    inner = (inner.replace(" RANK ", ' "$SLURM_NODEID" ').replace(" HEAD ", ' "$addr" ')
+             .replace(f" {port} ", ' "$port" '))
+    script = (
+        'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); '
+        'addr=$(scontrol show node "$head" 2>/dev/null | sed -n "s/.*NodeAddr=\\([^ ]*\\).*/\\1/p" | head -n 1); '
+        'addr=${addr:-$head}; '
+        f'port=$(( {port} + ${{SLURM_JOB_ID:-0}} % 1000 )); '
+        f'echo "rlmt-launch: node ${{SLURMD_NODENAME:-$(hostname)}} machine_rank $SLURM_NODEID of {res.nodes}, '
+        'rendezvous $addr:$port" >&2; '
+        + ("export ACCELERATE_USE_CPU=true; " if cpu_env else "")
+        + "exec " + inner + ' "$@"'
+    )
     srun = ["srun", f"--nodes={res.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={res.cpus_per_task}",
             "--kill-on-bad-exit=1"]
     return shlex.join(srun) + " bash -c " + shlex.quote(script) + " rlmt-launch"

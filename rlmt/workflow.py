@@ -38,6 +38,24 @@ RULE_BENCHMARKS = {"demo-if", "ifeval", "ifbench", "mmlu-redux", "math-500", "ze
 MODEL_FREE_ITEMS = RULE_BENCHMARKS | JUDGED_BENCHMARKS
 CONFIG_SNAPSHOT = "results/.rlmt/config.yaml"
 
+# The `resources` entries of the config a cluster rule reads (the other rules are `localrules`), first match wins, else `default`
+# (`<first>_<algo>`, e.g. train_grpo, comes before them). Scoring the win rate loads the reward model
+# onto a GPU, as generation loads the policy: without an entry of its own it runs where generation runs.
+RESOURCE_ENTRIES: dict[str, tuple[str, ...]] = {
+    "prepare_model": ("prepare",),
+    "curate": ("curate",),
+    "sft_data": ("sft_data",),
+    "sft": ("sft",),
+    "train": ("train",),
+    "generate": ("generate",),
+    "score_winrate": ("score_winrate", "generate"),
+    "judge": ("judge",),
+}
+
+
+def _digest(settings: Any) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class EvalModel:
@@ -191,33 +209,84 @@ class Plan:
 
     def settings_digest(self, algo: str, axes: Cell | dict[str, Any] | None) -> str:
         """A digest of the settings a job uses: changing them re-runs exactly the jobs they affect."""
-        settings = self.cfg.settings(algo, axes).model_dump(mode="json")
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return _digest(self.cfg.settings(algo, axes).model_dump(mode="json"))
 
-    def resources_of(self, rule: str, algo: str | None = None) -> Resources:
-        """A rule's resources: `resources.<rule>_<algo>` (e.g. train_grpo), else `<rule>`, else `default`."""
-        return (self.cfg.resources.get(f"{rule}_{algo}") if algo else None) or self.cfg.resources_for(rule)
+    def resources_of(self, name: str, algo: str | None = None) -> Resources:
+        """A resources entry: `resources.<name>_<algo>` (e.g. train_grpo), else `<name>`, else `default`."""
+        return (self.cfg.resources.get(f"{name}_{algo}") if algo else None) or self.cfg.resources_for(name)
+
+    def rule_resources(self, rule: str, algo: str | None = None) -> Resources:
+        """The resources entry a cluster rule runs with (see RESOURCE_ENTRIES)."""
+        names = RESOURCE_ENTRIES[rule]
+        candidates = ([f"{names[0]}_{algo}"] if algo else []) + list(names)
+        found = next((self.cfg.resources[n] for n in candidates if n in self.cfg.resources), None)
+        return found or self.cfg.resources["default"]
 
     def launch_prefix(self, rule: str, algo: str | None = None) -> str:
         """The launcher a training job runs under ('' = plain python; else accelerate/srun, see rlmt.launch)."""
         from rlmt.launch import launch_prefix
 
-        prefix = launch_prefix(self.resources_of(rule, algo))
+        prefix = launch_prefix(self.rule_resources(rule, algo))
         return prefix + " " if prefix else ""
 
-    def slurm_resource(self, rule: str, key: str, algo: str | None = None) -> Any:
-        """One Snakemake resource of `rule` in the Slurm plugin's terms (gpu/gres/tasks/...; see rlmt.launch).
+    def job_resources(self, rule: str, algo: str | None = None) -> dict[str, Any]:
+        """Every Snakemake resource of one job of `rule`, in snakemake-executor-plugin-slurm's terms.
 
-        Every key has a neutral default so that a rule can declare the same keys for any config.
+        Keys without a value are left out (never ``""``), so the profile's default-resources
+        (account, partition) still apply to them.
         """
         from rlmt.launch import slurm_resources
 
-        neutral = {"gpu": 0, "gres": "", "tasks": 1, "tasks_per_gpu": 0, "mpi": "", "slurm_partition": "",
-                   "slurm_account": ""}
-        return slurm_resources(self.resources_of(rule, algo)).get(key, neutral.get(key))
+        return slurm_resources(self.rule_resources(rule, algo))
 
-    def resources(self, rule: str, key: str, algo: str | None = None) -> Any:
-        return getattr(self.resources_of(rule, algo), key)
+    def resource_keys(self, rule: str) -> list[str]:
+        """The resource names `rule` declares: those any of its jobs has (train: over the grid's algorithms)."""
+        algos = sorted({c.algo for c in self.cells}) if rule == "train" else [None]
+        return sorted({key for algo in algos for key in self.job_resources(rule, algo)})
+
+    def job_threads(self, rule: str, algo: str | None = None) -> int:
+        return self.rule_resources(rule, algo).cpus_per_task
+
+    # ------------------------------------------------------------------ settings digests and secrets
+
+    def generation_digest(self, model: str, bench: str) -> str:
+        """A digest of what a generation job's output depends on beyond its input files."""
+        spec = self.cfg.evaluation.benchmarks.get(bench)
+        sampling = (spec.sampling if spec and spec.sampling else None) or self.cfg.generation.sampling
+        gen = self.cfg.generation
+        return _digest({"sampling": sampling.model_dump(mode="json"), "backend": gen.backend,
+                        "base_url": gen.base_url, "max_new_tokens": self.max_new_tokens(model, bench),
+                        "think": self.eval_models[model].think})
+
+    def judge_name(self, bench: str) -> str | None:
+        """The judge a judged benchmark uses: its ``judge`` option, else the only configured judge."""
+        spec = self.cfg.evaluation.benchmarks.get(bench)
+        judges = self.cfg.evaluation.judges
+        name = (spec.options.get("judge") if spec else None) or (next(iter(judges)) if len(judges) == 1 else None)
+        return name
+
+    def judge_digest(self, bench: str) -> str:
+        """A digest of the judge (model, endpoint, sampling) and the benchmark's protocol and options."""
+        spec = self.cfg.evaluation.benchmarks.get(bench)
+        judge = self.cfg.evaluation.judges.get(self.judge_name(bench) or "")
+        return _digest({"judge": judge.model_dump(mode="json") if judge else None,
+                        "benchmark": spec.model_dump(mode="json", exclude={"enabled"}) if spec else None})
+
+    def api_key_envs(self) -> list[str]:
+        """Environment variables holding the API keys that this plan's jobs call (teachers, judges, HTTP generation)."""
+        names = set()
+        for name in {c.sft_data for c in self.cells if c.sft_data}:
+            teacher = self.cfg.sft_data[name].teacher
+            if teacher is not None and teacher.api_key_env:
+                names.add(teacher.api_key_env)
+        for bench in self.benchmarks:
+            if bench in JUDGED_BENCHMARKS:
+                judge = self.cfg.evaluation.judges.get(self.judge_name(bench) or "")
+                if judge is not None and judge.api_key_env:
+                    names.add(judge.api_key_env)
+        if self.cfg.generation.backend == "openai" and self.cfg.generation.api_key_env:
+            names.add(self.cfg.generation.api_key_env)
+        return sorted(names)
 
     # ------------------------------------------------------------------ report
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +54,12 @@ def test_settings_digest_changes_only_for_matching_cells(paper):
     assert changed and all("instruct" in n and n.startswith("grpo") for n in changed)
 
 
+KEYS = {"OPENAI_API_KEY": "test-not-a-key", "GEMINI_API_KEY": "test-not-a-key"}
+
+
 def test_paper_grid_dry_run_plans_every_training_cell():
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml", "all"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile=config/paper.yaml", "all"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **KEYS})
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = _job_counts(proc.stdout)
     assert counts["train"] >= 40
@@ -65,6 +70,123 @@ def test_paper_grid_dry_run_plans_every_training_cell():
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml"])
 def test_lint_is_clean(configfile):
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", f"--configfile={configfile}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **KEYS})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Congratulations" in proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- cluster resources
+
+
+CLUSTER_RULES = ["prepare_model", "curate", "sft_data", "sft", "train", "generate", "score_winrate", "judge"]
+
+
+def test_every_cluster_rule_gets_every_resource_key_of_its_config_entry(paper):
+    """curate/prepare/sft_data/judge get their CPU partition and CPUs (not only memory and runtime)."""
+    res = paper.cfg.resources
+    for rule, entry in [("curate", "curate"), ("prepare_model", "prepare"), ("sft_data", "sft_data"),
+                        ("judge", "judge"), ("generate", "generate")]:
+        job = paper.job_resources(rule)
+        want = res[entry]
+        assert (job["slurm_partition"], job["cpus_per_task"], job["mem_mb"], job["runtime"]) == (
+            want.slurm_partition, want.cpus_per_task, want.mem_mb, want.runtime), rule
+        assert paper.job_threads(rule) == want.cpus_per_task
+    assert paper.job_resources("curate")["slurm_partition"] == "cpu" and "gpu" not in paper.job_resources("curate")
+
+
+def test_score_winrate_loads_its_reward_model_on_a_gpu(paper):
+    job = paper.job_resources("score_winrate")
+    assert job["gpu"] >= 1 and job["slurm_partition"] == paper.cfg.resources["generate"].slurm_partition
+
+
+def test_keys_without_a_value_are_left_out_never_empty(paper, default):
+    for plan in (paper, default):
+        for rule in CLUSTER_RULES:
+            for algo in (["grpo", "ppo", "dpo"] if rule == "train" else [None]):
+                job = plan.job_resources(rule, algo)
+                assert all(v not in ("", None) for v in job.values()), (rule, algo, job)
+                # the jobstep treats the mere presence of `mpi` as "run the command without srun"
+                assert ("mpi" in job) == (job["nodes"] > 1), (rule, algo, job)
+    # the embedded default names no account or partition: the profile's default-resources apply
+    assert not {"slurm_account", "slurm_partition"} & set(default.resource_keys("train"))
+
+
+def test_multi_node_tasks_survive_the_slurm_profile(tmp_path):
+    """A 2-node cell dry-run through profiles/slurm: tasks=2 and mpi reach the job, no set-resources undo them."""
+    import yaml
+
+    from rlmt.config import load_config
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg["grid"] = [{"algo": ["grpo"], "base": ["llama-base"], "start": ["warm-start"], "think": [True],
+                    "rm": ["tiny-rm"], "mixture": ["demo"]}]
+    cfg["resources"]["train"] = {"gpus": 8, "nodes": 2, "cpus_per_task": 32, "mem_mb": 400000, "runtime": 600,
+                                 "slurm_partition": "gpu", "launcher": "accelerate"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    load_config(tmp_path / "config.yaml")
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert "set-resources" not in profile and "software-deployment-method" not in profile
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+                           "--profile", str(ROOT / "profiles/slurm"), f"--configfile={tmp_path / 'config.yaml'}",
+                           "results/checkpoints/grpo__llama-base__warm-start__think__tiny-rm__demo/final"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    block = proc.stdout.split("rule train:")[1].split("\n\n")[0]
+    resources = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block).group(1).split(", "))
+    assert resources["tasks"] == "2" and resources["nodes"] == "2" and resources["mpi"] == "srun"
+    assert resources["gres"] == "gpu:8" and resources["slurm_partition"] == "gpu"
+    assert resources["slurm_account"] == "your-account"  # the profile's default, not hidden by an empty value
+
+
+def test_generation_and_judging_rerun_when_their_settings_change(paper):
+    cfg = paper.cfg.model_copy(deep=True)
+    cfg.generation.sampling.temperature = 0.3
+    changed = Plan(cfg)
+    model = paper.cell_names[0]
+    assert changed.generation_digest(model, "ifeval") != paper.generation_digest(model, "ifeval")
+    assert changed.settings_digest("grpo", changed.cells[0]) == paper.settings_digest("grpo", paper.cells[0])
+    judged = paper.cfg.model_copy(deep=True)
+    judge = paper.judge_name("arenahard-v2")
+    judged.evaluation.judges[judge].model = "another-judge"
+    assert Plan(judged).judge_digest("arenahard-v2") != paper.judge_digest("arenahard-v2")
+    assert paper.judge_name("alpacaeval2") != judge
+    assert Plan(judged).judge_digest("alpacaeval2") == paper.judge_digest("alpacaeval2")  # another judge: unchanged
+
+
+def test_api_keys_are_declared_envvars(paper, default):
+    assert paper.api_key_envs() == ["GEMINI_API_KEY", "OPENAI_API_KEY"]
+    assert default.api_key_envs() == []
+    env = {k: v for k, v in os.environ.items() if k not in KEYS}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile=config/paper.yaml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "OPENAI_API_KEY" in out and "GEMINI_API_KEY" in out
+
+
+def _header_commands() -> list[str]:
+    lines = (ROOT / "Snakefile").read_text().splitlines()
+    return [l.lstrip("#").split("  #")[0].strip() for l in lines if l.startswith("#   snakemake")]
+
+
+def test_the_snakefile_header_commands_parse_as_written():
+    """Snakemake's own argument parsing, from the repo root: the workflow profile supplies cores; no target is
+    swallowed by --configfile; the `all` trap file is gone."""
+    from snakemake.cli import parse_args
+
+    assert not (ROOT / "all").exists()
+    commands = _header_commands()
+    assert len(commands) == 3
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        for cmd in commands:
+            cmd = cmd.replace("<cell>", "grpo__llama-base__warm-start__think__tiny-rm__demo")
+            _, args = parse_args(shlex.split(cmd)[1:])
+            assert args.cores == os.cpu_count(), cmd  # `cores: all` of the workflow profile
+            if "--configfile" in cmd:
+                assert [str(p) for p in args.configfile] == ["config/paper.yaml"] and not args.targets
+                assert args.executor == "slurm" and args.keep_going
+            else:
+                assert args.targets and not args.configfile
+    finally:
+        os.chdir(cwd)

@@ -1,6 +1,7 @@
 # Shared setup: the validated config (as pydantic models) and the experiment plan.
 import os
 import re
+import shlex
 
 from rlmt.config import ConfigError, parse_config
 from rlmt.workflow import JUDGED_BENCHMARKS, RULE_BENCHMARKS, Plan
@@ -11,6 +12,26 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 CFG = PLAN.cfg
+
+# Tiny rules (seconds of file work) run in the Snakemake process, never as cluster jobs.
+localrules:
+    all,
+    zero_model,
+    benchmark_items,
+    score,
+    model_scores,
+    report,
+
+
+# The API keys the plan's teachers, judges and HTTP generation need: Snakemake stops at once when one
+# is missing (instead of a judge job failing hours in) and passes them to the jobs.
+envvars:
+    *PLAN.api_key_envs(),
+
+
+# Every rule runs the package of this workflow's own source tree (`python -m rlmt.cli`), whether its
+# Python is the user's venv or a conda env made from envs/*.yaml (which hold the dependencies only).
+shell.prefix("set -euo pipefail; export PYTHONPATH=" + shlex.quote(workflow.basedir) + '${{PYTHONPATH:+:$PYTHONPATH}}; ')
 CONFIG = PLAN.write_config_snapshot()
 CELL_NAMES = PLAN.cell_names
 EVAL_MODELS = PLAN.eval_models
@@ -35,14 +56,21 @@ wildcard_constraints:
     think="think|nothink",
 
 
-def res(rule, key, algo=None):
-    """A resource value of `rule` from the config's resources block (a callable for Snakemake)."""
-    return lambda wildcards: PLAN.resources(rule, key, algo(wildcards) if callable(algo) else algo)
+def job_resources(rule, algo=None):
+    """Every resource of `rule` from the config's `resources` block, as callables for Snakemake.
+
+    `algo` (a function of the wildcards) picks `resources.<rule>_<algo>`. A key none of the rule's
+    jobs has is not declared; one that only some jobs have is None for the others, which drops it.
+    """
+
+    def value(key):
+        return lambda wildcards: PLAN.job_resources(rule, algo(wildcards) if algo else None).get(key)
+
+    return {key: value(key) for key in PLAN.resource_keys(rule)}
 
 
-def slurm(rule, key, algo=None):
-    """A Slurm-plugin resource (gpu, gres, tasks, tasks_per_gpu, mpi, nodes ...) from the config."""
-    return lambda wildcards: PLAN.slurm_resource(rule, key, algo(wildcards) if callable(algo) else algo)
+def job_threads(rule, algo=None):
+    return lambda wildcards: PLAN.job_threads(rule, algo(wildcards) if algo else None)
 
 
 def cell_algo(wildcards):

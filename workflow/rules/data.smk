@@ -19,13 +19,13 @@ rule curate:
         outdir=lambda w, output: os.path.dirname(output.train),
     log:
         "results/logs/curate/{mixture}.log",
+    threads: job_threads("curate")
     resources:
-        mem_mb=res("curate", "mem_mb"),
-        runtime=res("curate", "runtime"),
+        **job_resources("curate"),
     conda:
         "../../envs/data.yaml"
     shell:
-        "rlmt data curate --config {params.config} --mixture {wildcards.mixture} {params.tokenizer} "
+        "python -m rlmt.cli data curate --config {params.config} --mixture {wildcards.mixture} {params.tokenizer} "
         "--out {params.outdir} > {log} 2>&1"
 
 
@@ -37,12 +37,13 @@ rule sft_data:
         config=CONFIG,
     log:
         "results/logs/sft_data/{sft}.log",
+    threads: job_threads("sft_data")
     resources:
-        runtime=res("sft_data", "runtime"),
+        **job_resources("sft_data"),
     conda:
         "../../envs/data.yaml"
     shell:
-        "rlmt data sft --config {params.config} --name {wildcards.sft} "
+        "python -m rlmt.cli data sft --config {params.config} --name {wildcards.sft} "
         "--out-think {output.think} --out-nothink {output.nothink} > {log} 2>&1"
 
 
@@ -58,4 +59,4 @@ rule benchmark_items:
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval items --config {params.config} --bench {wildcards.bench} --out {output} > {log} 2>&1"
+        "python -m rlmt.cli eval items --config {params.config} --bench {wildcards.bench} --out {output} > {log} 2>&1"

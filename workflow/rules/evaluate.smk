@@ -13,20 +13,16 @@ rule generate:
         config=CONFIG,
         cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
         max_new_tokens=lambda w: PLAN.max_new_tokens(w.evalmodel, w.bench),
+        settings=lambda w: PLAN.generation_digest(w.evalmodel, w.bench),
     log:
         "results/logs/generate/{evalmodel}/{bench}.log",
+    threads: job_threads("generate")
     resources:
-        mem_mb=slurm("generate", "mem_mb"),
-        runtime=slurm("generate", "runtime"),
-        cpus_per_task=slurm("generate", "cpus_per_task"),
-        gpu=slurm("generate", "gpu"),
-        tasks_per_gpu=slurm("generate", "tasks_per_gpu"),
-        slurm_partition=slurm("generate", "slurm_partition"),
-        slurm_account=slurm("generate", "slurm_account"),
+        **job_resources("generate"),
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval generate --config {params.config} --model {input.model} --model-name {wildcards.evalmodel} {params.cell} "
+        "python -m rlmt.cli eval generate --config {params.config} --model {input.model} --model-name {wildcards.evalmodel} {params.cell} "
         "--bench {wildcards.bench} --prompts {input.prompts} --max-new-tokens {params.max_new_tokens} "
         "--out {output} > {log} 2>&1"
 
@@ -45,7 +41,7 @@ rule score:
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval score --config {params.config} --bench {wildcards.rulebench} --model-name {wildcards.evalmodel} "
+        "python -m rlmt.cli eval score --config {params.config} --bench {wildcards.rulebench} --model-name {wildcards.evalmodel} "
         "{params.cell} --items {input.prompts} --generations {input.generations} --out {output} > {log} 2>&1"
 
 
@@ -62,10 +58,13 @@ rule score_winrate:
         cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
     log:
         "results/logs/score/{evalmodel}/reward-winrate.log",
+    threads: job_threads("score_winrate")
+    resources:
+        **job_resources("score_winrate"),
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval score --config {params.config} --bench reward-winrate --model-name {wildcards.evalmodel} {params.cell} "
+        "python -m rlmt.cli eval score --config {params.config} --bench reward-winrate --model-name {wildcards.evalmodel} {params.cell} "
         "--items {input.prompts} --generations {input.generations} --reference {input.reference} "
         "--reward-model {input.reward_model} --out {output} > {log} 2>&1"
 
@@ -80,14 +79,16 @@ rule judge:
     params:
         config=CONFIG,
         cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
+        settings=lambda w: PLAN.judge_digest(w.judgedbench),
     log:
         "results/logs/judge/{evalmodel}/{judgedbench}.log",
+    threads: job_threads("judge")
     resources:
-        runtime=res("judge", "runtime"),
+        **job_resources("judge"),
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval judge --config {params.config} --bench {wildcards.judgedbench} --model-name {wildcards.evalmodel} "
+        "python -m rlmt.cli eval judge --config {params.config} --bench {wildcards.judgedbench} --model-name {wildcards.evalmodel} "
         "{params.cell} --items {input.prompts} --generations {input.generations} "
         "--out-judgments {output.judgments} --out {output.scores} > {log} 2>&1"
 
@@ -106,5 +107,5 @@ rule model_scores:
     conda:
         "../../envs/eval.yaml"
     shell:
-        "rlmt eval collect --config {params.config} --model-name {wildcards.evalmodel} {params.cell} {params.checkpoint} "
+        "python -m rlmt.cli eval collect --config {params.config} --model-name {wildcards.evalmodel} {params.cell} {params.checkpoint} "
         "--out {output} {input} > {log} 2>&1"

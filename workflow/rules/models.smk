@@ -17,13 +17,13 @@ rule prepare_model:
         ),
     log:
         "results/logs/prepare_model/{model}.log",
+    threads: job_threads("prepare_model")
     resources:
-        mem_mb=res("prepare", "mem_mb"),
-        runtime=res("prepare", "runtime"),
+        **job_resources("prepare_model"),
     conda:
         "../../envs/train.yaml"
     shell:
-        "rlmt models prepare --config {params.config} --model {wildcards.model} --out {output} {params.template} > {log} 2>&1"
+        "python -m rlmt.cli models prepare --config {params.config} --model {wildcards.model} --out {output} {params.template} > {log} 2>&1"
 
 
 rule zero_model:
@@ -38,4 +38,4 @@ rule zero_model:
     conda:
         "../../envs/train.yaml"
     shell:
-        "rlmt models zero --base {input.base} --out {output} {params.mode} > {log} 2>&1"
+        "python -m rlmt.cli models zero --base {input.base} --out {output} {params.mode} > {log} 2>&1"

@@ -26,4 +26,4 @@ rule report:
     conda:
         "../../envs/report.yaml"
     shell:
-        "rlmt report build --config {params.config} --out results/report > {log} 2>&1"
+        "python -m rlmt.cli report build --config {params.config} --out results/report > {log} 2>&1"

@@ -38,23 +38,13 @@ rule sft:
         launch=lambda w: PLAN.launch_prefix("sft"),
     log:
         "results/logs/sft/{sft_policy}.log",
-    threads: lambda w: PLAN.resources("sft", "cpus_per_task")
+    threads: job_threads("sft")
     resources:
-        nodes=slurm("sft", "nodes"),
-        mem_mb=slurm("sft", "mem_mb"),
-        runtime=slurm("sft", "runtime"),
-        cpus_per_task=slurm("sft", "cpus_per_task"),
-        gpu=slurm("sft", "gpu"),
-        gres=slurm("sft", "gres"),
-        tasks=slurm("sft", "tasks"),
-        tasks_per_gpu=slurm("sft", "tasks_per_gpu"),
-        mpi=slurm("sft", "mpi"),
-        slurm_partition=slurm("sft", "slurm_partition"),
-        slurm_account=slurm("sft", "slurm_account"),
+        **job_resources("sft"),
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.launch}rlmt train sft --config {params.config} --policy-name {wildcards.sft_policy} "
+        "{params.launch}python -m rlmt.cli train sft --config {params.config} --policy-name {wildcards.sft_policy} "
         "--model {input.model} --data {input.data} --out {output} > {log} 2>&1"
 
 
@@ -72,22 +62,12 @@ rule train:
         launch=lambda w: PLAN.launch_prefix("train", cell_algo(w)),
     log:
         "results/logs/train/{cell}.log",
-    threads: lambda w: PLAN.resources("train", "cpus_per_task")
+    threads: job_threads("train", cell_algo)
     resources:
-        nodes=slurm("train", "nodes", cell_algo),
-        mem_mb=slurm("train", "mem_mb", cell_algo),
-        runtime=slurm("train", "runtime", cell_algo),
-        cpus_per_task=slurm("train", "cpus_per_task", cell_algo),
-        gpu=slurm("train", "gpu", cell_algo),
-        gres=slurm("train", "gres", cell_algo),
-        tasks=slurm("train", "tasks", cell_algo),
-        tasks_per_gpu=slurm("train", "tasks_per_gpu", cell_algo),
-        mpi=slurm("train", "mpi", cell_algo),
-        slurm_partition=slurm("train", "slurm_partition", cell_algo),
-        slurm_account=slurm("train", "slurm_account", cell_algo),
+        **job_resources("train", cell_algo),
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.launch}rlmt train {params.algo} --config {params.config} --cell {wildcards.cell} "
+        "{params.launch}python -m rlmt.cli train {params.algo} --config {params.config} --cell {wildcards.cell} "
         "--policy {input.policy} --reward-model {input.reward_model} --train {input.train} --val {input.val} "
         "--out {params.outdir} > {log} 2>&1"

@@ -110,6 +110,16 @@ def _per_item(path: str | None) -> dict[str, float]:
     return out
 
 
+def _item_scale(headlines: list[tuple[float, dict[str, float]]], scale: float) -> float:
+    """`scale` if the headlines are nearer `scale` x their items' mean than the plain mean, else 1."""
+    scaled = plain = 0.0
+    for value, items in headlines:
+        mean = sum(items.values()) / len(items) if items else 0.0
+        scaled += abs(scale * mean - value)
+        plain += abs(mean - value)
+    return scale if scaled < plain else 1.0
+
+
 def paired_bootstrap(a: list[float], b: list[float], n_resamples: int = 2000, seed: int = 0,
                      alpha: float = 0.05) -> tuple[float, float, float]:
     """mean(a - b) over paired items, with a percentile bootstrap CI over items."""
@@ -138,8 +148,9 @@ def think_deltas(rows: list[Row], benchmarks: list[str], scale: float = 100.0) -
             ti, ni = _per_item(t.get("per_item")), _per_item(n.get("per_item"))
             common = sorted(set(ti) & set(ni))
             if common:
-                # per-item values are on the benchmark's own 0-1 (or -1..1) scale; report in points
-                item_scale = scale if abs(t["value"]) > 1.5 or abs(n["value"]) > 1.5 else 1.0
+                # report in points: per-item values are 0..1 (pass and win rates: x scale) or already
+                # in points (WildBench, -100..100: x 1); the headline says which (it is one of them x the items' mean)
+                item_scale = _item_scale([(t["value"], ti), (n["value"], ni)], scale)
                 d, lo, hi = paired_bootstrap([ti[i] for i in common], [ni[i] for i in common])
                 d, lo, hi = d * item_scale, lo * item_scale, hi * item_scale
             else:

@@ -101,7 +101,7 @@ def run_probe(tmp_path: Path, res: Resources, env: dict[str, str], *, port: int 
     out.mkdir()
     command = launch_command(res, [sys.executable, str(probe), str(out), "--flag", "value"], port=port)
     env = {**env, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}  # the CPU (gloo) path, as in CI
-    done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return sorted((json.loads(p.read_text()) for p in out.glob("rank-*.json")), key=lambda r: r["rank"])
 

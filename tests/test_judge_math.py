@@ -266,6 +266,15 @@ def test_parsers():
     assert parsing.parse_arena_verdict("[[A>B]] then [[B>>A]]") is None  # contradictory
     assert parsing.parse_arena_verdict("My final verdict is [[B<A]]") == "A>B"
     assert parsing.parse_arena_verdict("no label") is None
+    # WildBench official: bare JSON only; a score of "0" is kept
+    assert parsing.parse_wildbench_choice_official('{"choice": "A+"}') == "A+"
+    assert parsing.parse_wildbench_choice_official('```json\n{"choice": "B++"}\n```') is None
+    assert parsing.parse_wildbench_choice_official('{"choice": "C"}') is None
+    assert parsing.parse_wildbench_score_official('{"score": "0"}') == 0.0
+    assert parsing.parse_wildbench_score_official('Sure: {"score": 7}') is None
+    # Creative Writing official: every "name: N" form, verbatim names, > 20 dropped
+    assert parsing.parse_rubric_official("**Meandering**: 3\nCoherent: Score 12\nElegant Prose: [9]\nX: 25") == \
+        {"**Meandering**": 3.0, "Coherent": 12.0, "Elegant Prose": 9.0}
     assert parsing.parse_wildbench_choice('```json\n{"analysis_a": "x {y}", "choice": "B++"}\n```') == "B++"
     assert parsing.parse_wildbench_choice('{"analysis_a": "cut off", "choice": "A+"') == "A+"
     assert parsing.parse_wildbench_choice('{"choice": "C"}') is None

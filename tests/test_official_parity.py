@@ -229,3 +229,33 @@ def test_report_joint_fit_over_every_cell_gives_the_official_leaderboard(arena, 
             assert board.raw[model] == pytest.approx(100 * official[category]["raw"][model], abs=1e-9)
     table = joint_table(boards)
     assert table.height == 8 and "| creative_writing | plain-short |" in "\n".join(markdown(table))
+
+
+# ---------------------------------------------------------------------- Creative Writing v3
+
+
+def test_creative_writing_official_parsing_and_piece_scores(data_dir):
+    from rlmt.benchmarks import get_benchmark
+    from rlmt.judges.parsing import parse_rubric_official
+
+    rows = json.loads((FIXTURES / "creative_writing" / "replies.json").read_text())
+    bench = get_benchmark("creative-writing-v3", data_dir=str(data_dir))
+    crit, neg = bench._criteria()
+    official_parser = bench._parser(crit)
+    n_rescued = n_scored = 0
+    for row in rows:
+        assert parse_rubric_official(row["reply"]) == row["official_parsed"], row["reply"][:80]
+        parsed = official_parser(row["reply"])
+        if parsed is None:  # official: no score parsed, piece skipped (its score() returns 0.0 for no pieces)
+            assert row["official_parsed"] == {} or all(  # or every value dropped after inversion
+                (20 - v if k in neg else v) > 20 for k, v in row["official_parsed"].items())
+        else:
+            n_scored += 1
+            assert bench.piece_score(parsed, neg) == pytest.approx(5 * row["official_piece_0_20"], abs=1e-9)
+        lenient = bench._parser(crit, "lenient")(row["reply"])
+        n_rescued += parsed is None and lenient is not None
+    assert n_scored >= 55
+    # the lenient reading differs from official exactly where names are bold, bulleted or lower-case
+    differs = [r for r in rows if r["official_parsed"] and bench._parser(crit, "lenient")(r["reply"])
+               and bench.piece_score(bench._parser(crit, "lenient")(r["reply"]), neg) != 5 * r["official_piece_0_20"]]
+    assert len(differs) >= 20

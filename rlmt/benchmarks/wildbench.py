@@ -18,6 +18,12 @@ Protocols: ``paper`` = the reference code (judged inputs cut at 2,000 words, no 
 ``official`` = the WildBench length penalty: a *slight* win (+-50) turns into a tie when the
 winner's answer is more than ``K`` characters longer than the loser's (option ``length_penalty_k``,
 500). Judge parse failures are counted and left out in both (the reference code scored them -100).
+
+Judge replies (option ``reply_parsing``): ``official`` (default, allenai/WildBench's
+``batch_results_format.py``) keeps only a reply that is bare JSON with a known choice / a
+``score`` (any value, "0" included); ``lenient`` (ours) also reads JSON inside fences or prose and
+a truncated object's field, scores 1-10 only. ``extra.lenient_rescued_replies`` counts the
+replies the lenient reading parses and the official one drops.
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ from rlmt.benchmarks.base import (BenchmarkError, BenchmarkResult, Item, ItemSco
 from rlmt.judges import prompts
 from rlmt.judges.client import JudgePrompt
 from rlmt.benchmarks.judged import JudgedBenchmark, JudgeTask, answered, count_failures, resolve_data_file
-from rlmt.judges.parsing import parse_wildbench_choice, parse_wildbench_score
+from rlmt.judges.parsing import (parse_wildbench_choice, parse_wildbench_choice_official, parse_wildbench_score,
+                                 parse_wildbench_score_official)
 
 DATA_FILE = "benchmarks/wildbench/wildbench_v2.jsonl"
 REWARD = {"A++": 100, "A+": 50, "A=B": 0, "B+": -50, "B++": -100}
+PARSERS = {"official": {"score": parse_wildbench_score_official, "reward": parse_wildbench_choice_official},
+           "lenient": {"score": parse_wildbench_score, "reward": parse_wildbench_choice}}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -62,6 +71,13 @@ class WildBench(JudgedBenchmark):
         mode = self.options.get("mode", "reward")
         if mode not in ("reward", "score"):
             raise BenchmarkError(f"wildbench: unknown mode {mode!r}; allowed: reward, score")
+        return mode
+
+    @property
+    def parsing(self) -> str:
+        mode = self.options.get("reply_parsing", "official")
+        if mode not in PARSERS:
+            raise BenchmarkError(f"wildbench: unknown reply_parsing {mode!r}; allowed: {sorted(PARSERS)}")
         return mode
 
     def load_items(self, data_dir: Path | None, limit: int | None = None, seed: int = 0) -> list[Item]:
@@ -95,14 +111,14 @@ class WildBench(JudgedBenchmark):
             if self.mode == "score":
                 text = prompts.WILDBENCH_SCORE_USER.format(**common, response=model)
                 out.append(JudgeTask(item.id, "score", JudgePrompt(prompts.user(text), max_tokens),
-                                     parse_wildbench_score, {}))
+                                     PARSERS[self.parsing]["score"], {}))
                 continue
             ref = prompts.truncate_words(item.reference["reference_answer"], max_words)
             candidate = self.order_rng(item.id, "order").choice("AB")
             a, b = (model, ref) if candidate == "A" else (ref, model)
             text = prompts.WILDBENCH_PAIR_USER.format(**common, response_a=a, response_b=b)
             out.append(JudgeTask(item.id, f"candidate-{candidate}", JudgePrompt(prompts.user(text), max_tokens),
-                                 parse_wildbench_choice, {"candidate": candidate}))
+                                 PARSERS[self.parsing]["reward"], {"candidate": candidate}))
         return out
 
     def item_reward(self, choice: str, candidate: str, len_model: int, len_ref: int, protocol: str) -> int:
@@ -140,7 +156,11 @@ class WildBench(JudgedBenchmark):
             per_item.append(ItemScore(item.id, value, details))
             values.append(value)
         metric = "score" if self.mode == "score" else "reward"
+        official, lenient = PARSERS["official"][self.mode], PARSERS["lenient"][self.mode]
+        rescued = sum(1 for rows in judgments.values() for r in rows
+                      if r.get("raw") and official(r["raw"]) is None and lenient(r["raw"]) is not None)
         extra = {**count_failures(items, generations, judgments), "mode": self.mode,
+                 "reply_parsing": self.parsing, "lenient_rescued_replies": rescued,
                  "reference_model": self.options.get("reference_model", "gpt-4"),
                  "length_penalty_k": self.options.get("length_penalty_k", 500) if protocol == "official" else None,
                  "reward_distribution": dist,

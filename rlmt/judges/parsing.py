@@ -71,7 +71,37 @@ def parse_preference_letter(text: str | None) -> str | None:
 WB_CHOICES = ("A++", "A+", "A=B", "B+", "B++")
 
 
+def _bare_json(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def parse_wildbench_choice_official(text: str | None) -> str | None:
+    """WildBench's own rule (``batch_results_format.py``): the reply must be bare JSON
+    (``json.loads`` of the whole text: a fenced or prefixed reply is dropped) with a known
+    ``choice``."""
+    obj = _bare_json(text)
+    choice = obj.get("choice") if isinstance(obj, dict) else None
+    return choice if choice in WB_CHOICES else None
+
+
+def parse_wildbench_score_official(text: str | None) -> float | None:
+    """WildBench's own rule: bare JSON with a ``score``, taken as ``float(score)`` whatever its
+    value ("0" and 11 are kept)."""
+    obj = _bare_json(text)
+    if not isinstance(obj, dict) or "score" not in obj:
+        return None
+    try:
+        return float(obj["score"])
+    except (TypeError, ValueError):
+        return None  # official: float() raises and the table script stops
+
+
 def parse_wildbench_choice(text: str | None) -> str | None:
+    """Our lenient reading (option ``reply_parsing: lenient``): JSON inside fences or prose, a
+    truncated object's ``choice``."""
     obj = parse_json(text)
     if obj is not None:
         choice = str(obj.get("choice", "")).strip().replace(" ", "")
@@ -85,6 +115,7 @@ def parse_wildbench_choice(text: str | None) -> str | None:
 
 
 def parse_wildbench_score(text: str | None) -> float | None:
+    """Our lenient reading: JSON anywhere in the reply, a truncated object's score; 1-10 only."""
     obj = parse_json(text)
     raw = obj.get("score") if obj else None
     if raw is None and text:
@@ -130,8 +161,25 @@ def parse_arena_verdict(text: str | None) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+_RUBRIC_OFFICIAL = (re.compile(r"(.*?):\s*(?:Score\s+)?(-?\d+(?:\.\d+)?)"), re.compile(r"(.*?):\s*\[(-?\d+(?:\.\d+)?)\]"))
+
+
+def parse_rubric_official(text: str | None) -> dict[str, float]:
+    """Creative Writing v3's own rule (``core/scoring.py``): every ``name: N``, ``name: Score N`` and
+    ``name: [N]`` anywhere in the reply, the name taken verbatim (``**Meandering**`` stays bold, so
+    it is never recognised as a flaw), scores above 20 dropped, negative ones kept."""
+    scores: dict[str, float] = {}
+    for pattern in _RUBRIC_OFFICIAL:
+        for name, value in pattern.findall(text or ""):
+            if float(value) <= 20:
+                scores[name.strip()] = float(value)
+    return scores
+
+
 def parse_rubric(text: str | None, criteria: list[str]) -> dict[str, float]:
-    """``Criterion: score`` lines (after ``[Scores]`` when present); scores outside 0..20 are ignored."""
+    """Our lenient reading (option ``rubric_parsing: lenient``): ``Criterion: score`` lines (after
+    ``[Scores]`` when present), names matched to the rubric ignoring case, bullets and bold;
+    scores outside 0..20 are ignored."""
     if not text:
         return {}
     body = text.split("[Scores]", 1)[1] if "[Scores]" in text else text

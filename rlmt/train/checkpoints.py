@@ -12,6 +12,11 @@ half-written dir. Only after the Trainer has written everything (``on_save``) is
 renamed to ``step-<N>`` — a rename is atomic on one filesystem — so every ``step-<N>`` is complete
 and resume never has to guess. ``final/`` is the Snakemake output of the rule, so it is built in a
 temporary dir and renamed into place last: its existence means the run finished.
+
+One writer at a time: a run claims ``OUT`` (an ``flock`` on ``.<OUT name>.writer.lock`` beside
+it, held until ``final/`` is written or the process exits) before it clears crash leftovers, so a
+rerun waits for a still-running earlier job (the orphan a ``kill -9`` of Snakemake leaves) instead
+of training beside it. A checkpoint is resumed from only when its weights are safetensors.
 """
 
 from __future__ import annotations
@@ -97,12 +102,70 @@ def check_checkpoint_weights(ckpt: str | Path) -> None:
                                  "remove them before resuming so that nothing can load them by accident")
 
 
+# Writer locks this process holds (path -> open file); the kernel releases them when it exits, kill -9 included.
+_WRITER_LOCKS: dict[Path, object] = {}
+
+
+def writer_lock_path(out: str | Path) -> Path:
+    """The lock file beside `out` (beside, so that `out` itself holds only checkpoints)."""
+    out = Path(out).resolve()
+    return out.parent / f".{out.name}.writer.lock"
+
+
+def claim_writer(out: str | Path, *, log=print) -> Path:
+    """Become the only process writing checkpoints into `out`, waiting for a previous writer to exit.
+
+    A job whose parent was killed (``kill -9`` of Snakemake leaves its running job alive) keeps
+    training into `out`; the same command run again must not train beside it, nor delete its
+    staging dirs as crash leftovers. So the first writer holds an exclusive ``flock`` on
+    :func:`writer_lock_path` for its whole life, and the next one waits here until that process
+    is gone, then resumes from what it left. Only the main process (``RANK`` 0 or unset) claims:
+    the other ranks of a launch write nothing.
+    """
+    import fcntl
+    import os
+
+    path = writer_lock_path(out)
+    if int(os.environ.get("RANK", "0") or 0) != 0 or path in _WRITER_LOCKS:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        log(f"{out}: {holder} is still writing here; waiting for it to exit, then resuming from what it left")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    except OSError as err:  # a filesystem without flock (some network mounts): go on unguarded, say so
+        log(f"{out}: cannot lock {path} ({err}); nothing stops a second writer here")
+        fh.close()
+        return path
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}\n")
+    fh.flush()
+    _WRITER_LOCKS[path] = fh
+    return path
+
+
+def release_writer(out: str | Path) -> None:
+    """Give up the claim on `out` (done writing; a process that exits releases it anyway)."""
+    fh = _WRITER_LOCKS.pop(writer_lock_path(out), None)
+    if fh is not None:
+        fh.close()
+
+
 def discard_incomplete(out: str | Path) -> list[Path]:
-    """Remove what a crash left behind (Trainer staging dirs, half-built final/ or step dirs)."""
+    """Remove what a crash left behind (Trainer staging dirs, half-built final/ or step dirs).
+
+    First claims `out` (:func:`claim_writer`): what looks half-written may be a live writer's work.
+    """
     out = Path(out)
     removed: list[Path] = []
     if not out.is_dir():
         return removed
+    claim_writer(out)
     for p in out.iterdir():
         incomplete_step = _STEP_RE.match(p.name) and not (p / META_FILE).is_file()
         if p.is_dir() and (p.name.startswith(STAGING_PREFIX) or p.name.endswith(".tmp") or incomplete_step):
@@ -207,4 +270,5 @@ def write_final(out: str | Path, step: int, fmt: ThinkingFormat, rule: SelectRul
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+    release_writer(out)  # final/ is the last thing a run writes
     return final

@@ -189,6 +189,23 @@ def test_without_vllm_auto_falls_back_and_vllm_fails_clearly(tiny_zoo):
 # --------------------------------------------------------------------------- transformers backend
 
 
+def _parted_at_a_near_tie(gen, prompt, a: str, b: str, tol: float = 1e-4) -> bool:
+    """Greedy texts of one prompt from two batch shapes may part only where the two tokens' logits
+    are within `tol` (round-off between padded shapes decides such a tie; nothing else may)."""
+    import torch
+
+    from rlmt.generation.chat import render_prompt_ids
+
+    ids_a = gen.tokenizer(a, add_special_tokens=False)["input_ids"]
+    ids_b = gen.tokenizer(b, add_special_tokens=False)["input_ids"]
+    k = next((j for j, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), None)
+    if k is None:
+        return False
+    with torch.inference_mode():
+        logits = gen.model(torch.tensor([render_prompt_ids(gen.tokenizer, prompt) + ids_a[:k]])).logits[0, -1]
+    return abs(float(logits[ids_a[k]] - logits[ids_b[k]])) <= tol and float(logits.max() - logits[ids_a[k]]) <= tol
+
+
 def test_batched_greedy_equals_one_at_a_time(instruct_gen):
     params = SamplingParams(temperature=0, max_new_tokens=12)
     batched = instruct_gen.generate(PROMPTS, params)
@@ -197,7 +214,10 @@ def test_batched_greedy_equals_one_at_a_time(instruct_gen):
         single = instruct_gen.generate(PROMPTS, params)
     finally:
         instruct_gen.batch_size = 4
-    assert batched == single
+    for prompt, [b], [s] in zip(PROMPTS, batched, single):
+        assert b == s or _parted_at_a_near_tie(instruct_gen, prompt, b.text, s.text), (b, s)
+    # the tie check says no to a real divergence (prompt 0's greedy text against prompt 1's)
+    assert not _parted_at_a_near_tie(instruct_gen, PROMPTS[0], batched[0][0].text, batched[1][0].text)
     # A random model never says EOS in 12 tokens: every completion ran out of budget.
     for [c] in batched:
         assert c.finish_reason == "length" and c.n_tokens == 12

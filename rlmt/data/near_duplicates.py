@@ -4,8 +4,9 @@ One ``datasketch.MinHash`` per row costs ~1.4 ms in Python; here the shingle has
 chunk of rows sit in one numpy array and each permutation is one vectorized multiply-shift plus a
 ``minimum.reduceat`` over the row boundaries. LSH banding proposes candidate pairs; every candidate
 is then verified with the exact Jaccard similarity of the two shingle sets, so the only
-approximation left is a candidate pair that banding misses (probability below 0.5 % at the
-threshold, far less above it).
+approximation left is a pair that banding misses (probability below 0.5 % at the threshold, far
+less above it), or whose signatures agree on too few values to be worth verifying (below 0.1 % at
+the threshold: :func:`min_agreement`).
 
 What counts as a near duplicate. Two rows are compared on their normalized texts (roles and
 contents, NFKC, lowercased, whitespace collapsed: :func:`rlmt.data.filters.with_normalized_text`):
@@ -40,6 +41,7 @@ files, from which only the rows in candidate pairs are read back for verificatio
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,20 @@ def lsh_params(threshold: float, num_perm: int, recall: float = 0.995) -> tuple[
         if 1 - (1 - threshold**rows) ** bands >= recall:
             best = (bands, rows)
     return best
+
+
+def min_agreement(threshold: float, num_perm: int, miss: float = 1e-3) -> int:
+    """Fewest equal signature values a candidate pair needs to be verified: a pair exactly at the
+    threshold agrees on Binomial(num_perm, threshold) values, and falls below this count with
+    probability at most `miss` (more similar pairs, less)."""
+    below, k = 0.0, 0
+    while k <= num_perm:
+        p_k = math.comb(num_perm, k) * threshold**k * (1 - threshold) ** (num_perm - k)
+        if below + p_k > miss:
+            return k
+        below += p_k
+        k += 1
+    return num_perm
 
 
 def word_shingles(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +235,10 @@ class _ShingleSpace:
         sig = np.concatenate(self._signatures)
         self._signatures = [sig]
         local = candidate_pairs(sig, *lsh_params(threshold, self.num_perm), counts > 0)
+        # A pair that shares one band but few signature values is far below the threshold: short
+        # texts share a band through a common shingle ("user: ..."). Only the rest are verified.
+        agree = (sig[local[:, 0]] == sig[local[:, 1]]).sum(axis=1) if len(local) else np.zeros(0, dtype=np.int64)
+        local = local[agree >= min_agreement(threshold, self.num_perm)]
         if len(local) == 0:
             return empty, {}
         starts = np.zeros(len(counts) + 1, dtype=np.int64)

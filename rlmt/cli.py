@@ -737,7 +737,7 @@ def report_build(
                    experiment=cfg.tracking.experiment):
         paths = build_report(Plan(cfg), ReportConfig(out_dir=str(out), eval_root=str(eval_root),
                                                      tracking_uri=cfg.tracking.tracking_uri,
-                                                     experiment=cfg.tracking.experiment))
+                                                     experiment=cfg.tracking.experiment, ui_url=cfg.tracking.ui_url))
         for key in ("report", "html", "table"):
             mlflow.log_artifact(str(paths[key]), "report")
         mlflow.log_artifacts(str(paths["figures"]), "report/figures")

@@ -449,7 +449,11 @@ class Resources(Strict):
 
 class TrackingConfig(Strict):
     tracking_uri: str | None = Field(default=None, description="None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db in the working directory.")
-    experiment: str = "rlmt"
+    experiment: str = Field(default="rlmt", description="MLflow experiment of this config's runs (config.yaml: rlmt, "
+                            "paper.yaml: rlmt-paper, so two grids never mix in one experiment).")
+    ui_url: str | None = Field(default=None, description="Where the report links runs of a local store (sqlite, "
+                               "directory): None: the address `mlflow ui` serves, http://127.0.0.1:5000. An "
+                               "http(s) tracking_uri is its own UI and is linked as is.")
 
 
 # --------------------------------------------------------------------------- root

@@ -36,6 +36,10 @@ from typing import Any
 
 DEFAULT_URI = "sqlite:///mlruns.db"
 DEFAULT_EXPERIMENT = "rlmt"
+# MLflow 3's UI opens an experiment by its kind: a model-training one on its runs table (an
+# unmarked one on the GenAI traces overview). The value is one the UI bundle knows.
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+CELL_AXES = ("algo", "base", "start", "think", "rm", "mixture")
 TAG_CELL, TAG_STAGE, TAG_RULE, TAG_PARENT = "rlmt.cell", "rlmt.stage", "rlmt.rule", "rlmt.is_parent"
 TAG_HOST, TAG_PID, TAG_PID_NS, TAG_ENDED = "rlmt.host", "rlmt.pid", "rlmt.pid_namespace", "rlmt.ended"
 # Credential-like names: "token" alone is not one (max_new_tokens is a setting), an access token is.
@@ -143,7 +147,12 @@ def _setup(uri: str, experiment: str):
     with _store_lock(uri):
         client = MlflowClient(uri)
         exp = _retry(client.get_experiment_by_name, experiment)
-        exp_id = exp.experiment_id if exp else _retry(client.create_experiment, experiment)
+        if exp is None:
+            exp_id = _retry(client.create_experiment, experiment, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        else:
+            exp_id = exp.experiment_id
+            if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:  # a store made before the mark
+                _retry(client.set_experiment_tag, exp_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     return client, exp_id
 
 
@@ -209,9 +218,60 @@ def stage_run(
         yield run
     except BaseException:
         _retry(mlflow.end_run, "FAILED")
+        _extend_parent(uri, parent)
         raise
     else:
         _retry(mlflow.end_run, "FINISHED")
+        _extend_parent(uri, parent)
+
+
+def _extend_parent(uri: str, parent: str | None) -> None:
+    """Stretch the cell's parent run to end when its latest child ended (it started before the first).
+
+    The parent is created, FINISHED, by its first child job; each child that ends moves the
+    parent's end time to its own end, so the parent's duration in the UI spans all its children.
+    """
+    if parent is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        info = _retry(client.get_run, parent).info
+        now = int(time.time() * 1000)
+        if info.end_time is None or info.end_time < now:
+            _retry(client.set_terminated, parent, "FINISHED", end_time=now)
+
+
+def cell_axes(cell: Any) -> dict[str, str]:
+    """The grid axes of a cell (an ``rlmt.config.Cell``) as MLflow params; think is 'think'/'nothink'."""
+    axes = {k: getattr(cell, k) for k in CELL_AXES}
+    axes["think"] = "think" if axes["think"] else "nothink"
+    return {k: str(v) for k, v in axes.items()}
+
+
+def update_cell_parent(cell: Any, metrics: Mapping[str, float | None], *, uri: str | None = None,
+                       experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Put a cell's axes (params) and final scores (metrics) on its parent run; returns the run id.
+
+    Called by the report job, so that the runs table sorts and compares cells by their scores
+    without opening a child run. A metric that is None (a benchmark the cell lacks) is left out;
+    params are logged once (MLflow params are immutable; the axes of a cell never change).
+    """
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(uri)
+    run_id = parent_run_id(cell.name, uri=uri, experiment=experiment)
+    client = MlflowClient(uri)
+    have = _retry(client.get_run, run_id).data.params
+    params = [Param(k, v) for k, v in cell_axes(cell).items() if k not in have]
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in metrics.items()
+              if v is not None and not (isinstance(v, float) and v != v)]
+    with _store_lock(uri):
+        _retry(client.log_batch, run_id, metrics=values, params=params)
+    return run_id
 
 
 def is_main_process() -> bool:

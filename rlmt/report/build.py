@@ -27,17 +27,37 @@ class ReportConfig:
     eval_root: str = "results/eval"
     tracking_uri: str | None = None
     experiment: str = "rlmt"
-    ui_url: str = "http://127.0.0.1:5000"
+    ui_url: str | None = None
 
 
-def run_links(models: list[str], *, uri: str | None, experiment: str, ui_url: str) -> dict[str, str]:
+def ui_base(uri: str, ui_url: str | None) -> str:
+    """Where the runs of the tracking URI in use are browsed.
+
+    A tracking server (http/https URI) serves its own UI, so links go to it; a local store
+    (``sqlite:///...``, a directory) has no UI until one is started on it: links go to
+    `ui_url` (``tracking.ui_url``) if set, else to the address ``mlflow ui`` serves by default,
+    and the report says which store and the command that serves it there.
+    """
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return (ui_url or "http://127.0.0.1:5000").rstrip("/")
+
+
+def browse_command(uri: str) -> str:
+    """The command that serves the UI of a local store (empty for a tracking server)."""
+    if uri.startswith(("http://", "https://")):
+        return ""
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def run_links(models: list[str], *, uri: str | None, experiment: str, ui_url: str | None) -> dict[str, str]:
     """model -> URL of its MLflow run in the UI (parent run of a cell, else its collect run)."""
     from mlflow.tracking import MlflowClient
 
     from rlmt.tracking import TAG_CELL, TAG_PARENT, tracking_uri
 
     resolved = tracking_uri(uri)
-    base = resolved.rstrip("/") if resolved.startswith("http") else ui_url
+    base = ui_base(resolved, ui_url)
     client = MlflowClient(resolved)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -78,13 +98,39 @@ def build_report(plan: Plan, cfg: ReportConfig) -> dict[str, Path]:
     fig_paths += plot_benchmark_bars(table, labels + ["Avg"], figures) if rows else []
     fig_paths += plot_deltas(deltas, figures)
     (out / "training_curves.json").write_text(json.dumps(histories, indent=1))
+    log_cell_scores(plan, table, uri=cfg.tracking_uri, experiment=cfg.experiment)
     links = run_links([r.model for r in rows], uri=cfg.tracking_uri, experiment=cfg.experiment, ui_url=cfg.ui_url)
 
-    md = _markdown(plan, table, deltas, shown, fig_paths, links, out, sections)
+    from rlmt.tracking import tracking_uri
+
+    store = tracking_uri(cfg.tracking_uri)
+    md = _markdown(plan, table, deltas, shown, fig_paths, links, out, sections, store=store)
     (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(plan, table, deltas, shown, fig_paths, links, out))
+    (out / "report.html").write_text(_html(plan, table, deltas, shown, fig_paths, links, out, store=store))
     return {"report": out / "report.md", "html": out / "report.html", "table": out / "main_table.csv",
             "figures": figures}
+
+
+def cell_metrics(row: dict, benchmarks: list[str]) -> dict[str, float | None]:
+    """One main-table row -> the metrics of its cell's parent run: score.<benchmark>, score.avg, score.avg_chat."""
+    metrics = {f"score.{b}": row.get(COLUMNS.get(b, b)) for b in benchmarks}
+    metrics["score.avg"] = row.get("Avg")
+    metrics["score.avg_chat"] = row.get("AvgChat")
+    return metrics
+
+
+def log_cell_scores(plan: Plan, table, *, uri: str | None, experiment: str) -> dict[str, str]:
+    """Put every scored cell's axes and final scores on its MLflow parent run (cell -> run id)."""
+    from rlmt.tracking import update_cell_parent
+
+    if table.is_empty():
+        return {}
+    done = {}
+    for row in table.iter_rows(named=True):
+        cell = plan.cell_by_name.get(row["model"])
+        if cell is not None:
+            done[cell.name] = update_cell_parent(cell, cell_metrics(row, plan.benchmarks), uri=uri, experiment=experiment)
+    return done
 
 
 def _fmt(v) -> str:
@@ -93,7 +139,7 @@ def _fmt(v) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
-def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections: list[str] = ()) -> str:
+def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections: list[str] = (), *, store: str = "") -> str:
     lines = ["# RLMT report", "",
              f"{len(plan.cells)} cells; benchmarks: {', '.join(plan.benchmarks)}. "
              "Scores are in points (0–100; WildBench −100..100) with 95 % bootstrap CIs in `main_table.csv`. "
@@ -102,7 +148,9 @@ def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections:
     if not table.is_empty():
         md_table = table.select(shown)
         lines.append(to_markdown(md_table))
-        lines += ["MLflow runs behind each row:", ""]
+        serve = browse_command(store)
+        lines += [f"MLflow runs behind each row (tracking URI `{store}`"
+                  + (f"; serve it with `{serve}`" if serve else "") + "):", ""]
         for model in table["model"]:
             link = links.get(model)
             lines.append(f"- `{model}`: {f'[run]({link})' if link else 'no run found'}")
@@ -116,7 +164,7 @@ def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections:
     return "\n".join(lines)
 
 
-def _html(plan, table, deltas, shown, fig_paths, links, out: Path) -> str:
+def _html(plan, table, deltas, shown, fig_paths, links, out: Path, *, store: str = "") -> str:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>RLMT report</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:13px}"
@@ -124,7 +172,9 @@ def _html(plan, table, deltas, shown, fig_paths, links, out: Path) -> str:
              "img{max-width:100%}</style></head><body>",
              "<h1>RLMT report</h1>",
              f"<p>{len(plan.cells)} cells; benchmarks: {esc(', '.join(plan.benchmarks))}. Each number links to its MLflow run "
-             "(local store: start <code>mlflow ui --backend-store-uri sqlite:///mlruns.db</code>).</p>",
+             f"(tracking URI <code>{esc(store)}</code>"
+             + (f"; serve it with <code>{esc(browse_command(store))}</code>" if browse_command(store) else "")
+             + ").</p>",
              "<h2>Main table</h2>"]
     if not table.is_empty():
         parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in shown) + "</tr>")

@@ -20,15 +20,17 @@ They are near duplicates when the Jaccard similarity of those shingle sets is at
 threshold. Word n-grams suit long prompts but are blunt on short ones: one changed word removes
 up to ``shingle_size`` of a text's word n-grams, so at threshold 0.9 with word 3-grams a
 one-character typo is caught only from about 60 words on (and a 30-word prompt's typo variant
-scores 0.8). One changed character removes at most ``char_size`` character n-grams, so a
-one-character variant of a text of *m* characters scores at least (m - 5) / (m + 5): caught from
-about 95 characters (~16 words) on, while two different short prompts ("... about the sea" and
-"... about the city") share far fewer than 90 % of their character 5-grams. Texts shorter than
-that differ too much per character to be called near duplicates (``what is 2+2?`` and
-``what is 2+3?`` are different prompts); exact duplicates are caught before. 400 characters is
-where word 3-grams take over at 0.9 (about 60 words). A text under ``char_size`` characters (or
-``shingle_size`` words) is one shingle of all of them; one without any has no shingles and is
-never a near duplicate.
+scores 0.8). One changed character removes at most ``char_size`` character n-grams and adds as
+many, so a one-character variant of a text with *n* distinct character 5-grams (about its length)
+scores at least (n - 5) / (n + 5): caught from about 100 characters (~16 words) on, while two
+different short prompts ("... a poem about the sea ..." and "... about the city ...") share far
+fewer than 90 % of their character 5-grams. Texts shorter than that differ too much per character
+to be called near duplicates (``what is 12 times 7?`` and ``... 8?`` are different prompts);
+exact duplicates are caught before. 400 characters (about 60 English words) is where word 3-grams
+begin to catch a changed word at 0.9, so they take over there. The rule looks at the pair: a short
+text and a long one are compared on words, as two long ones are. A text under ``char_size``
+characters (or ``shingle_size`` words) is one shingle of all of them; one without any has no
+shingles and is never a near duplicate.
 
 The decision rule is order-based like a streaming deduplicator: a row is dropped when it is a near
 duplicate of an earlier row that was itself kept.

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
+from resume_helpers import kill_after_checkpoint, start
 
 from rlmt.config import PPOConfig
 from rlmt.rewards import RewardBatch
@@ -137,7 +136,7 @@ def _ppo_config(tmp_path: Path, critic: str) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # waits up to 300 s for step 2, then up to 600 s for the resumed run
+@pytest.mark.timeout(1500)  # waits up to 600 s for step 2, then up to 600 s for the resumed run
 def test_ppo_cli_resumes_after_kill_9_and_continues_the_global_step(tiny_zoo, tmp_path, mlflow_uri):
     """`rlmt train ppo` on a zero think policy with the real tiny RM and a token-classification critic:
     kill -9 after step 2's checkpoint; the rerun resumes at step 3 and finishes at step 4."""
@@ -152,14 +151,7 @@ def test_ppo_cli_resumes_after_kill_9_and_continues_the_global_step(tiny_zoo, tm
            "--policy", str(policy), "--reward-model", str(tiny_zoo["reward"]), "--train", str(train),
            "--val", str(val), "--out", str(out)]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (out / "step-2" / "checkpoint.json").exists():
-        assert proc.poll() is None, f"PPO exited early:\n{proc.stdout.read()[-3000:]}"
-        assert time.time() < deadline, "no step-2 checkpoint within 300 s"
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_after_checkpoint(start(cmd, env, tmp_path, tmp_path / "killed.log"), out, 2, timeout=600)
     assert not (out / "final").exists()
 
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from resume_helpers import kill_after_checkpoint, start
 
 from rlmt.thinking import LONGCOT_FILE, WARM_NOTHINK, WARM_THINK, ThinkingFormat, sft_messages
 
@@ -180,15 +179,7 @@ def test_grpo_cli_resumes_after_kill_9(sft_models, work, tiny_zoo, tmp_path):
            "--policy", str(sft_models["think"]), "--reward-model", str(tiny_zoo["reward"]),
            "--train", str(work / "train.parquet"), "--out", str(out)]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
-    deadline = time.time() + 600
-    while not (out / "step-2" / "checkpoint.json").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    done_before = sorted(int(p.name.split("-")[1]) for p in out.glob("step-*") if (p / "checkpoint.json").exists())
+    done_before = kill_after_checkpoint(start(cmd, env, tmp_path, tmp_path / "killed.log"), out, 2)
     assert not (out / "final").exists() and done_before[-1] < 4
 
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)

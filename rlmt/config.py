@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 ALGORITHMS = ("grpo", "ppo", "dpo")
 STARTS = ("warm-start", "zero", "none")
+OWN_START = "own-start"  # evaluation.reference_model: each cell against its own starting policy
 NAME_RE = r"^[a-z0-9][a-z0-9.\-]*$"  # cell parts are joined with "__", so no underscores
 
 
@@ -57,15 +58,49 @@ class ModelSpec(Strict):
         "and is trained as it is (grid start 'none', e.g. OpenThinker2-7B: '<think>...</think>' then the answer).")
 
 
-class RewardModelSpec(Strict):
-    """A Bradley-Terry reward model (``AutoModelForSequenceClassification`` with one label)."""
+class RewardModelTrainSpec(Strict):
+    """A reward model the pipeline trains itself (``rlmt data rm-pairs`` then ``rlmt train rm``).
 
-    source: str
+    Pairs: chosen = a strong reference answer, rejected = the ``policy`` model's own answer to the same
+    instruction; instructions shared with any training mixture or benchmark of the plan are excluded.
+    """
+
+    backbone: str = Field(description="Model (a `models` entry) whose prepared dir is the reward model's "
+                          "backbone and chat template.")
+    policy: str | None = Field(default=None, description="Model (a `models` entry) whose own answers are the "
+                               "rejected side (None: the backbone).")
+    reference: str = Field(description="Strong reference answers: JSON(L) rows with `instruction` and `output` "
+                           "(AlpacaEval's GPT-4 baseline outputs); '{data_dir}' expands to the data directory.")
+    limit: int | None = Field(default=None, ge=2, description="Use at most this many reference rows (after exclusion).")
+    max_new_tokens: int = Field(default=256, ge=1, description="The policy's answer budget for the rejected side.")
+    keep_layers: int | None = Field(default=None, ge=1, description="Keep only the first N decoder layers of the "
+                                    "backbone (the CPU budget's choice; None: all).")
+    learning_rate: float = Field(default=2e-5, gt=0)
+    epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=4, ge=1, description="Pairs per step.")
+    max_length: int = Field(default=768, ge=8, description="Longer pairs are dropped (counted in rm_eval.json).")
+    seed: int = 0
+
+
+class RewardModelSpec(Strict):
+    """A Bradley-Terry reward model (``AutoModelForSequenceClassification`` with one label).
+
+    Either prepared from ``source`` or trained by the pipeline (``train``): exactly one of them.
+    """
+
+    source: str | None = Field(default=None, description="Hugging Face id, local directory or 'tiny:<name>'.")
+    train: RewardModelTrainSpec | None = Field(default=None, description="Train this reward model in the pipeline.")
     revision: str | None = None
     trust_remote_code: bool = False
     max_length: int = Field(default=4096, description="Token budget of one reward-model input.")
     max_tokens_per_batch: int = Field(default=16384, ge=1, description="Padded tokens per reward-model forward pass "
                                       "(length-bucketed batches; 1 scores one answer at a time).")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "RewardModelSpec":
+        if (self.source is None) == (self.train is None):
+            raise ValueError("give exactly one of 'source' (a model to prepare) or 'train' (a model the pipeline trains)")
+        return self
 
 
 # --------------------------------------------------------------------------- data
@@ -426,7 +461,8 @@ class JudgeSpec(Strict):
 class EvaluationConfig(Strict):
     benchmarks: dict[str, BenchmarkSpec] = Field(default_factory=dict)
     judges: dict[str, JudgeSpec] = Field(default_factory=dict)
-    reference_model: str | None = Field(default=None, description="Model the reward win rate compares against.")
+    reference_model: str | None = Field(default=None, description="Model the reward win rate compares against; "
+                                       f"'{OWN_START}': each cell against its own starting policy (paired, same prompts).")
     evaluate_initial: bool = Field(default=True, description="Also evaluate each cell's starting policy.")
 
 
@@ -508,6 +544,15 @@ class RLMTConfig(Strict):
                     raise ValueError(f"grid[{i}].start: 'warm-start' needs an entry in sft_data")
                 if block.sft_data is not None and block.sft_data not in self.sft_data:
                     raise ValueError(f"grid[{i}].sft_data: {block.sft_data!r} is not defined; allowed: {sorted(self.sft_data)}")
+        for name, rm in self.reward_models.items():
+            if rm.train is not None:
+                for key in ("backbone", "policy"):
+                    value = getattr(rm.train, key)
+                    if value is not None and value not in self.models:
+                        raise ValueError(f"reward_models.{name}.train.{key}: {value!r} is not defined; "
+                                         f"allowed: {sorted(self.models)}")
+                if name in self.models:
+                    raise ValueError(f"reward_models.{name}: the name is also a `models` entry (one results/models dir)")
         for name, model in self.models.items():
             if model.chat_template_from is not None and model.chat_template_from not in self.models:
                 raise ValueError(f"models.{name}.chat_template_from: {model.chat_template_from!r} is not defined; "
@@ -522,6 +567,10 @@ class RLMTConfig(Strict):
                     block_cls.model_validate({**getattr(self.algorithms, algo).model_dump(), **getattr(ov, algo)})
                 except ValidationError as err:
                     raise ValueError(f"overrides[{i}].{algo}: {_first_error(err)}") from None
+        ref = self.evaluation.reference_model
+        if ref is not None and ref != OWN_START and ref not in self.models and ref not in self.reward_models:
+            raise ValueError(f"evaluation.reference_model: {ref!r} is not defined; allowed: '{OWN_START}' or one of "
+                             f"{sorted(self.models)}")
         for bench in self.evaluation.benchmarks:
             if bench not in KNOWN_BENCHMARKS:
                 raise ValueError(f"evaluation.benchmarks: unknown benchmark {bench!r}; allowed: {sorted(KNOWN_BENCHMARKS)}")

@@ -204,7 +204,8 @@ def memory_estimate(cfg: RLMTConfig, cell: Cell, algo: str, sharding: str, world
     if algo == "ppo" and s.kl_coef > 0:
         est["reference model"] = 4 * p
     if algo in ("grpo", "ppo"):
-        rm = model_shape(cfg.reward_models[cell.rm].source, facts)
+        rm_source = cfg.reward_models[cell.rm].source  # None: trained by the pipeline, shape unknown before it runs
+        rm = model_shape(rm_source, facts) if rm_source else None
         if rm is not None:
             est["reward model"] = 2 * rm.params
     if algo == "ppo":

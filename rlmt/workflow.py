@@ -13,6 +13,7 @@ results/models/<base>__sft__<think>__<sft>/       warm-start (SFT) policies
 results/data/mixtures/<mixture>/                  curated prompts (train/val/quarantine/stats)
 results/data/sft/<sft>/<think|nothink>.jsonl      warm-start SFT sets
 results/data/benchmarks/<bench>/items.jsonl       benchmark prompts (model independent)
+results/data/rm_pairs/<rm>/pairs.jsonl            preference pairs of a reward model the pipeline trains
 results/checkpoints/<cell>/final/                 the trained policy the cell evaluates
 results/eval/<model>/<bench>/                     generations.jsonl, judgments.jsonl, scores.json
 results/eval/<model>/scores.json                  all benchmarks of one model (a cell's target)
@@ -31,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from rlmt.config import Cell, RLMTConfig, Resources, parse_config
+from rlmt.config import OWN_START, Cell, RLMTConfig, Resources, parse_config
 
 JUDGED_BENCHMARKS = {"alpacaeval2", "wildbench", "arenahard-v2", "creative-writing-v3"}
 RULE_BENCHMARKS = {"demo-if", "ifeval", "ifbench", "mmlu-redux", "math-500", "zebralogic", "popqa"}
@@ -50,6 +51,8 @@ RESOURCE_ENTRIES: dict[str, tuple[str, ...]] = {
     "generate": ("generate",),
     "score_winrate": ("score_winrate", "generate"),
     "judge": ("judge",),
+    "rm_pairs": ("rm_pairs", "generate"),
+    "train_rm": ("train_rm", "train"),
 }
 
 
@@ -112,7 +115,38 @@ class Plan:
         return f"{self.checkpoint_dir(cell_name)}/final"
 
     def prepared_models(self) -> list[str]:
-        return sorted({*self.cfg.models, *self.cfg.reward_models})
+        """Models `prepare_model` makes (reward models the pipeline trains come from `train_rm`)."""
+        return sorted({*self.cfg.models, *(n for n, rm in self.cfg.reward_models.items() if rm.train is None)})
+
+    def trained_reward_models(self) -> list[str]:
+        return sorted(n for n, rm in self.cfg.reward_models.items() if rm.train is not None)
+
+    def rm_pairs_file(self, rm: str) -> str:
+        return f"{self.root}/data/rm_pairs/{rm}/pairs.jsonl"
+
+    def rm_pairs_inputs(self, rm: str) -> dict[str, Any]:
+        """The inputs of a trained reward model's pairs: its policy, and every prompt file it must not share.
+
+        Excluded: the train and val splits of every mixture and the items of every benchmark of the plan.
+        """
+        spec = self.cfg.reward_models[rm].train
+        exclude = [f"{self.root}/data/mixtures/{m}/{split}.parquet" for m in sorted(self.cfg.mixtures)
+                   for split in ("train", "val")]
+        exclude += [self.items_file(b) for b in self.benchmarks]
+        return {"policy": self.model_dir(spec.policy or spec.backbone), "exclude": exclude}
+
+    def rm_reference(self, rm: str) -> str:
+        """The reference-answers file of a trained reward model ('{data_dir}' expanded)."""
+        from rlmt.config import data_dir
+
+        path = self.cfg.reward_models[rm].train.reference
+        if "{data_dir}" in path:
+            root = data_dir(self.cfg)
+            if root is None:
+                raise ValueError(f"reward_models.{rm}.train.reference {path!r} uses {{data_dir}}, but neither "
+                                 "$RLMT_DATA_DIR nor data_dir is set")
+            path = path.replace("{data_dir}", str(root))
+        return path
 
     def chat_template_source(self, model: str) -> str | None:
         spec = self.cfg.models.get(model)
@@ -150,13 +184,35 @@ class Plan:
             for cell in self.cells:
                 models.setdefault(cell.policy_name, EvalModel(cell.policy_name, self.policy_dir(cell), None, cell.think))
         ref = self.cfg.evaluation.reference_model
-        if ref and "reward-winrate" in self.benchmarks:
+        if ref == OWN_START and "reward-winrate" in self.benchmarks:
+            for cell in self.cells:  # each starting policy generates the answers its cell is compared with
+                models.setdefault(cell.policy_name, EvalModel(cell.policy_name, self.policy_dir(cell), None, cell.think))
+        elif ref and "reward-winrate" in self.benchmarks:
             models.setdefault(ref, EvalModel(ref, self.model_dir(ref), None, False))
         return models
 
+    def winrate_reference(self, model: str) -> str:
+        """The model whose reward-winrate answers `model`'s are compared with."""
+        ref = self.cfg.evaluation.reference_model
+        if ref == OWN_START:
+            cell = self.cell_by_name.get(model)
+            return cell.policy_name if cell else model
+        return ref
+
     def benchmarks_for(self, model: str) -> list[str]:
-        """The benchmarks a model is scored on (the reference model only generates for the win rate)."""
-        if model == self.cfg.evaluation.reference_model and model not in self.cell_by_name:
+        """The benchmarks a model is scored on (the reference model only generates for the win rate).
+
+        With the 'own-start' reference a starting policy is a reference: scored on the other benchmarks
+        when evaluate_initial is set (its win rate against itself would say nothing), else on none.
+        """
+        ref = self.cfg.evaluation.reference_model
+        if model in self.cell_by_name:
+            return self.benchmarks
+        if ref == OWN_START:
+            if self.cfg.evaluation.evaluate_initial:
+                return [b for b in self.benchmarks if b != "reward-winrate"]
+            return []
+        if model == ref:
             return []
         return self.benchmarks
 

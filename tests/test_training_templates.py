@@ -18,8 +18,9 @@ from rlmt.train.sft import _check_template
 
 FIXTURES = Path(__file__).parent / "fixtures" / "templates"
 REAL = {"llama3_1_training": FIXTURES / "meta-llama--Llama-3.1-8B-Instruct.jinja",
-        "qwen2_5_training": FIXTURES / "Qwen--Qwen2.5-7B-Instruct.jinja"}
-ARCH = {"llama3_1_training": "llama", "qwen2_5_training": "qwen"}
+        "qwen2_5_training": FIXTURES / "Qwen--Qwen2.5-7B-Instruct.jinja",
+        "smollm2_training": FIXTURES / "HuggingFaceTB--SmolLM2-135M-Instruct.jinja"}
+ARCH = {"llama3_1_training": "llama", "qwen2_5_training": "qwen", "smollm2_training": "qwen"}  # SmolLM2: ChatML
 
 CHATS = [
     [{"role": "user", "content": "Plan a picnic."},
@@ -118,7 +119,8 @@ def test_tools_are_refused_not_rendered_wrongly():
                                   bos_token="", eos_token="")
 
 
-@pytest.mark.parametrize("name,tiny", [("llama3_1_training", "llama-instruct"), ("qwen2_5_training", "qwen-instruct")])
+@pytest.mark.parametrize("name,tiny", [("llama3_1_training", "llama-instruct"), ("qwen2_5_training", "qwen-instruct"),
+                                       ("smollm2_training", "qwen-instruct")])
 def test_trl_sft_trainer_masks_exactly_the_assistant_turns_of_the_real_template(name, tiny, tmp_path):
     """TRL's own SFTTrainer, set up as a job sets it up (template check, then the args builder), on a tiny model
     wearing the family's real template: its tokenized rows render the real text and train on the assistant turns."""

@@ -48,7 +48,7 @@ rule score:
 rule score_winrate:
     input:
         generations="results/eval/{evalmodel}/reward-winrate/generations.jsonl",
-        reference=lambda w: PLAN.generations_file(CFG.evaluation.reference_model, "reward-winrate"),
+        reference=lambda w: PLAN.generations_file(PLAN.winrate_reference(w.evalmodel), "reward-winrate"),
         reward_model=lambda w: PLAN.model_dir(PLAN.winrate_reward_model()),
         prompts=lambda w: PLAN.items_file("reward-winrate"),
     output:

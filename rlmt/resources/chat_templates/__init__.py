@@ -35,6 +35,9 @@ SHIPPED: dict[str, TrainingTemplate] = {
                                           "<|eot_id|>", "<|begin_of_text|>"),
     "qwen2_5_training": TrainingTemplate("qwen2_5_training", "qwen", "Qwen/Qwen2.5-7B-Instruct",
                                          "<|im_end|>", None),
+    # SmolLM2-Instruct is ChatML (family qwen: <|im_end|> ends a turn) with its own default system turn.
+    "smollm2_training": TrainingTemplate("smollm2_training", "qwen", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                         "<|im_end|>", None),
 }
 
 

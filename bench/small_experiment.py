@@ -1,0 +1,193 @@
+"""Run the small real-model experiment (config/small.yaml) from a clean results dir and report it.
+
+    .venv/bin/python bench/small_experiment.py                       # the whole config, in bench/runs/small/
+    .venv/bin/python bench/small_experiment.py --workdir DIR --overlay tests/small_overlay.yaml
+
+Snakemake runs in ``--workdir`` (its ``results/`` must not exist: a clean run, never a partly cached one)
+with the config file(s) given; ``--overlay`` files are merged over the config first (nested mappings merged,
+other values replaced) into ``<workdir>/config.yaml``. Printed at the end: the wall time, the peak memory
+of the whole job tree (the largest sum of RSS over Snakemake and every process under it, sampled every
+``--sample-s`` seconds: an underestimate by at most what a job allocates and frees between two samples),
+the machine's load average before the run, and the results table (``table()``, also written to
+``<workdir>/small_experiment.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def effective_config(config: Path, overlays: list[Path]) -> dict:
+    cfg = yaml.safe_load(config.read_text())
+    for path in overlays:
+        cfg = merge(cfg, yaml.safe_load(path.read_text()) or {})
+    return cfg
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """RSS of `pid` and all its descendants now (processes that vanish meanwhile count as 0)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+class PeakSampler(threading.Thread):
+    def __init__(self, pid: int, every_s: float):
+        super().__init__(daemon=True)
+        self.pid, self.every_s, self.peak, self._stop = pid, every_s, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(self.pid))
+            self._stop.wait(self.every_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join()
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _metric(scores: dict | None, name: str) -> str:
+    if not scores or name not in scores.get("metrics", {}):
+        return "n/a"
+    m = scores["metrics"][name]
+    ci = f" [{m['ci_low']:.1f}, {m['ci_high']:.1f}]" if m.get("ci_low") is not None else ""
+    return f"{m['value']:.1f}{ci}"
+
+
+def _format_stats(generations: Path) -> tuple[str, str]:
+    """(format rate %, mean thought length in words) of a generations file."""
+    if not generations.is_file():
+        return "n/a", "n/a"
+    rows = [json.loads(x) for x in generations.read_text().splitlines() if x.strip()]
+    if not rows:
+        return "n/a", "n/a"
+    rate = 100.0 * sum(bool(r["well_formed"]) for r in rows) / len(rows)
+    thoughts = [len((r.get("thought") or "").split()) for r in rows]
+    return f"{rate:.1f}", f"{sum(thoughts) / len(thoughts):.0f}"
+
+
+def table(workdir: Path, cfg: dict) -> str:
+    """The results table of a finished run, read from its files (scores.json, generations, rm_eval.json)."""
+    sys.path.insert(0, str(ROOT))
+    from rlmt.config import parse_config
+    from rlmt.workflow import Plan
+
+    plan = Plan(parse_config(cfg))
+    res = workdir / "results"
+    lines = []
+    for rm in plan.trained_reward_models():
+        ev = _json(res / "models" / rm / "rm_eval.json")
+        if ev:
+            held = ev["held_out"]
+            lines.append(f"Reward model {rm}: held-out pairwise accuracy {100 * held['pairwise_accuracy']:.1f} % "
+                         f"on {held['n']} pairs ({ev['train_pairs']} training pairs, train loss {ev['train_loss']:.3f})")
+        else:
+            lines.append(f"Reward model {rm}: no rm_eval.json")
+    lines += ["", "| cell | reference | reward win rate [95% CI] | IFEval prompt strict | prompt loose | "
+              "inst strict | inst loose | format rate % (IFEval) | thought words (IFEval) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for cell in plan.cell_names:
+        wr = _json(res / "eval" / cell / "reward-winrate" / "scores.json")
+        ife = _json(res / "eval" / cell / "ifeval" / "scores.json")
+        rate, thought = _format_stats(res / "eval" / cell / "ifeval" / "generations.jsonl")
+        ife_metrics = [_metric(ife, k) for k in ("prompt_strict", "prompt_loose",
+                                                   "instruction_strict", "instruction_loose")]
+        lines.append(f"| {cell} | {plan.winrate_reference(cell)} | {_metric(wr, 'win_rate')} | "
+                     + " | ".join(ife_metrics) + f" | {rate} | {thought} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "config" / "small.yaml")
+    ap.add_argument("--overlay", type=Path, action="append", default=[], help="Merged over the config (repeatable).")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "bench" / "runs" / "small")
+    ap.add_argument("--cores", default="2")
+    ap.add_argument("--sample-s", type=float, default=1.0)
+    ap.add_argument("--timeout-s", type=float, default=None, help="Stop Snakemake after this long (exit 124).")
+    args = ap.parse_args(argv)
+
+    workdir = args.workdir.resolve()
+    if (workdir / "results").exists():
+        print(f"{workdir / 'results'} exists: the bench runs from a clean results dir; remove it or pick another "
+              "--workdir", file=sys.stderr)
+        return 2
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = effective_config(args.config, args.overlay)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = dict(os.environ)
+    # data_dir is relative to the project root in the config; the run's working directory is elsewhere
+    if not env.get("RLMT_DATA_DIR") and cfg.get("data_dir"):
+        env["RLMT_DATA_DIR"] = str((ROOT / cfg["data_dir"]).resolve())
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlruns.db'}")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    load = os.getloadavg()
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           f"--configfile={workdir / 'config.yaml'}", "--cores", args.cores, "all"]
+    print("$ " + " ".join(cmd), flush=True)
+    start = time.monotonic()
+    with open(workdir / "snakemake.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+        sampler = PeakSampler(proc.pid, args.sample_s)
+        sampler.start()
+        try:
+            rc = proc.wait(timeout=args.timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait()
+            rc = 124
+        sampler.stop()
+    wall = time.monotonic() - start
+    header = (f"# Small experiment run, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+              f"- config: {args.config}{''.join(f' + {o}' for o in args.overlay)}\n"
+              f"- machine: {platform.node()}, {os.cpu_count()} CPUs, load average before the run "
+              f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)\n"
+              f"- snakemake exit status: {rc}\n"
+              f"- wall time: {wall / 60:.1f} min\n"
+              f"- peak memory of the job tree: {sampler.peak / 2**30:.2f} GiB (RSS sum, sampled every {args.sample_s:g} s)\n")
+    text = header + "\n" + table(workdir, cfg) + "\n"
+    (workdir / "small_experiment.md").write_text(text)
+    print(text)
+    if rc != 0:
+        print(f"snakemake failed (exit {rc}); see {workdir / 'snakemake.log'} and {workdir / 'results/logs'}",
+              file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

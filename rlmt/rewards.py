@@ -12,7 +12,8 @@ This is the heart of RLMT (PAPER.md §2.4). For each (prompt, output):
    unless the answer alone exceeds the budget; then its *end* goes and the item is counted.
 4. Inputs are scored in length buckets (sorted by length, padded per bucket to the bucket's
    longest, at most ``max_tokens_per_batch`` padded tokens per forward, no row under 80% of the
-   bucket's width), then put back in order.
+   bucket's width), then put back in order. Each distinct input is scored once, so equal inputs
+   get bit-identical rewards (the same row at two positions of a padded batch may not).
    Right padding with the model's own pad id keeps every real token at the position it has
    when scored alone, and lets ``*ForSequenceClassification`` pool its scalar at the last real
    token, exactly as it does for one unpadded input.
@@ -208,26 +209,34 @@ class AnswerRewardScorer:
         )
 
     def score_token_ids(self, sequences: Sequence[Sequence[int]], *, progress: bool = False) -> list[float]:
-        """Scores of already-rendered reward-model inputs, length-bucketed by the token budget."""
+        """Scores of already-rendered reward-model inputs, length-bucketed by the token budget.
+
+        Each distinct input is scored once and its score given to every copy: the same input at two
+        rows of a padded batch can differ in its last bits, and equal inputs must get equal rewards
+        (a GRPO group's identical completions, a DPO tie, a win-rate tie).
+        """
         import torch
 
-        scores: list[float] = [0.0] * len(sequences)
-        buckets = length_buckets([len(s) for s in sequences], self.max_tokens_per_batch)
+        first: dict[tuple[int, ...], int] = {}
+        slot = [first.setdefault(tuple(s), len(first)) for s in sequences]
+        distinct = list(first)
+        scores: list[float] = [0.0] * len(distinct)
+        buckets = length_buckets([len(s) for s in distinct], self.max_tokens_per_batch)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(sequences), desc="reward", unit="answer")
+            bar = tqdm(total=len(distinct), desc="reward", unit="answer")
         with torch.inference_mode():
             for bucket in buckets:
-                rows = [list(sequences[i]) for i in bucket]
+                rows = [list(distinct[i]) for i in bucket]
                 for i, value in zip(bucket, self._forward(rows)):
                     scores[i] = value
                 if bar is not None:
                     bar.update(len(bucket))
         if bar is not None:
             bar.close()
-        return scores
+        return [scores[k] for k in slot]
 
     def _pad_id_for(self, rows: list[list[int]]) -> int:
         if self._config_pad_id is not None:

@@ -5,6 +5,7 @@ One module-scoped run serves every test here (it is the slowest thing in the sui
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -70,8 +71,19 @@ def test_every_cell_is_trained_evaluated_and_reported(run):
         assert set(scores["benchmarks"]) == {"demo-if", "reward-winrate"}
         for bench in scores["benchmarks"].values():
             assert 0.0 <= bench["value"] <= 100.0 and bench["n"] == 4
-    table = (run / "results/report/main_table.csv").read_text()
-    assert all(cell in table for cell in CELLS)
+    # the main table's numbers are the score files' headline values (and their mean), row by row
+    with (run / "results/report/main_table.csv").open(newline="", encoding="utf-8") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == set(CELLS)
+    for cell in CELLS:
+        values = []
+        for bench, label in (("demo-if", "DemoIF"), ("reward-winrate", "RM-WR")):
+            s = json.loads((run / "results/eval" / cell / bench / "scores.json").read_text())["metrics"]["score"]
+            assert float(rows[cell][label]) == pytest.approx(s["value"], rel=1e-12, abs=1e-12), (cell, label)
+            assert rows[cell][f"{label} CI"] == f"[{s['ci_low']:.1f}, {s['ci_high']:.1f}]", (cell, label)
+            values.append(s["value"])
+        assert float(rows[cell]["Avg"]) == pytest.approx(sum(values) / 2, rel=1e-12, abs=1e-12)
+        assert rows[cell]["stage"] == ("+ GRPO" if cell.startswith("grpo") else "+ DPO")
     report = (run / "results/report/report.md").read_text()
     assert "Main table" in report and "DemoIF" in report
     assert list((run / "results/report/figures").glob("*.png"))
@@ -156,7 +168,26 @@ def test_deleting_one_final_checkpoint_replans_only_that_cell(run):
 
 
 def test_snakemake_self_contained_report(run):
+    """The HTML embeds the run's own report files (byte for byte) and its rule graph."""
+    import base64
+
     out = run / "snakemake-report.html"
     proc = _snakemake(run, "--report", str(out), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert out.exists() and out.stat().st_size > 10_000
+    text = out.read_text(encoding="utf-8")
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", text, re.S).group(1))
+
+    def embedded(entry: dict) -> bytes:
+        head, _, payload = entry["data_uri"].partition("base64,")
+        assert head.startswith("data:"), head
+        return base64.b64decode(payload)
+
+    table = next(e for name, e in results.items() if name.endswith("main_table.csv"))
+    assert embedded(table) == (run / "results/report/main_table.csv").read_bytes()
+    assert table["job_properties"]["rule"] == "report" and table["caption"].strip()
+    pngs = {p.read_bytes() for p in (run / "results/report/figures").glob("*.png")}
+    shown = [embedded(e) for name, e in results.items() if name.endswith(".png")]
+    assert shown and set(shown) <= pngs  # every figure shown is one the run drew
+    graph = json.loads(re.search(r"var rulegraph_spec = (\{.*?\});\n", text, re.S).group(1))
+    rules = {node["rule"] for data in graph["data"] if data["name"] == "node-data" for node in data["values"]}
+    assert {"train", "generate", "score", "report", "all"} <= rules, rules

@@ -140,6 +140,19 @@ def test_length_buckets_respect_the_token_budget():
     assert buckets == [[6], [1], [4, 3], [7, 2], [0], [5]]
 
 
+def test_equal_inputs_get_equal_rewards_wherever_they_sit(scorer):
+    """By construction, not by luck: one input at several rows of padded batches (where a forward
+    may differ in the last bits from row to row: it did here for the long neighbour) gets one float."""
+    prompt = [{"role": "user", "content": "Name a colour please."}]
+    answer = format_output("t", "I think so.", WARM_THINK)
+    for neighbours in (["ok"], ["A long and thoughtful reply with details. " * 3], ["ok", "no", "maybe so"]):
+        outputs = [answer, *[format_output("x", n, WARM_THINK) for n in neighbours], answer, answer]
+        scores = scorer.score([prompt] * len(outputs), outputs).scores
+        same = [scores[i] for i, o in enumerate(outputs) if o == answer]
+        assert len(same) == 3 and len(set(same)) == 1, (neighbours, same)
+        assert len(set(scores)) == 1 + len(neighbours)
+
+
 def test_same_answer_same_score_whatever_the_thought(scorer):
     outs = [format_output("short", "Blue it is.", WARM_THINK),
             format_output("a much longer and entirely different plan " * 5, "Blue it is.", WARM_THINK),

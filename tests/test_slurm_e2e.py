@@ -46,7 +46,9 @@ def mini_config() -> dict:
     ]
     cfg["mixtures"]["demo"].update(n_train=24, n_val=6)
     cfg["algorithms"]["sft"].update(max_steps=2)
-    cfg["algorithms"]["grpo"].update(max_steps=GRPO_STEPS, checkpoints={"save_steps": 1, "save_total_limit": 3})
+    # 4 prompts x 4 completions per update split over the 2 processes of the Slurm cell: 8 per device
+    cfg["algorithms"]["grpo"].update(max_steps=GRPO_STEPS, per_device_train_batch_size=8,
+                                     checkpoints={"save_steps": 1, "save_total_limit": 3})
     cfg["algorithms"]["dpo"].update(max_steps=2)
     cfg["evaluation"]["benchmarks"] = {"demo-if": {"limit": 4}, "reward-winrate": {"limit": 4}}
     cfg["generation"]["sampling"].update(max_new_tokens_think=24, max_new_tokens_nothink=16)
@@ -104,7 +106,8 @@ def jobcomp(workdir: Path) -> list[dict[str, str]]:
 
 
 def _squeue_train_job(cell: str) -> str | None:
-    done = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"], capture_output=True, text=True)
+    done = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"], capture_output=True, text=True,
+                          timeout=60)
     for line in done.stdout.splitlines():
         job_id, _, comment = line.partition(" ")
         if comment.startswith("rule_train_") and cell in comment:
@@ -115,10 +118,10 @@ def _squeue_train_job(cell: str) -> str | None:
 @pytest.fixture(scope="module")
 def cluster():
     """The cluster of tests/slurm/cluster.sh (started here, and stopped after, unless it was already up)."""
-    was_up = subprocess.run([str(CLUSTER), "status"], capture_output=True).returncode == 0
+    was_up = subprocess.run([str(CLUSTER), "status"], capture_output=True, timeout=120).returncode == 0
     done = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
-    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True,
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=60,
                            env={**os.environ, "SLURM_CONF": str(SLURM_DIR / "slurm.conf")}).stdout.split("\n")
     assert len([n for n in nodes if n.strip()]) == 2, nodes
     yield
@@ -163,11 +166,11 @@ def slurm_run(cluster, tmp_path_factory) -> dict:
             cancelled = _squeue_train_job(GRPO)
             if cancelled:
                 steps_at_cancel = sorted(p.name for p in ckpt.glob("step-*") if (p / "checkpoint.json").exists())
-                subprocess.run(["scancel", cancelled], check=True, env=env)
+                subprocess.run(["scancel", cancelled], check=True, env=env, timeout=60)
         time.sleep(0.2)
     if proc.poll() is None:
         proc.kill()
-    proc.wait()
+    proc.wait(timeout=120)
     text = log_path.read_text()
     if proc.returncode != 0:
         _fail(workdir, "the Slurm run", text)
@@ -188,7 +191,8 @@ def test_every_non_local_job_is_one_sbatch_job(slurm_run):
     total = planned.pop("total")
     local = re.findall(r"^localrule (\w+):", log, re.M)
     remote = re.findall(r"^rule (\w+):", log, re.M)
-    assert set(local) == {"all", "benchmark_items", "score", "model_scores", "report"}  # zero_model: no zero cells
+    # (zero_model is local too; this grid has no zero cell)
+    assert set(local) == {"all", "preflight", "benchmark_items", "score", "model_scores", "report"}
     # one block per job run; the cancelled training job's retry is the only repeat
     assert len(local) + len(remote) == total + 1 and remote.count("train") == planned["train"] + 1
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
@@ -202,17 +206,24 @@ def test_every_non_local_job_is_one_sbatch_job(slurm_run):
     assert {r["Partition"] for r in records.values()} == {"debug"}
 
 
+def submissions(log: str) -> list[tuple[str, str, str]]:
+    """(Slurm job id, rule, wildcards) of every sbatch submission, from the plugin's lines in the run's log."""
+    return re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_([^/]+)/(?:([^/]+)/)?\d+\.log",
+                      log)
+
+
 def test_grpo_trains_as_a_two_node_two_task_job_started_by_rlmt_launch(slurm_run):
     workdir = slurm_run["workdir"]
-    logs = sorted((workdir / ".snakemake/slurm_logs/rule_train").rglob("*.log"))
-    grpo_jobs = [p.stem for p in logs if GRPO in str(p)]
+    train = [(job, wildcards) for job, rule, wildcards in submissions(slurm_run["log"]) if rule == "train"]
     records = {r["JobId"]: r for r in jobcomp(workdir)}
-    assert len(grpo_jobs) == 2  # the cancelled job and its retry
+    grpo_jobs = [job for job, wildcards in train if wildcards == GRPO]
+    assert len(grpo_jobs) == 2 and slurm_run["cancelled"] == grpo_jobs[0]  # the cancelled job and its retry
+    host = os.uname().nodename.split(".")[0]
     for job in grpo_jobs:
-        assert records[job]["NodeCnt"] == "2" and records[job]["NodeList"] in {"vm-n[1-2]", f"{os.uname().nodename.split('.')[0]}-n[1-2]"}
+        assert records[job]["NodeCnt"] == "2" and records[job]["NodeList"] == f"{host}-n[1-2]"
         assert "node=2" in records[job]["Tres"] and records[job]["ProcCnt"] == "2"  # 2 tasks x 1 CPU
-    dpo_job = [p.stem for p in logs if DPO in str(p)]
-    assert len(dpo_job) == 1 and records[dpo_job[0]]["NodeCnt"] == "1"
+    dpo_jobs = [job for job, wildcards in train if wildcards == DPO]
+    assert len(dpo_jobs) == 1 and records[dpo_jobs[0]]["NodeCnt"] == "1" and records[dpo_jobs[0]]["ProcCnt"] == "1"
     train_log = (workdir / "results/logs/train" / f"{GRPO}.log").read_text()
     # rlmt.launch's srun task on each node says where it is, then execs accelerate launch
     starts = re.findall(r"rlmt-launch: node (\S+) machine_rank (\d) of 2, rendezvous (\S+)", train_log)
@@ -238,8 +249,10 @@ def test_scancelled_training_resumes_from_its_last_checkpoint(slurm_run):
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`rlmt.stage` = 'grpo'",
                               order_by=["attributes.start_time ASC"])
     assert len(runs) == 2 and runs[0].info.status != "FINISHED" and runs[1].info.status == "FINISHED"
+    killed = [m.step for m in client.get_metric_history(runs[0].info.run_id, "reward")]
     resumed = [m.step for m in client.get_metric_history(runs[1].info.run_id, "reward")]
-    assert min(resumed) > done_before[-1] - 1 and max(resumed) == GRPO_STEPS
+    # the retry starts right after a step the cancelled job trained and saved (at least the one seen at scancel)
+    assert min(resumed) - 1 in killed and min(resumed) - 1 >= done_before[-1] and max(resumed) == GRPO_STEPS
 
 
 def test_report_has_the_structure_of_a_local_run(slurm_run, local_run):

@@ -209,10 +209,8 @@ def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: 
         return prepare_pairs(policy_dir, reward_model_dir, train_path, out, settings, reward_spec=reward_spec,
                              backend=generation_backend, device=device)
 
-    on_main_then_wait(state, build)
     pairs_dir = out / PAIRS_DIR
-    if not (pairs_dir / "stats.json").is_file():
-        raise TrainingSetupError(f"{pairs_dir}: the main process wrote no DPO pairs (see its error)")
+    on_main_then_wait(state, build, done=(pairs_dir / "stats.json").is_file)
     stats = json.loads((pairs_dir / "stats.json").read_text())
     import mlflow
 

@@ -47,8 +47,11 @@ def process_state():
     when the launcher's config is DeepSpeed) and fixes this rank's device.
     """
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState()
+    # ACCELERATE_USE_CPU (CPU processes, gloo) must reach PartialState itself: only AcceleratorState
+    # reads it, and a PartialState made without it on a CPU machine is a lone process.
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def rank_device(state=None) -> str:
@@ -65,24 +68,25 @@ def zero3_partitioning() -> bool:
     return bool(is_deepspeed_zero3_enabled())
 
 
-def on_main_then_wait(state, build: Callable[[], T]) -> T | None:
-    """Run `build` on the main process only; every other rank waits until it is done.
+def on_main_then_wait(state, build: Callable[[], T], done: Callable[[], bool], *, poll_s: float = 5.0) -> T | None:
+    """Run `build` on the main process only; every other rank waits until `done()` (its result on disk).
 
-    `build` must leave its result on disk for the others to read; its return value is given to
-    the main process only (others get None). A failure on the main process is re-raised there
-    after the others are released (the caller's check for the missing file then fails them).
+    The others poll `done` instead of sitting in a collective: building can take longer than the
+    process group's timeout (DPO samples 8 responses for each of 7,544 prompts on one GPU). The
+    main process's return value is given to it alone (others get None). If the main process
+    fails, the launcher ends the job's other processes.
     """
+    import time
+
     if state.num_processes == 1:
         return build()
-    result, error = None, None
+    result = None
     if state.is_main_process:
-        try:
-            result = build()
-        except BaseException as err:  # release the waiting ranks before failing
-            error = err
+        result = build()
+    else:
+        while not done():
+            time.sleep(poll_s)
     state.wait_for_everyone()
-    if error is not None:
-        raise error
     return result
 
 

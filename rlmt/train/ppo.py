@@ -39,7 +39,7 @@ from rlmt.thinking import ThinkingFormat, extract
 from rlmt.train import checkpoints as ckpt
 from rlmt.train import ppo_math as pm
 from rlmt.train.actor_critic import CRITIC_DIR, ActorCritic, is_sharded, load_critic, save_critic, shard
-from rlmt.train.job import answer_scorer, note_loaded, report_rank
+from rlmt.train.job import answer_scorer, note_loaded, rank_device, report_rank
 from rlmt.train.rollout import Rollout, sample
 from rlmt.train.runtime import TrainingSetupError
 
@@ -122,7 +122,7 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
     reference = None
     if settings.kl_coef:
         # The KL penalty compares with the *initial* policy, also after a resume.
-        reference = load_causal_lm(policy_dir, device=str(accelerator.device), dtype="float32").eval().requires_grad_(False)
+        reference = load_causal_lm(policy_dir, device=rank_device(accelerator), dtype="float32").eval().requires_grad_(False)
     if sharded:  # each rank holds its shard on its device already; the optimizer steps the shards
         if resume:
             load_sharded_optimizer(accelerator, model, optimizer, resume / OPTIMIZER_FILE)
@@ -132,11 +132,11 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
         if reward_model_dir is None:
             raise ValueError("train_ppo needs a reward model dir (or a scorer)")
         scorer = answer_scorer(reward_model_dir, fmt, reward_spec, strict=settings.strict,
-                               device=str(accelerator.device))
+                               device=rank_device(accelerator))
         note_loaded("reward", scorer.model)
     core: ActorCritic = accelerator.unwrap_model(model)
-    devices = {"policy": str(next(core.policy.parameters()).device),
-               "critic": str(next(core.critic.parameters()).device),
+    devices = {"policy": _device_name(next(core.policy.parameters()).device),
+               "critic": _device_name(next(core.critic.parameters()).device),
                "reward": str(getattr(scorer, "device", "none"))}
 
     from tqdm.auto import tqdm
@@ -432,6 +432,10 @@ def _prompts_for_step(rows: list[dict], step: int, settings: PPOConfig, world: i
 
 def _seed_step(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(seed * 1_000_003 + step * 1_009 + rank)
+
+
+def _device_name(device: torch.device) -> str:
+    return "cpu" if device.type == "cpu" else str(device)
 
 
 def _mean_tokens(tokenizer, texts: list[str]) -> float:

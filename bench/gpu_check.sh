@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU check: 3 GRPO + 3 PPO steps of a Qwen2.5-0.5B-shaped random model in bf16; prints rollout
-# tokens/s, update tokens/s and MFU against the card's measured bf16 matmul rate.
-# On a machine without a GPU it runs the tiny CPU shape. Extra arguments go to bench/gpu_check.py.
+# GPU check of the real trainers: 3 steps of train_grpo (TRL's GRPOTrainer) and of train_ppo on a
+# Qwen2.5-0.5B-body random model in bf16; prints rollout tokens/s, update tokens/s and MFU against
+# the card's measured bf16 matmul rate (see bench/gpu_check.py).
+# On a machine without a GPU it runs the tiny zoo shape. Extra arguments go to bench/gpu_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi

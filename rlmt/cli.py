@@ -122,6 +122,10 @@ def models_prepare(
     if spec is None:
         typer.echo(f"unknown model {model!r}; allowed: {sorted({**cfg.models, **cfg.reward_models})}", err=True)
         raise typer.Exit(2)
+    if spec.source is None:  # reward_models.<name>.train: made by rules rm_pairs + train_rm, not prepared
+        typer.echo(f"reward_models.{model} has no source: the pipeline trains it (rules rm_pairs, train_rm); "
+                   f"run `snakemake results/models/{model}`", err=True)
+        raise typer.Exit(2)
     longcot = longcot or getattr(spec, "longcot", None)  # a model that already thinks (grid start 'none')
     if longcot is not None and longcot not in FORMATS:
         typer.echo(f"--longcot: unknown format {longcot!r}; allowed: {sorted(FORMATS)}", err=True)

@@ -229,3 +229,15 @@ def test_reduced_small_experiment_runs_end_to_end(tmp_path):
     assert "wall time:" in proc.stdout and "peak memory of the job tree:" in proc.stdout
     assert f"| {THINK} | smollm2-instruct__sft__think__demo-sft |" in proc.stdout
     assert "held-out pairwise accuracy" in proc.stdout
+
+
+def test_prepare_refuses_a_trained_reward_model_naming_the_rule(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlmt.cli import app
+
+    result = CliRunner().invoke(app, ["models", "prepare", "--config", str(SMALL), "--model", "smol-rm",
+                                      "--out", str(tmp_path / "rm")])
+    assert result.exit_code == 2
+    assert "reward_models.smol-rm has no source: the pipeline trains it" in result.output
+    assert not (tmp_path / "rm").exists()

@@ -103,7 +103,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each side, alternating which goes first.")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     a = parser.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
 
     from rlmt.config import GRPOConfig
 
@@ -133,7 +138,9 @@ def main() -> int:
     low = {k: min(v) for k, v in per_step.items()}
     for k, label in (("ours", "ours (answer-only reward, MLflow run, final/)"), ("trl", "TRL (reward model direct, save_model)")):
         print(f"{label:<48} min {low[k]:.3f}  median {med[k]:.3f} s/step   runs: {[round(x, 3) for x in per_step[k]]}")
-    print(f"our MLflow runs: {len(runs)}, 'reward' points logged per run: {logged}")
+    import torch
+
+    print(f"torch threads {torch.get_num_threads()}; our MLflow runs: {len(runs)}, 'reward' points logged per run: {logged}")
     old = statistics.median(loop_only["ours"]) / statistics.median(loop_only["trl"])
     print(f"old ratio ours/TRL (train loop only, final/ excluded, medians): {old:.3f}")
     ratio = med["ours"] / med["trl"]

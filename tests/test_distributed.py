@@ -108,8 +108,9 @@ def test_only_the_main_process_opens_the_jobs_run(tmp_path, monkeypatch):
     assert hashed[0] == model_dir  # once, by the main process (then its files, recursively)
 
 
-def test_trainers_score_with_the_reward_models_spec(tiny_zoo):
+def test_trainers_score_with_the_reward_models_spec(tiny_zoo, monkeypatch):
     """GRPO, PPO and DPO build the scorer from RewardModelSpec; its max_tokens_per_batch bounds each forward."""
+    import rlmt.models.loading as loading
     from rlmt.config import RewardModelSpec
     from rlmt.thinking import WARM_NOTHINK
     from rlmt.train.job import answer_scorer
@@ -121,17 +122,19 @@ def test_trainers_score_with_the_reward_models_spec(tiny_zoo):
     forward = scorer.model.forward
     scorer.model.forward = lambda *a, **k: shapes.append(tuple(k["input_ids"].shape)) or forward(*a, **k)
     prompts = [[{"role": "user", "content": "word " * n}] for n in (1, 2, 3, 5, 8, 13, 21, 2, 1)]
-    batch = scorer.score(prompts, ["ok " * (n % 4 + 1) for n in range(len(prompts))])
+    batch = scorer.score(prompts, [f"ok {n} " * (n % 4 + 1) for n in range(len(prompts))])  # all distinct
     assert len(batch.scores) == len(prompts) and sum(rows for rows, _ in shapes) == len(prompts)
     assert len(shapes) > 1 and all(rows * width <= 64 or rows == 1 for rows, width in shapes), shapes
     assert max(width for _, width in shapes) <= 48
-    # trust_remote_code comes from the spec too: a one-label model with it off loads as before,
-    # the flag is what the loader receives (ArmoRM needs it on)
-    import inspect
-
-    from rlmt.rewards import AnswerRewardScorer
-
-    assert "trust_remote_code=spec.trust_remote_code" in inspect.getsource(AnswerRewardScorer.from_spec)
+    # trust_remote_code reaches the loader from the spec (ArmoRM's entry sets it)
+    flags = []
+    real_load = loading.load_reward_model
+    monkeypatch.setattr(loading, "load_reward_model",
+                        lambda *a, **k: flags.append(k.get("trust_remote_code")) or real_load(*a, **k))
+    answer_scorer(tiny_zoo["reward"], WARM_NOTHINK, spec.model_copy(update={"trust_remote_code": True}),
+                  strict=False, device="cpu")
+    answer_scorer(tiny_zoo["reward"], WARM_NOTHINK, spec, strict=False, device="cpu")
+    assert flags == [True, False]
 
 
 def test_dpo_refuses_a_samples_file_with_the_wrong_count_per_prompt(tmp_path):

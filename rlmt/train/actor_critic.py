@@ -61,7 +61,7 @@ def load_critic(model_dir: str | Path, kind: CriticKind, *, fresh_head: bool, dt
 
     check_safetensors(model_dir)
     if kind == "value-head":
-        body = AutoModel.from_pretrained(str(model_dir), use_safetensors=True, dtype=dtype)
+        body = AutoModel.from_pretrained(str(model_dir), use_safetensors=True, dtype=dtype, trust_remote_code=False)
         critic = ValueHeadCritic(body, body.config.hidden_size).to(dtype)
         if fresh_head:
             nn.init.zeros_(critic.value_head.weight)
@@ -72,11 +72,11 @@ def load_critic(model_dir: str | Path, kind: CriticKind, *, fresh_head: bool, dt
             critic.value_head.load_state_dict(load_file(str(Path(model_dir) / VALUE_HEAD_FILE)))
         return critic
     if kind == "token-classification":
-        config = AutoConfig.from_pretrained(str(model_dir), num_labels=1)
+        config = AutoConfig.from_pretrained(str(model_dir), num_labels=1, trust_remote_code=False)
         # No dropout: the values that make the advantages and the values being fit must be one function.
         config.classifier_dropout = 0.0
         model = AutoModelForTokenClassification.from_pretrained(str(model_dir), config=config, use_safetensors=True,
-                                                                dtype=dtype)
+                                                                dtype=dtype, trust_remote_code=False)
         if fresh_head:
             head = model.score  # *ForTokenClassification names its head `score`
             nn.init.zeros_(head.weight)

@@ -29,7 +29,7 @@ from rlmt.config import DPOConfig, RewardModelSpec
 from rlmt.thinking import ThinkingFormat
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback
-from rlmt.train.job import answer_scorer, finish, note_loaded, on_main_then_wait, process_state, rank_device, report_rank
+from rlmt.train.job import answer_scorer, finish, note_loaded, on_main_then_wait, process_state, rank_device, report_rank, train_from
 from rlmt.train.runtime import TrainingSetupError, accumulation_steps, prompt_tokens, read_prompt_table, use_bf16
 
 VAL_METRIC = "eval_rewards/margins"
@@ -233,6 +233,6 @@ def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: 
                                  select_rule=settings.checkpoints.select_step, val_metric=VAL_METRIC)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tokenizer, callbacks=[MLflowMetricsCallback(), ckpt_cb, *(callbacks or [])])
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_from(trainer, resume)
     report_rank("dpo", state, trainer.accelerator.unwrap_model(trainer.model))
     return finish(out, fmt, settings.checkpoints.select_step, trainer.accelerator)

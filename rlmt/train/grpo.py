@@ -46,7 +46,7 @@ from rlmt.config import GRPOConfig, RewardModelSpec
 from rlmt.thinking import ThinkingFormat, extract
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback, SampleBuffer, SamplesTableCallback
-from rlmt.train.job import answer_scorer, finish, log_setup, note_loaded, process_state, rank_device, report_rank
+from rlmt.train.job import answer_scorer, finish, log_setup, note_loaded, process_state, rank_device, report_rank, train_from
 from rlmt.train.rollout import left_truncate
 from rlmt.train.runtime import (
     TrainingSetupError,
@@ -310,7 +310,7 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
                           processing_class=tokenizer,
                           callbacks=[MLflowMetricsCallback(), SamplesTableCallback(buffer, settings.log_samples_every),
                                      ckpt_cb, *(callbacks or [])])
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_from(trainer, resume)
     report_rank("grpo", state, trainer.accelerator.unwrap_model(trainer.model),
                 devices={"reward": str(scorer.device) if scorer is not None else "none"})
     return finish(out, fmt, settings.checkpoints.select_step, trainer.accelerator)

@@ -104,6 +104,26 @@ def answer_scorer(reward_model_dir: str | Path, fmt: ThinkingFormat, spec: Any =
     return AnswerRewardScorer.from_spec(reward_model_dir, fmt, spec, strict=strict, device=device)
 
 
+# ----------------------------------------------------------------------------- training, resumed
+
+
+def train_from(trainer, resume: Path | None) -> bool:
+    """``trainer.train()``, resumed from `resume` when given; False when there was nothing left to train.
+
+    A checkpoint whose ``trainer_state.json`` already reached its ``max_steps`` (the job was killed
+    after its last save, before final/) is not resumed: the Trainer checks ``max_steps`` only after
+    a step, so it would train one step past the schedule and change what final/ selects.
+    """
+    if resume is not None:
+        state_file = Path(resume) / "trainer_state.json"
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+            if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
+                return False
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return True
+
+
 # ----------------------------------------------------------------------------- the end of a job
 
 

@@ -32,7 +32,7 @@ from rlmt.config import SFTConfig
 from rlmt.thinking import WARM_NOTHINK, WARM_THINK, ThinkingFormat
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback
-from rlmt.train.job import note_loaded, process_state, rank_device, report_rank
+from rlmt.train.job import note_loaded, process_state, rank_device, report_rank, train_from
 from rlmt.train.runtime import TrainingSetupError, accumulation_steps, use_bf16
 
 
@@ -179,7 +179,7 @@ def train_sft(model_dir: str | Path, data_path: str | Path, out: str | Path, set
                  CheckpointCallback(work, fmt, keep_last=settings.save_total_limit)]
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_from(trainer, resume)
     report_rank("sft", state, trainer.accelerator.unwrap_model(trainer.model))
 
     tmp = Path(str(out) + ".tmp")

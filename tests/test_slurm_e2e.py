@@ -13,6 +13,7 @@ Slurm's own record of every finished job is the jobcomp/filetxt file the cluster
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -227,8 +228,8 @@ def test_grpo_trains_as_a_two_node_two_task_job_started_by_rlmt_launch(slurm_run
     train_log = (workdir / "results/logs/train" / f"{GRPO}.log").read_text()
     # rlmt.launch's srun task on each node says where it is, then execs accelerate launch
     starts = re.findall(r"rlmt-launch: node (\S+) machine_rank (\d) of 2, rendezvous (\S+)", train_log)
-    assert sorted(rank for _, rank in starts) == ["0", "1"]
-    assert len({node for node, _ in starts}) == 2 and len({head for *_, head in starts}) == 1
+    assert sorted(rank for _, rank, _ in starts) == ["0", "1"]
+    assert len({node for node, _, _ in starts}) == 2 and len({head for *_, head in starts}) == 1
     # and accelerate's two processes trained together: 2 processes x batch 16 / 16 per device
     assert "[rank1]" in train_log or "rank 1" in train_log.lower()
     state = json.loads((workdir / "results/checkpoints" / GRPO / f"step-{GRPO_STEPS}/trainer_state.json").read_text())
@@ -265,8 +266,8 @@ def test_report_has_the_structure_of_a_local_run(slurm_run, local_run):
         return re.findall(r"^#+ .*$", (root / "report.md").read_text(), re.M)
 
     def table_shape(root):
-        lines = (root / "main_table.csv").read_text().splitlines()
-        return lines[0], sorted(line.split(",")[0] for line in lines[1:])
+        rows = list(csv.DictReader((root / "main_table.csv").open()))
+        return list(rows[0]), sorted((r["model"], r["stage"], r["think"]) for r in rows)
 
     assert files(slurm) == files(local) and files(slurm)
     assert headings(slurm) == headings(local)

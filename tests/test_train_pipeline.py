@@ -136,9 +136,13 @@ def grpo_learned(sft_models, work, tmp_path_factory):
     settings = GRPOConfig(learning_rate=3e-3, prompts_per_step=2, num_generations=8, per_device_train_batch_size=16,
                           max_steps=12, rollout={"max_prompt_length": 256, "max_completion_length": 16},
                           checkpoints={"save_steps": 6, "save_total_limit": 1}, log_samples_every=4, seed=0)
-    with stage_run("grpo", cell="grpo__llama-base__warm-start__nothink__tiny-rm__demo", uri=uri) as run:
-        final = train_grpo(sft_models["nothink"], None, work / "train.parquet", None, work / "grpo-nothink", settings,
-                           reward_fn=_space_fraction)
+    # MLFLOW_TRACKING_URI wins over a configured uri (rlmt.tracking.tracking_uri): pin it to this
+    # fixture's store, so that an environment left by an earlier test cannot send the run elsewhere.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        with stage_run("grpo", cell="grpo__llama-base__warm-start__nothink__tiny-rm__demo", uri=uri) as run:
+            final = train_grpo(sft_models["nothink"], None, work / "train.parquet", None, work / "grpo-nothink",
+                               settings, reward_fn=_space_fraction)
     return {"final": final, "uri": uri, "run_id": run.info.run_id}
 
 

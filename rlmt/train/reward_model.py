@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -192,8 +193,6 @@ def train_reward_model(backbone_dir: str | Path, pairs_path: str | Path, out: st
     model.config.use_cache = False
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    import shutil
-
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     metrics = {"train_pairs": len(rows), "dropped_too_long": too_long, "held_out_pairs": len(held),
                "train_loss": float(result.training_loss), "config": asdict(cfg)}

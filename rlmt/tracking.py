@@ -143,7 +143,15 @@ def _setup(uri: str, experiment: str):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    # mlflow.set_tracking_uri also writes $MLFLOW_TRACKING_URI (for its child processes); the store is
+    # this call's choice, not the process's: put the variable back, so that a later run in the same
+    # process (a test session, a notebook) still resolves its own uri through tracking_uri().
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     with _store_lock(uri):
         client = MlflowClient(uri)
         exp = _retry(client.get_experiment_by_name, experiment)

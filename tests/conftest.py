@@ -93,3 +93,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class EnvironmentLeak(UserWarning):
+    """A test left os.environ changed (restored before the next test runs)."""
+
+
+@pytest.fixture(autouse=True)
+def environment_restored(request):
+    """Each test starts from the environment the previous one started from: a library call that
+    writes os.environ (``mlflow.set_tracking_uri`` sets MLFLOW_TRACKING_URI for child processes, for
+    one) would otherwise reroute a later test's runs. A leak is undone and reported as a warning
+    naming the test and the variables, so that it is fixed where it happens."""
+    before = dict(os.environ)
+    yield
+    after = os.environ
+    changed = sorted(k for k in set(before) | set(after)
+                     if before.get(k) != after.get(k) and k != "PYTEST_CURRENT_TEST")  # pytest's own
+    if changed:
+        current = after.get("PYTEST_CURRENT_TEST")
+        os.environ.clear()
+        os.environ.update(before)
+        if current is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = current
+        import warnings
+
+        warnings.warn(EnvironmentLeak(f"{request.node.nodeid} left os.environ changed: {', '.join(changed)}"))

@@ -99,3 +99,25 @@ def test_report_links_through_the_tracking_uri_in_use(store, tmp_path):
     assert ui_base("https://mlflow.cluster:5000/", "http://ignored") == "https://mlflow.cluster:5000"
     assert browse_command(store) == f"mlflow ui --backend-store-uri {store}"
     assert browse_command("http://mlflow.cluster:5000") == ""
+
+
+def test_a_run_with_its_own_uri_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri writes $MLFLOW_TRACKING_URI; a stage run given its own store must not
+    reroute the next run of the same process (the env wins over a configured uri)."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from rlmt.tracking import stage_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "second.db"))
+    with stage_run("prepare", uri=first):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", second)
+    with stage_run("prepare", uri=first):  # the env still wins, and is still the same afterwards
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == second
+    assert len(MlflowClient(first).search_runs([MlflowClient(first).get_experiment_by_name("rlmt").experiment_id])) == 1
+    assert len(MlflowClient(second).search_runs([MlflowClient(second).get_experiment_by_name("rlmt").experiment_id])) == 1

@@ -378,11 +378,17 @@ def _variant_corpus(seed: int = 0) -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("char_below", [None, 400])
-def test_near_duplicate_index_matches_brute_force_jaccard_across_batches(tmp_path, char_below):
+@pytest.mark.parametrize("char_below, char_slice", [(None, None), (400, None), (400, 7)])
+def test_near_duplicate_index_matches_brute_force_jaccard_across_batches(tmp_path, monkeypatch, char_below,
+                                                                        char_slice):
     """The MinHash index, fed in three batches, drops exactly the rows a brute-force exact-Jaccard
-    pass over shingles built here (tuples of words, strings of characters) drops."""
+    pass over shingles built here (tuples of words, strings of characters) drops; also when the short
+    rows' character shingles are built in slices of 7 rows (as 1M-row curations do, in 4,096)."""
+    from rlmt.data import near_duplicates
     from rlmt.data.near_duplicates import NearDuplicateIndex
+
+    if char_slice is not None:
+        monkeypatch.setattr(near_duplicates, "CHAR_CHUNK_ROWS", char_slice)
 
     texts = _variant_corpus()
     series = pl.Series(texts)

@@ -50,6 +50,7 @@ import numpy as np
 import polars as pl
 
 CHUNK_ROWS = 32_768
+CHAR_CHUNK_ROWS = 4_096  # rows under char_below: at most ~1.6M characters per slice
 _MASK32 = np.uint64(0xFFFFFFFF)
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
 MAX_GROUP = 64  # pairs per LSH bucket are capped: a bucket this large means many candidates already
@@ -296,7 +297,12 @@ class NearDuplicateIndex:
             if self._chars is not None:
                 short = chunk.fill_null("").str.len_chars().to_numpy() < self.char_below
                 picked = np.flatnonzero(short)
-                self._chars.add(*char_shingles(chunk.gather(picked), self.char_size), rows[picked])
+                # A character n-gram array has one uint64 per character, several times the word
+                # shingles of the same rows, and building it needs a few temporaries of its size:
+                # smaller slices keep that transient memory near the word path's.
+                for lo in range(0, len(picked), CHAR_CHUNK_ROWS):
+                    part = picked[lo:lo + CHAR_CHUNK_ROWS]
+                    self._chars.add(*char_shingles(chunk.gather(part), self.char_size), rows[part])
             self._short.append(short)
 
     def duplicates(self) -> np.ndarray:

@@ -84,7 +84,7 @@ def test_malformed_pairs_file_names_the_line(tmp_path):
 
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps(_pairs(1)[0]) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"pairs.jsonl:2: not JSON"):
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: not valid JSON"):
         read_pairs(path)
     path.write_text(json.dumps({"id": 1, "prompt": []}) + "\n")
     with pytest.raises(ValueError, match=r"pairs.jsonl:1: a pair needs \['chosen', 'rejected'\]"):

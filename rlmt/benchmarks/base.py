@@ -30,6 +30,8 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from rlmt.jsonl import iter_json_lines
+
 
 @dataclass
 class Item:
@@ -213,17 +215,9 @@ def read_json_rows(path: Path, *, lines: bool | None = None) -> list[dict]:
 
     ``lines`` defaults to the suffix (``.jsonl``); a broken line is an error naming its number.
     """
-    text = path.read_text(encoding="utf-8")
     if not (path.suffix == ".jsonl" if lines is None else lines):
-        return json.loads(text)
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({err})") from None
-    return rows
+        return json.loads(path.read_text(encoding="utf-8"))
+    return [row for _, row in iter_json_lines(path, BenchmarkError)]
 
 
 def read_generations(path: str | Path) -> dict[str, dict]:
@@ -236,14 +230,8 @@ def read_generations(path: str | Path) -> dict[str, dict]:
     if not path.exists():
         raise BenchmarkError(f"generations file not found: {path}")
     rows: dict[str, dict] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({err})") from None
-        if not isinstance(row, dict) or "id" not in row:
+    for lineno, row in iter_json_lines(path, BenchmarkError):
+        if "id" not in row:
             raise BenchmarkError(f"{path}:{lineno}: a generations row must be an object with an 'id'")
         rows.setdefault(str(row["id"]), row)  # n > 1 samples per id: the first sample is scored
     return rows

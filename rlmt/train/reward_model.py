@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from rlmt.jsonl import iter_json_lines
 from rlmt.thinking import WARM_NOTHINK
 
 EVAL_FILE = "rm_eval.json"
@@ -73,13 +74,7 @@ class RewardModelConfig:
 def read_pairs(path: str | Path) -> list[dict]:
     """The pairs of a JSON-lines file; a malformed line is an error naming its line number."""
     pairs = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e})") from e
+    for n, row in iter_json_lines(path, ValueError):
         missing = {"id", "prompt", "chosen", "rejected"} - set(row)
         if missing:
             raise ValueError(f"{path}:{n}: a pair needs {sorted(missing)}")

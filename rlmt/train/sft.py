@@ -24,11 +24,11 @@ a mask of exactly the assistant turns.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from rlmt.config import SFTConfig
+from rlmt.jsonl import iter_json_lines
 from rlmt.thinking import WARM_NOTHINK, WARM_THINK, ThinkingFormat
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback
@@ -42,14 +42,8 @@ def read_sft_rows(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"SFT data not found: {path}")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TrainingSetupError(f"{path}:{n}: not JSON ({err})") from None
-        msgs = row.get("messages") if isinstance(row, dict) else None
+    for n, row in iter_json_lines(path, TrainingSetupError):
+        msgs = row.get("messages")
         if not isinstance(msgs, list) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
             raise TrainingSetupError(f"{path}:{n}: 'messages' must be a list ending with an assistant turn")
         rows.append({"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})

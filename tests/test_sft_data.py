@@ -113,7 +113,7 @@ def test_file_source_quarantines_bad_rows(tmp_path):
     spec = SFTDataSpec(path=str(path))
     res = build_sft_data(spec, tmp_path / "t.jsonl", tmp_path / "n.jsonl", stats_path=tmp_path / "s.json")
     c = res.stats["counts"]
-    assert (c["kept"], c["stray_tags"], c["malformed_row"], c["rows_in"]) == (2, 1, 2, 5)
+    assert (c["kept"], c["stray_tags"], c["malformed_row"], c["invalid_json"], c["rows_in"]) == (2, 1, 1, 1, 5)
     first = json.loads((tmp_path / "t.jsonl").read_text().splitlines()[1])
     assert first["messages"] == [{"role": "user", "content": "Suggest a name for a friendly orange cat that likes to sleep."},
                                  {"role": "assistant", "content": "<think>\nThink of warm names.\n</think>\n\nMarmalade."}]
@@ -127,3 +127,63 @@ def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):
                        teacher=TeacherSpec(base_url="https://api.example.com/v1", model="m", api_key_env="NO_SUCH_KEY_VAR"))
     with pytest.raises(TeacherError, match="NO_SUCH_KEY_VAR is not set"):
         build_sft_data(spec, tmp_path / "t.jsonl", tmp_path / "n.jsonl")
+
+
+def _teacher_row(i: int, prompt: str, response: str = "A short answer.") -> bytes:
+    row = {"id": str(i), "prompt": prompt, "thought": "Plan the answer first.", "response": response}
+    return json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def _build_from_bytes(tmp_path, data: bytes):
+    path = tmp_path / "teacher_out.jsonl"
+    path.write_bytes(data)
+    res = build_sft_data(SFTDataSpec(path=str(path)), tmp_path / "t.jsonl", tmp_path / "n.jsonl",
+                         stats_path=tmp_path / "s.json")
+    # every output is valid UTF-8 JSON lines (read as bytes, decoded strictly)
+    # (split on "\n" only: str.splitlines would also break a line at a raw U+2028 inside a string)
+    outs = {name: [json.loads(line) for line in (tmp_path / name).read_bytes().decode("utf-8").split("\n") if line]
+            for name in ("t.jsonl", "n.jsonl", "s.quarantine.jsonl")}
+    assert json.loads((tmp_path / "s.json").read_bytes().decode("utf-8")) == res.stats
+    return res.stats["counts"], outs
+
+
+def test_file_source_quarantines_lines_that_are_not_utf8(tmp_path):
+    data = (_teacher_row(1, "Name three rivers in Europe and say where they flow.")
+            + b'{"id": "2", "prompt": "Un caf\xe9 au lait, s\'il vous pla\xeet.", "thought": "t", "response": "r"}\n'
+            + _teacher_row(3, "Explain what a caf\u00e9 is, in one sentence, for a curious child.")
+            + b"\xff\xfe\x00garbage\n")
+    counts, outs = _build_from_bytes(tmp_path, data)
+    assert counts["rows_in"] == 4 and counts["kept"] == 2 and counts["invalid_utf8"] == 2
+    dropped = [q["reason"] for q in outs["s.quarantine.jsonl"]]
+    assert dropped == ["invalid_utf8", "invalid_utf8"]
+    assert counts["rows_in"] == counts["kept"] + len(dropped)
+    assert [q["row"]["line"] for q in outs["s.quarantine.jsonl"]] == [2, 4]
+    # the rows around the bad lines are kept, their non-ASCII text intact
+    assert [r["id"] for r in outs["t.jsonl"]] == ["1", "3"]
+    assert outs["t.jsonl"][1]["messages"][0]["content"] == "Explain what a caf\u00e9 is, in one sentence, for a curious child."
+
+
+def test_file_source_quarantines_lines_that_are_not_json_objects(tmp_path):
+    data = (_teacher_row(1, "Name three rivers in Europe and say where they flow.")
+            + b"{not json\n"
+            + b"\n   \n"  # blank lines are no rows
+            + b"[1, 2, 3]\n" + b'"just a string"\n' + b"null\n"
+            + _teacher_row(2, "Suggest a title for a story about a lighthouse keeper.").replace(b"A short answer.",
+                                                                                              b"The \\ud800 Keeper")
+            + _teacher_row(3, "Write one line about the moon for a birthday card.", "Bright X moon.").replace(
+                b"X", b"\\ud83d\\ude00")  # a paired surrogate escape: one real character
+            + _teacher_row(4, "Give a one-line tip for learning to juggle three balls.").replace(b"\n", b"\r\n")
+            + _teacher_row(5, "Describe a quiet morning in a small fishing harbour.", "Calm.\u2028Gulls call.")
+            + b"[" * 100_000 + b"\n")
+    counts, outs = _build_from_bytes(tmp_path, data)
+    reasons = [(q["row"]["line"], q["reason"]) for q in outs["s.quarantine.jsonl"]]
+    assert reasons == [(2, "invalid_json"), (5, "not_object"), (6, "not_object"), (7, "not_object"),
+                       (8, "invalid_utf8"), (12, "invalid_json")]
+    assert "surrogate" in outs["s.quarantine.jsonl"][4]["detail"]
+    assert (counts["rows_in"], counts["kept"], counts["invalid_json"], counts["not_object"], counts["invalid_utf8"]) \
+        == (10, 4, 2, 3, 1)
+    assert counts["rows_in"] == counts["kept"] + len(reasons)
+    # a paired surrogate escape is a real character, a CRLF ending is a line end, a raw U+2028 is no line break
+    assert [r["id"] for r in outs["n.jsonl"]] == ["1", "3", "4", "5"]
+    assert [r["messages"][-1]["content"] for r in outs["n.jsonl"]][1:] == \
+        ["Bright \U0001F600 moon.", "A short answer.", "Calm.\u2028Gulls call."]

@@ -12,6 +12,9 @@ Two sources, one output format:
 The reference code's filters, each counted in the stats JSON (and every dropped row written to a
 quarantine JSONL with its reason, never dropped silently):
 
+- ``invalid_utf8`` / ``invalid_json`` / ``not_object`` (a ``path`` file's line that is not UTF-8 —
+  a lone surrogate escape such as ``"\\ud800"`` included —, not JSON, or not a JSON object; see
+  :mod:`rlmt.jsonl`) and ``malformed_row`` (a row without usable messages, thought and response);
 - ``duplicate_id``: de-duplication by id (first kept);
 - ``multi_turn``: single-turn only (exactly one user turn, nothing else);
 - ``non_english``: ``langdetect`` on the prompt (seeded, so the decision is reproducible);
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlmt.config import SFTDataSpec, SourceSpec
+from rlmt.jsonl import BadLine, iter_json_lines
 from rlmt.thinking import WARM_NOTHINK, WARM_THINK, sft_messages
 
 # PAPER.md §2.2, appended verbatim (after a blank line) to each user prompt.
@@ -123,21 +127,16 @@ def resolve_path(path: str, data_dir: Path | None = None) -> Path:
     return Path(path)
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: Path) -> list[tuple[int, dict | BadLine]]:
+    """(line or row number, row) of a parquet or JSONL file; a JSONL line that is not a UTF-8 JSON object
+    comes as a :class:`rlmt.jsonl.BadLine` with its reason."""
     if not path.is_file():
         raise SFTDataError(f"file not found: {path}")
     if path.suffix == ".parquet":
         import polars as pl
 
-        return pl.read_parquet(path).to_dicts()
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                rows.append({"_error": f"line {n}: not JSON ({err})"})
-    return rows
+        return list(enumerate(pl.read_parquet(path).to_dicts(), 1))
+    return list(iter_json_lines(path))
 
 
 def _messages_of(row: dict) -> list[dict] | None:
@@ -197,7 +196,7 @@ def build_sft_data(spec: SFTDataSpec, out_think: str | Path, out_nothink: str | 
         if not spec.prompts:
             raise SFTDataError("sft_data: a teacher needs 'prompts' (a list of prompt sources)")
     counts["rows_in"] = len(candidates) + len(quarantine)
-    counts["malformed_row"] = len(quarantine)
+    counts.update(q["reason"] for q in quarantine)  # malformed_row, or a bad line's invalid_utf8 / invalid_json / not_object
 
     kept: list[dict] = []
     seen: set[str] = set()
@@ -247,8 +246,11 @@ def build_sft_data(spec: SFTDataSpec, out_think: str | Path, out_nothink: str | 
 
 def _rows_from_file(path: str, data_dir: Path | None, quarantine: list[dict]) -> list[dict]:
     out = []
-    for row in _read_rows(resolve_path(path, data_dir)):
-        msgs = _messages_of(row) if "_error" not in row else None
+    for n, row in _read_rows(resolve_path(path, data_dir)):
+        if isinstance(row, BadLine):  # not a UTF-8 JSON object: quarantined as its text
+            quarantine.append({"row": {"line": n, "text": row.text}, "reason": row.reason, "detail": row.detail})
+            continue
+        msgs = _messages_of(row)
         if msgs is None or not isinstance(row.get("thought"), str) or not isinstance(row.get("response"), str):
             quarantine.append({"row": row, "reason": "malformed_row"})
             continue

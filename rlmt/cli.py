@@ -184,11 +184,12 @@ def eval_generate(
     """Generate completions for a prompt file into generations.jsonl (one MLflow run)."""
     import mlflow
 
+    from rlmt.config import TrackingConfig
     from rlmt.generation import BACKENDS, GenerationError, PromptFileError
     from rlmt.generation.job import run_generation_job
     from rlmt.models.loading import UnsafeWeightsError
     from rlmt.thinking import ThinkingFormatError
-    from rlmt.tracking import log_outputs, log_params, stage_run
+    from rlmt.tracking import log_dataset_input, log_outputs, log_params, stage_run
 
     cfg = _load(config) if config is not None else None
     if backend is not None and backend not in BACKENDS:
@@ -205,7 +206,9 @@ def eval_generate(
         name = model_name or Path(model).name
         with stage_run("generate", cell=cell, rule="generate", run_name=f"generate:{name}:{bench or prompts.stem}",
                        inputs={"prompts": prompts}, uri=tracking.tracking_uri if tracking else None,
+                       system_metrics=(tracking or TrackingConfig()).system_metrics_interval_s,
                        **({"experiment": tracking.experiment} if tracking else {})):
+            log_dataset_input(prompts, context="evaluation")
             job = run_generation_job(model, prompts, out, config=cfg, bench=bench, backend=backend,
                                      max_new_tokens=max_new_tokens, fmt_name=fmt, base_url=base_url)
             log_params({"model_name": name, **job.settings})
@@ -244,7 +247,7 @@ def eval_score(
     from rlmt.benchmarks.scoring import score_file
     from rlmt.config import KNOWN_BENCHMARKS
     from rlmt.config import data_dir as configured_data_dir
-    from rlmt.tracking import log_outputs, stage_run
+    from rlmt.tracking import log_dataset_input, log_outputs, stage_run
 
     cfg = _load(config)
     if bench not in KNOWN_BENCHMARKS:
@@ -274,6 +277,7 @@ def eval_score(
                        params={"bench": bench, "model": model_name, "limit": limit if limit is not None else (spec.limit if spec else None),
                                "seed": cfg.seed, "options": options},
                        uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+            log_dataset_input(items, context="evaluation")
             if bench == "reward-winrate":
                 from rlmt.rewards import AnswerRewardScorer
                 from rlmt.thinking import WARM_NOTHINK
@@ -324,7 +328,7 @@ def eval_judge(
     from rlmt.config import data_dir as configured_data_dir
     from rlmt.judges.client import JudgeError, make_judge
     from rlmt.benchmarks.judging import judge_benchmark, pick_judge
-    from rlmt.tracking import log_outputs, stage_run
+    from rlmt.tracking import log_dataset_input, log_outputs, stage_run
 
     cfg = _load(config)
     judged = ("alpacaeval2", "wildbench", "arenahard-v2", "creative-writing-v3")
@@ -356,6 +360,7 @@ def eval_judge(
                                                                      "seed": cfg.seed, "options": options,
                                                                      "model_name": model_name}),
                        uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+            log_dataset_input(items, context="evaluation")
             result = judge_benchmark(bench, generations, out_judgments, out, client,
                                      data_dir=data_dir or configured_data_dir(cfg), options=options,
                                      protocol=protocol, limit=limit, seed=cfg.seed, items_path=items)
@@ -563,7 +568,7 @@ def train_sft_cmd(
     config: Path = ConfigOpt,
 ) -> None:
     """Warm-start SFT (assistant-only loss) -> a model dir with the right longcot_config.json."""
-    from rlmt.tracking import log_outputs, stage_run
+    from rlmt.tracking import log_checkpoint_model, log_dataset_input, log_outputs, stage_run
     from rlmt.train.sft import train_sft
     from rlmt.workflow import Plan
 
@@ -579,9 +584,12 @@ def train_sft_cmd(
     try:
         with stage_run("sft", cell=cell, rule="sft", run_name=f"sft:{out.name}", inputs={"model": model, "data": data},
                        tags={"rlmt.model": policy_name or out.name},
-                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment,
+                       system_metrics=cfg.tracking.system_metrics_interval_s):
+            log_dataset_input(data)
             path = train_sft(model, data, out, settings, expect_think=expect_think)
             log_outputs({"model": path})
+            log_checkpoint_model(path, policy_name or out.name)
     except _training_errors() as err:
         typer.echo(f"train sft: {err}", err=True)
         raise typer.Exit(2) from None
@@ -594,13 +602,17 @@ def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
     `run(cfg, settings, reward_spec)` calls the algorithm's trainer and returns final/ (`reward_spec`:
     the cell's ``reward_models.<rm>`` entry, so trust_remote_code and the batch budget reach the scorer).
     """
-    from rlmt.tracking import stage_run
+    from rlmt.tracking import log_dataset_input, stage_run
 
     cfg, cell_obj, settings = _train_context(config, cell, algo)
     inputs = {k: v for k, v in inputs.items() if v is not None}
     try:
         with stage_run(algo, cell=cell, rule="train", run_name=f"{algo}:{cell}", inputs=inputs,
-                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+                       params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment,
+                       system_metrics=cfg.tracking.system_metrics_interval_s):
+            log_dataset_input(inputs["train"])
+            if algo != "dpo":  # DPO validates on its own split of the pairs (logged by train_dpo)
+                log_dataset_input(inputs.get("val"), context="validation")
             final = run(cfg, settings, cfg.reward_models[cell_obj.rm])
     except _training_errors() as err:
         typer.echo(f"train {algo}: {err}", err=True)
@@ -709,16 +721,17 @@ def eval_collect(
 ) -> None:
     """Merge one model's benchmark scores (a cell's Snakemake target) and log them to MLflow."""
     from rlmt.report.collect import CollectConfig, collect_model_scores, log_collected
-    from rlmt.tracking import log_outputs, stage_run
+    from rlmt.tracking import log_checkpoint_model, log_outputs, model_digest, stage_run
 
     cfg = _load(config)
     inputs = {f"scores.{p.parent.name}": p for p in scores}
-    if checkpoint:
-        inputs["checkpoint"] = Path(checkpoint)
+    tags = {"rlmt.model": model_name}
+    if checkpoint:  # its weights are not read whole: model_digest, also the digest of its logged model
+        tags["rlmt.input.checkpoint"] = f"{checkpoint}@{model_digest(checkpoint)[:16]}"
     with stage_run("collect", cell=cell, rule="model_scores", run_name=f"collect:{model_name}", inputs=inputs,
-                   tags={"rlmt.model": model_name}, uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+                   tags=tags, uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
         doc = collect_model_scores(CollectConfig(model_name, cell, checkpoint), scores, out)
-        log_collected(doc)
+        log_collected(doc, model_id=log_checkpoint_model(checkpoint, model_name, role="input") if checkpoint else None)
         log_outputs({"scores": out})
     for bench, b in doc["benchmarks"].items():
         typer.echo(f"{model_name} {bench}: {b['value']:.2f}")
@@ -770,14 +783,18 @@ def data_rm_pairs(
 ) -> None:
     """Preference pairs offline: chosen = the reference answer, rejected = the policy's own answer."""
     from rlmt.data.rm_pairs import RMPairsConfig, build_rm_pairs
-    from rlmt.tracking import log_outputs, stage_run
+    from rlmt.tracking import log_dataset_input, log_outputs, stage_run
 
     cfg = _load(config)
     settings = RMPairsConfig(limit=limit, max_new_tokens=max_new_tokens)
     with stage_run("rm_pairs", rule="rm_pairs", run_name=f"rm_pairs:{out.parent.name}",
                    inputs={"reference": reference}, params=vars(settings), uri=cfg.tracking.tracking_uri,
-                   experiment=cfg.tracking.experiment):
+                   experiment=cfg.tracking.experiment, system_metrics=cfg.tracking.system_metrics_interval_s):
         import mlflow
+
+        log_dataset_input(reference, context="source")
+        for path in exclude:
+            log_dataset_input(path, context="excluded_prompts")
 
         stats = build_rm_pairs(reference, policy, out, settings, exclude=exclude)
         mlflow.log_metrics({f"rm_pairs.{k}": float(v) for k, v in stats.items()})
@@ -797,20 +814,23 @@ def train_rm_cmd(
     config: Path = ConfigOpt,
 ) -> None:
     """Bradley-Terry reward model with TRL's RewardTrainer; reports held-out pairwise accuracy."""
-    from rlmt.tracking import log_outputs, stage_run
+    from rlmt.tracking import log_checkpoint_model, log_dataset_input, log_outputs, stage_run
     from rlmt.train.reward_model import RewardModelConfig, train_reward_model
 
     cfg = _load(config)
     settings = RewardModelConfig(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
                                  max_length=max_length, keep_layers=keep_layers, seed=seed)
     with stage_run("rm", rule="train_rm", run_name=f"rm:{out.name}", inputs={"pairs": pairs},
-                   params=vars(settings), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
+                   params=vars(settings), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment,
+                   system_metrics=cfg.tracking.system_metrics_interval_s):
         import mlflow
+
+        log_dataset_input(pairs)
 
         metrics = train_reward_model(backbone, pairs, out, settings)
         held = metrics["held_out"]
         mlflow.log_metrics({"rm.held_out_accuracy": held["pairwise_accuracy"], "rm.train_loss": metrics["train_loss"],
-                            "rm.held_out_pairs": float(held["n"])})
+                            "rm.held_out_pairs": float(held["n"])}, model_id=log_checkpoint_model(out, out.name))
         log_outputs({"model": out})
     typer.echo(f"held-out pairwise accuracy {held['pairwise_accuracy']:.3f} on {held['n']} pairs -> {out}")
 

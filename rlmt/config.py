@@ -490,6 +490,10 @@ class TrackingConfig(Strict):
     ui_url: str | None = Field(default=None, description="Where the report links runs of a local store (sqlite, "
                                "directory): None: the address `mlflow ui` serves, http://127.0.0.1:5000. An "
                                "http(s) tracking_uri is its own UI and is linked as is.")
+    system_metrics_interval_s: float | None = Field(
+        default=5.0, gt=0, description="Seconds between samples of MLflow's system metrics (system/*: CPU, memory, "
+        "disk, network, GPU) on training and generation runs; null: none. Short jobs get few samples; a run shorter "
+        "than one interval gets none.")
 
 
 # --------------------------------------------------------------------------- root

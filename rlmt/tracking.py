@@ -15,6 +15,12 @@ KILLED (tag ``rlmt.ended``) the RUNNING runs of its host and pid namespace whose
 so a resumed job's tree shows the dead attempt for what it was. Runs of other hosts are left
 alone: their processes cannot be checked from here.
 
+Beyond tags, runs record what they consumed and made in MLflow's own terms: data files as dataset
+inputs (:func:`log_dataset_input`: source = the file, digest = its sha256, profile = rows/columns),
+checkpoints as external logged models (:func:`log_checkpoint_model`: the directory's path and
+:func:`model_digest`, no copy of the weights; ``eval collect`` links a model's scores to it), and,
+on training and generation runs, system metrics (``stage_run(system_metrics=<seconds>)``).
+
 Secrets never reach MLflow: :func:`redact` drops parameters whose name looks like a credential and
 masks any value equal to a credential found in the environment.
 """
@@ -52,20 +58,78 @@ MAX_PARAM_LEN = 6000
 # ---------------------------------------------------------------------- digests
 
 
+# A file's sha256 and line count, by (path, size, mtime, ctime, inode): a job that tags an input and
+# then logs it as a dataset (or logs it twice) reads it once. A file changed in the last second is not
+# cached (a rewrite within one timestamp tick would keep its key: git's "racy" case).
+_FILE_FACTS: dict[tuple, tuple[str, int]] = {}
+_RACY_NS = 1_000_000_000
+
+
+def _hash_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """(sha256 hex, number of newline bytes) of a file, read once in chunks."""
+    h, lines = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            lines += block.count(b"\n")
+    return h.hexdigest(), lines
+
+
+def _file_facts(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """:func:`_hash_file`, computed once per version of the file in this process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    facts = _FILE_FACTS.get(key)
+    if facts is None:
+        facts = _hash_file(path, chunk)
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+            _FILE_FACTS[key] = facts
+    return facts
+
+
 def digest(path: str | Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file, or of a directory's files (names and contents, sorted); 'missing' if absent."""
     path = Path(path)
     h = hashlib.sha256()
     if path.is_file():
-        with path.open("rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
+        return _file_facts(path, chunk)[0]
     elif path.is_dir():
         for p in sorted(q for q in path.rglob("*") if q.is_file()):
             h.update(str(p.relative_to(path)).encode())
             h.update(digest(p).encode())
     else:
         return "missing"
+    return h.hexdigest()
+
+
+MODEL_DIGEST_WHOLE = 4 << 20  # files up to this size are hashed whole (configs, tokenizer, index)
+MODEL_DIGEST_SAMPLE = 1 << 20  # of a larger file (a weight shard): its first and last MiB
+
+
+def model_digest(path: str | Path) -> str:
+    """sha256 of a model directory that does not read its weights whole; 'missing' if absent.
+
+    Covers every file's relative name and size, the whole content of the files up to 4 MiB
+    (config.json, the safetensors index, tokenizer files, selected.json) and, of each larger file,
+    its first and last MiB: the safetensors header (names, shapes, dtypes) and tensor values, which
+    training changes everywhere. A file is hashed whole when `path` is one.
+    """
+    path = Path(path)
+    if path.is_file():
+        return digest(path)
+    if not path.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        size = p.stat().st_size
+        h.update(f"{p.relative_to(path)}\0{size}\0".encode())
+        if size <= MODEL_DIGEST_WHOLE:
+            h.update(_file_facts(p)[0].encode())
+            continue
+        with p.open("rb") as f:
+            h.update(f.read(MODEL_DIGEST_SAMPLE))
+            f.seek(size - MODEL_DIGEST_SAMPLE)
+            h.update(f.read(MODEL_DIGEST_SAMPLE))
     return h.hexdigest()
 
 
@@ -190,6 +254,7 @@ def stage_run(
     tags: Mapping[str, str] | None = None,
     uri: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
+    system_metrics: float | None = None,
 ):
     """Open the MLflow run of one job; nested under the cell's parent run when `cell` is given.
 
@@ -200,6 +265,12 @@ def stage_run(
     and has one run: the main process (rank 0) opens it and computes the input digests; every
     other rank yields None, has no active run and so logs nothing (the trainers' MLflow calls
     all check for an active run).
+
+    `system_metrics`: the sampling interval in seconds of MLflow's system metrics (``system/*``:
+    CPU, memory, disk, network, GPU when there is one) for this run, or None for none (the
+    training and generation commands pass ``tracking.system_metrics_interval_s``). The sampling
+    thread is stopped and flushed before the run ends; a run shorter than one interval has none.
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` has no effect here: this argument decides.
     """
     import mlflow
 
@@ -219,18 +290,51 @@ def stage_run(
     with _store_lock(uri):
         end_orphaned_runs(uri=uri, experiment=experiment)
         run = _retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name or stage,
-                     parent_run_id=parent, nested=parent is not None, tags=all_tags)
+                     parent_run_id=parent, nested=parent is not None, tags=all_tags, log_system_metrics=False)
+    monitor = _start_system_metrics(run.info.run_id, system_metrics, uri) if system_metrics else None
     try:
         if params:
             log_params(params)
         yield run
     except BaseException:
+        _stop_system_metrics(monitor)
         _retry(mlflow.end_run, "FAILED")
         _extend_parent(uri, parent)
         raise
     else:
+        _stop_system_metrics(monitor)
         _retry(mlflow.end_run, "FINISHED")
         _extend_parent(uri, parent)
+
+
+def _start_system_metrics(run_id: str, interval: float, uri: str):
+    """MLflow's system-metrics sampler for `run_id` (a daemon thread), or None where it cannot start.
+
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``, when set, overrides `interval` (MLflow's rule).
+    """
+    import logging
+
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=float(interval), tracking_uri=uri)
+        monitor.start()
+    except Exception as err:  # psutil missing, a monitor failing to initialise: the job runs on without
+        logging.getLogger(__name__).warning("system metrics not logged for run %s: %s", run_id, err)
+        return None
+    return monitor
+
+
+def _stop_system_metrics(monitor) -> None:
+    """Stop the sampler and flush what it buffered, while the run is still open (joins the thread)."""
+    if monitor is None:
+        return
+    import logging
+
+    try:
+        monitor.finish()
+    except Exception as err:
+        logging.getLogger(__name__).warning("system metrics: stopping the sampler failed: %s", err)
 
 
 def _extend_parent(uri: str, parent: str | None) -> None:
@@ -358,3 +462,152 @@ def log_outputs(outputs: Mapping[str, str | Path]) -> None:
     if mlflow.active_run() is None:
         return
     _retry(mlflow.set_tags, {f"rlmt.output.{n}": f"{p}@{digest(p)[:16]}" for n, p in outputs.items()})
+
+
+# ---------------------------------------------------------------------- datasets and checkpoints
+
+DATASET_DIGEST_LEN = 16  # MLflow stores a dataset digest in 36 characters; the rlmt.input tags show 16 too
+TAG_CKPT_PATH, TAG_CKPT_DIGEST = "rlmt.checkpoint.path", "rlmt.checkpoint.digest"
+CHECKPOINT_MODEL_TYPE = "rlmt-checkpoint"
+
+
+def _warn(msg: str, *args) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning(msg, *args)
+
+
+def dataset_profile(path: str | Path) -> dict[str, Any]:
+    """What a data file holds, read cheaply: bytes; rows and columns of a parquet file (its footer);
+    lines and the first row's keys of a JSONL file. A JSON file is not parsed (it can be large)."""
+    path = Path(path)
+    size = path.stat().st_size
+    profile: dict[str, Any] = {"num_bytes": size, "format": path.suffix.lstrip(".").lower() or "file"}
+    if profile["format"] == "parquet":
+        import pyarrow.parquet as pq
+
+        meta = pq.read_metadata(path)
+        profile["num_rows"] = meta.num_rows
+        profile["columns"] = {f.name: str(f.type) for f in meta.schema.to_arrow_schema()}
+    elif profile["format"] == "jsonl":
+        lines = _file_facts(path)[1]
+        if size:
+            with path.open("rb") as f:
+                f.seek(size - 1)
+                lines += f.read(1) != b"\n"  # a last line without its newline
+            with path.open("rb") as f:
+                first = f.readline(1 << 20)
+            with contextlib.suppress(ValueError):
+                row = json.loads(first)
+                if isinstance(row, dict):
+                    profile["columns"] = sorted(row)
+        profile["num_lines"] = lines
+    return profile
+
+
+def log_dataset_input(path: str | Path | None, name: str | None = None, context: str = "training",
+                      *, tags: Mapping[str, str] | None = None) -> str | None:
+    """Log a data file (parquet, JSONL, JSON) the active run consumes as an MLflow dataset input.
+
+    The dataset's source is the file's absolute path (nothing is copied); its digest is the first
+    16 hex digits of the file's sha256 (the same value as the run's ``rlmt.input.*`` tag, computed
+    once per process and file version); its profile is :func:`dataset_profile`. `name` defaults
+    to ``<parent dir>-<stem>`` (``results/data/mixtures/demo/train.parquet`` -> ``demo-train``,
+    the name the curate run gives it). `context`: ``training``, ``validation``, ``evaluation``...
+
+    Returns the digest, or None where nothing was logged: no active run (a rank other than the
+    main one, a library call), no path (an optional input), or a file that cannot be read (a
+    warning: logging never fails the job).
+    """
+    import mlflow
+
+    if path is None or mlflow.active_run() is None:
+        return None
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise FileNotFoundError(f"not a file: {path}")
+        sha = digest(path)[:DATASET_DIGEST_LEN]
+        profile = dataset_profile(path)
+    except Exception as err:  # unreadable, a corrupt parquet footer: record nothing, say so
+        _warn("dataset input %s not logged: %s", path, err)
+        return None
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class FileDataset(MetaDataset):
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(profile)}
+
+    source = get_dataset_source_from_json(json.dumps({"uri": str(path.resolve())}), "local")
+    dataset = FileDataset(source, name=name or f"{path.parent.name}-{path.stem}", digest=sha)
+    _retry(mlflow.log_input, dataset, context=context, tags=dict(tags) if tags else None)
+    return sha
+
+
+def _model_name(name: str) -> str:
+    """A logged model's name: MLflow refuses / : . % and quotes in it."""
+    return re.sub(r"[/:.%\"']", "-", name) or "checkpoint"
+
+
+def find_checkpoint_model(path: str | Path, *, model_digest_hex: str | None = None,
+                          experiment_id: str | None = None, uri: str | None = None):
+    """The newest logged model recorded for this checkpoint directory (same path and digest), or None."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    path = Path(path).resolve()
+    d = model_digest_hex or model_digest(path)
+    client = MlflowClient(uri) if uri else MlflowClient()
+    if experiment_id is None:
+        run = mlflow.active_run()
+        if run is None:
+            return None
+        experiment_id = run.info.experiment_id
+    found = _retry(client.search_logged_models, [experiment_id],
+                   filter_string=f"tags.`{TAG_CKPT_DIGEST}` = '{d}'",
+                   order_by=[{"field_name": "creation_time", "ascending": False}])
+    return next((m for m in found if m.tags.get(TAG_CKPT_PATH) == str(path)), None)
+
+
+def log_checkpoint_model(path: str | Path, name: str, *, role: str = "output", step: int | None = None,
+                         params: Mapping[str, Any] | None = None) -> str | None:
+    """Record a checkpoint directory as an MLflow logged model of the active run; returns its model id.
+
+    The model is *external*: MLflow keeps its metadata (tags ``rlmt.checkpoint.path`` = the
+    directory's absolute path, ``rlmt.checkpoint.digest`` = :func:`model_digest`, model type
+    ``rlmt-checkpoint``, `params`) and never copies the weights. ``role="output"`` (the job that
+    made the checkpoint) links it as an output of the run, at `step`; ``role="input"`` (a job
+    that evaluates it, e.g. ``eval collect``) reuses the model already recorded for that path and
+    digest, creating one only if none exists, and links it as an input of the run. Metrics logged
+    with ``model_id=`` the returned id appear on the model (the scores behind a table's number).
+
+    None where nothing was recorded: no active run, or a path that is not a directory (a warning).
+    """
+    import mlflow
+    from mlflow.entities import LoggedModelInput, LoggedModelOutput
+    from mlflow.tracking import MlflowClient
+
+    if role not in ("output", "input"):
+        raise ValueError(f"role must be 'output' or 'input', got {role!r}")
+    run = mlflow.active_run()
+    if run is None:
+        return None
+    path = Path(path).resolve()
+    if not path.is_dir():
+        _warn("checkpoint %s not recorded as a logged model: not a directory", path)
+        return None
+    d = model_digest(path)
+    client = MlflowClient()
+    model = find_checkpoint_model(path, model_digest_hex=d, experiment_id=run.info.experiment_id) \
+        if role == "input" else None
+    if model is None:
+        clean = {k: str(v)[:MAX_PARAM_LEN] for k, v in redact(flatten(params or {})).items()}
+        model = _retry(mlflow.create_external_model, name=_model_name(name), source_run_id=run.info.run_id,
+                       tags={TAG_CKPT_PATH: str(path), TAG_CKPT_DIGEST: d}, params=clean or None,
+                       model_type=CHECKPOINT_MODEL_TYPE, experiment_id=run.info.experiment_id)
+    if role == "output":
+        _retry(client.log_outputs, run.info.run_id, [LoggedModelOutput(model.model_id, step=step or 0)])
+    else:
+        _retry(client.log_inputs, run.info.run_id, models=[LoggedModelInput(model.model_id)])
+    return model.model_id

@@ -299,7 +299,7 @@ def log_curation(result: CurateResult, spec: MixtureSpec) -> None:
 
     import mlflow
 
-    from rlmt.tracking import _retry, log_outputs, log_params
+    from rlmt.tracking import _retry, log_dataset_input, log_outputs, log_params
 
     # Whole blocks as JSON: rlmt.tracking.redact drops any key containing "token" (max_prompt_tokens).
     log_params({"sources": json.dumps([s.model_dump() for s in spec.sources]),
@@ -320,6 +320,5 @@ def log_curation(result: CurateResult, spec: MixtureSpec) -> None:
         sample_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.sample))
         _retry(mlflow.log_artifact, str(sample_path))
     log_outputs({k: v for k, v in result.files.items() if k != "figure"})
-    train = pl.read_parquet(result.files["train"])
-    dataset = mlflow.data.from_polars(train, source=str(result.files["train"]), name=f"{stats['mixture']}-train")
-    _retry(mlflow.log_input, dataset, context="training")
+    # The file's digest, as the training runs that consume it log it: one dataset in the UI.
+    log_dataset_input(result.files["train"], f"{stats['mixture']}-train", "training")

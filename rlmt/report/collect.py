@@ -61,15 +61,19 @@ def collect_model_scores(cfg: CollectConfig, score_files: list[str | Path], out:
     return doc
 
 
-def log_collected(doc: dict) -> None:
-    """Log each headline number (and its CI) as metrics of the active MLflow run."""
+def log_collected(doc: dict, model_id: str | None = None) -> None:
+    """Log each headline number (and its CI) as metrics of the active MLflow run.
+
+    With `model_id` (the evaluated checkpoint's logged model, :func:`rlmt.tracking.log_checkpoint_model`)
+    the same metrics are linked to that model too: its page lists the scores it got.
+    """
     import mlflow
 
     for bench, b in doc["benchmarks"].items():
         key = bench.replace("-", "_")
-        mlflow.log_metric(f"{key}.score", b["value"])
+        mlflow.log_metric(f"{key}.score", b["value"], model_id=model_id)
         if b.get("ci_low") is not None:
-            mlflow.log_metric(f"{key}.ci_low", b["ci_low"])
-            mlflow.log_metric(f"{key}.ci_high", b["ci_high"])
+            mlflow.log_metric(f"{key}.ci_low", b["ci_low"], model_id=model_id)
+            mlflow.log_metric(f"{key}.ci_high", b["ci_high"], model_id=model_id)
         if b.get("n_failed") is not None:
-            mlflow.log_metric(f"{key}.n_failed", b["n_failed"])
+            mlflow.log_metric(f"{key}.n_failed", b["n_failed"], model_id=model_id)

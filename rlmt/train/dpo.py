@@ -215,11 +215,13 @@ def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: 
     import mlflow
 
     if mlflow.active_run() is not None:
-        from rlmt.tracking import _retry, log_outputs
+        from rlmt.tracking import _retry, log_dataset_input, log_outputs
 
         _retry(mlflow.log_metrics, {f"pairs.{k}": float(v) for k, v in stats["counts"].items()})
         _retry(mlflow.log_dict, stats, "dpo_pairs_stats.json")
         log_outputs({"pairs": pairs_dir})
+        log_dataset_input(pairs_dir / "train.parquet", f"{out.name}-pairs-train", "training")
+        log_dataset_input(pairs_dir / "val.parquet", f"{out.name}-pairs-val", "validation")
 
     fmt = ThinkingFormat.load(policy_dir)
     resume = ckpt.latest_checkpoint(out)

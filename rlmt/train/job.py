@@ -144,9 +144,15 @@ def finish(out: Path, fmt: ThinkingFormat, rule: ckpt.SelectRule, accelerator=No
     import mlflow
 
     if mlflow.active_run() is not None:
-        from rlmt.tracking import log_outputs
+        from rlmt.tracking import _retry, log_checkpoint_model, log_outputs
 
         log_outputs({"final": final})
+        # final/ as the run's logged model (its directory, not a copy), with the step and rule that chose it
+        selected = json.loads((final / ckpt.SELECTED_FILE).read_text())
+        model_id = log_checkpoint_model(final, Path(out).name, step=step,
+                                        params={"selected_step": step, "select_rule": rule, "source": selected["source"]})
+        if model_id is not None and selected.get("val_reward") is not None:
+            _retry(mlflow.log_metric, "selected.val_reward", float(selected["val_reward"]), step=step, model_id=model_id)
     return final
 
 

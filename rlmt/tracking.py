@@ -286,7 +286,8 @@ def stage_run(
         all_tags[TAG_CELL] = cell
         parent = parent_run_id(cell, uri=uri, experiment=experiment)
     for name, path in (inputs or {}).items():
-        all_tags[f"rlmt.input.{name}"] = f"{path}@{digest(path)[:16]}"
+        # model_digest: a model directory is identified without reading its weights whole
+        all_tags[f"rlmt.input.{name}"] = f"{path}@{model_digest(path)[:16]}"
     with _store_lock(uri):
         end_orphaned_runs(uri=uri, experiment=experiment)
         run = _retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name or stage,
@@ -461,7 +462,7 @@ def log_outputs(outputs: Mapping[str, str | Path]) -> None:
 
     if mlflow.active_run() is None:
         return
-    _retry(mlflow.set_tags, {f"rlmt.output.{n}": f"{p}@{digest(p)[:16]}" for n, p in outputs.items()})
+    _retry(mlflow.set_tags, {f"rlmt.output.{n}": f"{p}@{model_digest(p)[:16]}" for n, p in outputs.items()})
 
 
 # ---------------------------------------------------------------------- datasets and checkpoints

@@ -99,6 +99,10 @@ class EnvironmentLeak(UserWarning):
     """A test left os.environ changed (restored before the next test runs)."""
 
 
+# Set by pytest itself, or once by a library at its first import (polars' jemalloc settings): not a test's doing.
+NOT_A_LEAK = frozenset({"PYTEST_CURRENT_TEST", "_RJEM_MALLOC_CONF"})
+
+
 @pytest.fixture(autouse=True)
 def environment_restored(request):
     """Each test starts from the environment the previous one started from: a library call that
@@ -108,14 +112,12 @@ def environment_restored(request):
     before = dict(os.environ)
     yield
     after = os.environ
-    changed = sorted(k for k in set(before) | set(after)
-                     if before.get(k) != after.get(k) and k != "PYTEST_CURRENT_TEST")  # pytest's own
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in NOT_A_LEAK)
     if changed:
-        current = after.get("PYTEST_CURRENT_TEST")
+        kept = {k: after[k] for k in NOT_A_LEAK if k in after}
         os.environ.clear()
         os.environ.update(before)
-        if current is not None:
-            os.environ["PYTEST_CURRENT_TEST"] = current
+        os.environ.update(kept)
         import warnings
 
         warnings.warn(EnvironmentLeak(f"{request.node.nodeid} left os.environ changed: {', '.join(changed)}"))

@@ -89,8 +89,8 @@ def test_only_the_main_process_opens_the_jobs_run(tmp_path, monkeypatch):
     model_dir.mkdir()
     (model_dir / "model.safetensors").write_bytes(b"x" * 64)
     hashed = []
-    real_digest = tracking.digest
-    monkeypatch.setattr(tracking, "digest", lambda p, *a, **k: hashed.append(Path(p)) or real_digest(p, *a, **k))
+    real_digest = tracking.model_digest
+    monkeypatch.setattr(tracking, "model_digest", lambda p, *a, **k: hashed.append(Path(p)) or real_digest(p, *a, **k))
     monkeypatch.setenv("RANK", "1")
     with tracking.stage_run("grpo", cell="c1", inputs={"policy": model_dir}, params={"lr": 1}, uri=uri) as run:
         import mlflow
@@ -105,7 +105,7 @@ def test_only_the_main_process_opens_the_jobs_run(tmp_path, monkeypatch):
     runs = client.search_runs([client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id])
     jobs = [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == "grpo"]
     assert len(jobs) == 1 and jobs[0].data.tags["rlmt.input.policy"].startswith(str(model_dir))
-    assert hashed[0] == model_dir  # once, by the main process (then its files, recursively)
+    assert hashed == [model_dir]  # once, by the main process
 
 
 def test_trainers_score_with_the_reward_models_spec(tiny_zoo, monkeypatch):

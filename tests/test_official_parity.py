@@ -230,6 +230,20 @@ def test_report_joint_fit_over_every_cell_gives_the_official_leaderboard(arena, 
     table = joint_table(boards)
     assert table.height == 8 and "| creative_writing | plain-short |" in "\n".join(markdown(table))
 
+    # The main table's AH2: the joint hard_prompt number for a model judged under the official
+    # protocol; a paper-protocol row keeps its pooled cell-alone headline.
+    from rlmt.report.arena_joint import with_joint_headline
+    from rlmt.report.tables import Row, main_table
+
+    official_model, paper_model = official["hard_prompt"]["model_order"][:2]
+    rows = [Row(m, "b", "warm-start", "+ GRPO", True, None,
+                {"arenahard-v2": {"value": 1.0, "ci_low": 0.0, "ci_high": 2.0, "protocol": protocol}})
+            for m, protocol in ((official_model, "official"), (paper_model, "paper"))]
+    got = main_table(with_joint_headline(rows, table), ["arenahard-v2"])
+    by_model = {r["model"]: r["AH2"] for r in got.iter_rows(named=True)}
+    assert by_model[official_model] == pytest.approx(100 * official["hard_prompt"]["style_point"][official_model], abs=0.1)
+    assert by_model[paper_model] == 1.0
+
 
 # ---------------------------------------------------------------------- Creative Writing v3
 

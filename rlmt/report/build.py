@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from rlmt.report.arena_joint import joint_leaderboards, joint_table
+from rlmt.report.arena_joint import joint_leaderboards, joint_table, with_joint_headline
 from rlmt.report.arena_joint import markdown as arena_markdown
 from rlmt.report.figures import plot_benchmark_bars, plot_deltas, plot_training_curves, training_histories
 from rlmt.report.tables import COLUMNS, load_rows, main_table, think_deltas, to_markdown
@@ -80,18 +80,18 @@ def build_report(plan: Plan, cfg: ReportConfig) -> dict[str, Path]:
     figures.mkdir(parents=True, exist_ok=True)
     rows = load_rows(plan, cfg.eval_root)
     benchmarks = plan.benchmarks
+    sections: list[str] = []
+    if "arenahard-v2" in benchmarks:  # the official style control needs every model at once
+        arena = joint_table(joint_leaderboards([r.model for r in rows], cfg.eval_root))
+        arena.write_csv(out / "arenahard_style_control.csv")
+        sections = arena_markdown(arena)
+        rows = with_joint_headline(rows, arena)
     table = main_table(rows, benchmarks)
     deltas = think_deltas(rows, benchmarks)
     table.write_csv(out / "main_table.csv")
     deltas.write_csv(out / "think_deltas.csv")
     shown = [c for c in table.columns if not c.endswith(" CI") and c not in ("model", "avg_over")] if rows else []
     (out / "main_table.md").write_text(to_markdown(table.select(shown)) if rows else "_(no scores)_\n")
-    sections: list[str] = []
-    if "arenahard-v2" in benchmarks:  # the official style control needs every model at once
-        arena = joint_table(joint_leaderboards([r.model for r in rows], cfg.eval_root))
-        arena.write_csv(out / "arenahard_style_control.csv")
-        sections = arena_markdown(arena)
-
     histories = training_histories(plan.cell_names, uri=cfg.tracking_uri, experiment=cfg.experiment)
     fig_paths = plot_training_curves(histories, figures)
     labels = [COLUMNS.get(b, b) for b in benchmarks]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +84,8 @@ def launch(job, name: str, accelerate_config: str, train_args: list[str], port: 
     reports = work / "reports" / name
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "ACCELERATE_USE_CPU": "true",
            "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{work / f'{name}.db'}",
-           "RLMT_RANK_REPORT_DIR": str(reports), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+           "RLMT_RANK_REPORT_DIR": str(reports), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TRANSFORMERS_VERBOSITY": "info"}  # the Trainer prints its batch geometry at info
     cmd = [str(BIN / "rlmt"), "launch", "--gpus-per-node", "2", "--accelerate-config",
            str(ROOT / "config/accelerate" / accelerate_config), "--port", str(port), "--",
            str(BIN / "rlmt"), "train", *train_args, "--config", str(job["config"])]
@@ -159,6 +161,13 @@ def test_grpo_ddp(job):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["final", "step-2"]  # no staging left
     # the reward model was loaded by each rank, on its own device
     assert all(r["loaded"]["reward"]["device"] == r["expected_device"] for r in result["ranks"])
+    # The batch geometry of 2 processes: a step's 4 completions (2 prompts x 2 generations) are 2 per
+    # device x 2 processes x 1 accumulation step; one process would need 2 accumulation steps.
+    geometry = {k: int(v.replace(",", "")) for k, v in re.findall(
+        r"(Instantaneous batch size per device|Total train batch size \(w\. parallel, distributed & accumulation\)"
+        r"|Gradient Accumulation steps) = ([\d,]+)", result["log"])}
+    assert geometry == {"Instantaneous batch size per device": 2, "Gradient Accumulation steps": 1,
+                        "Total train batch size (w. parallel, distributed & accumulation)": 4}, geometry
 
 
 def test_dpo_ddp_builds_its_pairs_once(job):

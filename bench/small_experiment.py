@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/small_experiment.py                       # the whole config, in bench/runs/small/
     .venv/bin/python bench/small_experiment.py --workdir DIR --overlay tests/small_overlay.yaml
+    .venv/bin/python bench/small_experiment.py --continue TARGET...  # go on with an interrupted run, to some targets
 
 Snakemake runs in ``--workdir`` (its ``results/`` must not exist: a clean run, never a partly cached one)
 with the config file(s) given; ``--overlay`` files are merged over the config first (nested mappings merged,
@@ -9,7 +10,9 @@ other values replaced) into ``<workdir>/config.yaml``. Printed at the end: the w
 of the whole job tree (the largest sum of RSS over Snakemake and every process under it, sampled every
 ``--sample-s`` seconds: an underestimate by at most what a job allocates and frees between two samples),
 the machine's load average before the run, and the results table (``table()``, also written to
-``<workdir>/small_experiment.md``).
+``<workdir>/small_experiment.md``). ``--continue`` goes on with an interrupted run in the same workdir
+(Snakemake redoes only what is missing; generation files resume where they stopped) and appends its part's
+wall time, peak and table to that file; the first header's wall time is then not the whole run's.
 """
 
 from __future__ import annotations
@@ -65,15 +68,15 @@ def tree_rss_bytes(pid: int) -> int:
 class PeakSampler(threading.Thread):
     def __init__(self, pid: int, every_s: float):
         super().__init__(daemon=True)
-        self.pid, self.every_s, self.peak, self._stop = pid, every_s, 0, threading.Event()
+        self.pid, self.every_s, self.peak, self._done = pid, every_s, 0, threading.Event()  # not _stop: that would shadow the Thread method join() calls
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             self.peak = max(self.peak, tree_rss_bytes(self.pid))
-            self._stop.wait(self.every_s)
+            self._done.wait(self.every_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
@@ -140,16 +143,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", default="2")
     ap.add_argument("--sample-s", type=float, default=1.0)
     ap.add_argument("--timeout-s", type=float, default=None, help="Stop Snakemake after this long (exit 124).")
+    ap.add_argument("--continue", dest="resume", action="store_true",
+                    help="Continue an interrupted run in --workdir (its results/ and config.yaml kept; the wall "
+                         "time and peak memory printed are this invocation's only, and the header says so).")
+    ap.add_argument("targets", nargs="*", default=["all"],
+                    help="Snakemake targets (default: all), e.g. the win-rate scores.json files alone.")
     args = ap.parse_args(argv)
 
     workdir = args.workdir.resolve()
-    if (workdir / "results").exists():
+    if args.resume:
+        if not (workdir / "config.yaml").is_file():
+            print(f"--continue: {workdir / 'config.yaml'} does not exist (nothing to continue)", file=sys.stderr)
+            return 2
+    elif (workdir / "results").exists():
         print(f"{workdir / 'results'} exists: the bench runs from a clean results dir; remove it or pick another "
               "--workdir", file=sys.stderr)
         return 2
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = effective_config(args.config, args.overlay)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if args.resume:  # the interrupted run's own config, byte for byte: nothing upstream reruns
+        cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    else:
+        cfg = effective_config(args.config, args.overlay)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = dict(os.environ)
     # data_dir is relative to the project root in the config; the run's working directory is elsewhere
     if not env.get("RLMT_DATA_DIR") and cfg.get("data_dir"):
@@ -158,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     load = os.getloadavg()
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           f"--configfile={workdir / 'config.yaml'}", "--cores", args.cores, "all"]
+           f"--configfile={workdir / 'config.yaml'}", "--cores", args.cores, *args.targets]
     print("$ " + " ".join(cmd), flush=True)
     start = time.monotonic()
-    with open(workdir / "snakemake.log", "w") as log:
+    with open(workdir / "snakemake.log", "a" if args.resume else "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
         sampler = PeakSampler(proc.pid, args.sample_s)
         sampler.start()
@@ -177,11 +192,15 @@ def main(argv: list[str] | None = None) -> int:
               f"- config: {args.config}{''.join(f' + {o}' for o in args.overlay)}\n"
               f"- machine: {platform.node()}, {os.cpu_count()} CPUs, load average before the run "
               f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)\n"
-              f"- snakemake exit status: {rc}\n"
+              f"- targets: {' '.join(args.targets)}\n"
+              + (f"- continued an interrupted run: the wall time and peak below are this part's only\n"
+                 if args.resume else "")
+              + f"- snakemake exit status: {rc}\n"
               f"- wall time: {wall / 60:.1f} min\n"
               f"- peak memory of the job tree: {sampler.peak / 2**30:.2f} GiB (RSS sum, sampled every {args.sample_s:g} s)\n")
     text = header + "\n" + table(workdir, cfg) + "\n"
-    (workdir / "small_experiment.md").write_text(text)
+    with open(workdir / "small_experiment.md", "a" if args.resume else "w") as fh:
+        fh.write(text + "\n")
     print(text)
     if rc != 0:
         print(f"snakemake failed (exit {rc}); see {workdir / 'snakemake.log'} and {workdir / 'results/logs'}",

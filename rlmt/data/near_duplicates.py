@@ -209,6 +209,20 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray) -
     return np.unique(pairs, axis=0)
 
 
+AGREE_CHUNK = 65_536  # candidate pairs compared at a time
+
+
+def _agreements(sig: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Equal signature values per candidate pair, a chunk of pairs at a time: short texts sharing one
+    band through a common shingle make millions of candidates, and gathering both signatures of all
+    of them at once (2 x pairs x num_perm uint32) was the curation's peak memory."""
+    out = np.zeros(len(pairs), dtype=np.int64)
+    for lo in range(0, len(pairs), AGREE_CHUNK):
+        part = pairs[lo:lo + AGREE_CHUNK]
+        out[lo:lo + len(part)] = (sig[part[:, 0]] == sig[part[:, 1]]).sum(axis=1)
+    return out
+
+
 class _ShingleSpace:
     """One kind of shingles (word or character n-grams) over the rows that use it: their MinHash
     signatures in memory, their shingle hashes in a scratch file."""
@@ -240,8 +254,7 @@ class _ShingleSpace:
         local = candidate_pairs(sig, *lsh_params(threshold, self.num_perm), counts > 0)
         # A pair that shares one band but few signature values is far below the threshold: short
         # texts share a band through a common shingle ("user: ..."). Only the rest are verified.
-        agree = (sig[local[:, 0]] == sig[local[:, 1]]).sum(axis=1) if len(local) else np.zeros(0, dtype=np.int64)
-        local = local[agree >= min_agreement(threshold, self.num_perm)]
+        local = local[_agreements(sig, local) >= min_agreement(threshold, self.num_perm)]
         if len(local) == 0:
             return empty, {}
         starts = np.zeros(len(counts) + 1, dtype=np.int64)

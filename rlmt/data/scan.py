@@ -52,6 +52,7 @@ class StageClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.peak_kib, self.peak_stage = _max_rss_kib(), "start"
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -60,12 +61,19 @@ class StageClock:
             yield
         finally:
             self.seconds[stage] += time.perf_counter() - start
+            rss = _max_rss_kib()
+            if rss > self.peak_kib:  # the stage during which the process's peak last rose
+                self.peak_kib, self.peak_stage = rss, stage
 
     def log(self) -> None:
         for stage, seconds in self.seconds.items():
             log.info("curate: %s took %.1fs", stage, seconds)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
-        log.info("curate: peak RSS so far %.2f GB", peak)
+        peak = _max_rss_kib() / 1024**2
+        log.info("curate: peak RSS so far %.2f GB (last raised during: %s)", peak, self.peak_stage)
+
+
+def _max_rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
 class SourceScan:

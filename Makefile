@@ -43,9 +43,11 @@ test-random: test-deps
 test-slurm: test-deps
 	$(PYTEST) -m slurm
 
-# The MLflow UI in Debian's headless chromium (installed with apt when missing and root); not yet part of CI.
+# The MLflow UI in Debian's headless chromium (installed with apt when missing and root): CI's second step.
 test-browser: test-deps
-	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends chromium; fi
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }; fi
 	$(PYTEST) -m browser
 
 # Each conda env's pip part built from its file alone in a fresh venv (minutes of pip; not in CI).

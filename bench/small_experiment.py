@@ -124,13 +124,15 @@ def table(workdir: Path, cfg: dict) -> str:
     lines += ["", "| cell | reference | reward win rate [95% CI] | IFEval prompt strict | prompt loose | "
               "inst strict | inst loose | format rate % (IFEval) | thought words (IFEval) |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for cell in plan.cell_names:
+    baselines = plan.cfg.evaluation.baselines  # untrained models: IFEval only, no win rate
+    for cell in [*plan.cell_names, *baselines]:
         wr = _json(res / "eval" / cell / "reward-winrate" / "scores.json")
         ife = _json(res / "eval" / cell / "ifeval" / "scores.json")
         rate, thought = _format_stats(res / "eval" / cell / "ifeval" / "generations.jsonl")
         ife_metrics = [_metric(ife, k) for k in ("prompt_strict", "prompt_loose",
                                                    "instruction_strict", "instruction_loose")]
-        lines.append(f"| {cell} | {plan.winrate_reference(cell)} | {_metric(wr, 'win_rate')} | "
+        reference = "(untrained)" if cell in baselines else plan.winrate_reference(cell)
+        lines.append(f"| {cell} | {reference} | {_metric(wr, 'win_rate')} | "
                      + " | ".join(ife_metrics) + f" | {rate} | {thought} |")
     return "\n".join(lines)
 

@@ -464,6 +464,10 @@ class EvaluationConfig(Strict):
     reference_model: str | None = Field(default=None, description="Model the reward win rate compares against; "
                                        f"'{OWN_START}': each cell against its own starting policy (paired, same prompts).")
     evaluate_initial: bool = Field(default=True, description="Also evaluate each cell's starting policy.")
+    baselines: list[str] = Field(default_factory=list,
+                                 description="Models (keys of `models`) evaluated as prepared, untrained, on every "
+                                             "benchmark but the reward win rate: e.g. an imported model's IFEval "
+                                             "beside the figure its model card publishes.")
 
 
 # --------------------------------------------------------------------------- scale-out
@@ -575,6 +579,9 @@ class RLMTConfig(Strict):
         if ref is not None and ref != OWN_START and ref not in self.models and ref not in self.reward_models:
             raise ValueError(f"evaluation.reference_model: {ref!r} is not defined; allowed: '{OWN_START}' or one of "
                              f"{sorted(self.models)}")
+        for name in self.evaluation.baselines:
+            if name not in self.models:
+                raise ValueError(f"evaluation.baselines: {name!r} is not a model; allowed: {sorted(self.models)}")
         for bench in self.evaluation.benchmarks:
             if bench not in KNOWN_BENCHMARKS:
                 raise ValueError(f"evaluation.benchmarks: unknown benchmark {bench!r}; allowed: {sorted(KNOWN_BENCHMARKS)}")

@@ -134,7 +134,7 @@ def test_reward_winrate_against_the_reward_model(mixture_dir, scorer):
     assert expected[2] == 0.5  # the same answer to the same prompt ties
     assert result.metrics["win_rate"].value == pytest.approx(100 * sum(expected) / 4)
     assert result.extra["n_identical_answers"] == 1 and result.extra["tie_tolerance"] == 1e-4
-    assert "identical reward-model inputs tie" in result.extra["tie_rule"] and result.metric_version == "2"
+    assert "identical reward-model inputs tie" in result.extra["tie_rule"] and result.metric_version == "3"
 
     # identical answers everywhere: exactly 50 %; a policy without an answer loses and is failed
     same = bench.score(items, ref_gens, reference_generations=ref_gens, scorer=scorer)
@@ -143,7 +143,12 @@ def test_reward_winrate_against_the_reward_model(mixture_dir, scorer):
     ref_gens[items[1].id] = {"id": items[1].id, "answer": "", "answer_found": False}
     res = bench.score(items, gens, reference_generations=ref_gens, scorer=scorer)
     assert res.n_failed == 1 and res.per_item[0].value is None and res.per_item[1].value == 1.0
-    assert res.extra["n_reference_no_answer"] == 1
+    assert res.extra["n_reference_no_answer"] == 1 and res.extra["n_neither_answered"] == 0
+    # neither answered: a tie, not a loss (a policy failing exactly as its start did has not lost to it)
+    ref_gens[items[0].id] = {"id": items[0].id, "answer": "", "answer_found": False}
+    both = bench.score(items, gens, reference_generations=ref_gens, scorer=scorer)
+    assert both.per_item[0].value == 0.5 and both.per_item[0].details["neither_answered"] is True
+    assert both.n_failed == 0 and both.extra["n_neither_answered"] == 1 and both.per_item[1].value == 1.0
 
     from rlmt.benchmarks.base import BenchmarkError
     from rlmt.rewards import AnswerRewardScorer

@@ -81,9 +81,26 @@ def test_own_start_with_evaluate_initial_scores_the_start_on_everything_but_its_
     assert plan.benchmarks_for("smollm2-instruct__sft__think__demo-sft") == ["ifeval"]
 
 
+def test_a_baseline_is_the_prepared_model_untrained_scored_on_everything_but_the_win_rate(raw):
+    plan = Plan(parse_config(raw))
+    assert raw["evaluation"]["baselines"] == ["smollm2-instruct"]
+    baseline = plan.eval_models["smollm2-instruct"]
+    assert (baseline.directory, baseline.cell, baseline.think) == ("results/models/smollm2-instruct", None, False)
+    assert plan.benchmarks_for("smollm2-instruct") == ["ifeval"]
+    assert "results/eval/smollm2-instruct/scores.json" in plan.report_scores()
+
+
+def test_a_baseline_must_be_a_model(raw):
+    cfg = copy.deepcopy(raw)
+    cfg["evaluation"]["baselines"] = ["smol-rm"]
+    with pytest.raises(ConfigError, match=re.escape("evaluation.baselines: 'smol-rm' is not a model")):
+        parse_config(cfg)
+
+
 def test_a_named_reference_model_still_works(raw):
     cfg = copy.deepcopy(raw)
     cfg["evaluation"]["reference_model"] = "smollm2-instruct"
+    cfg["evaluation"]["baselines"] = []  # a reference only generates the win rate's answers
     plan = Plan(parse_config(cfg))
     assert plan.winrate_reference(THINK) == "smollm2-instruct"
     assert plan.benchmarks_for("smollm2-instruct") == []
@@ -126,15 +143,18 @@ def test_small_config_dry_run_plans_the_whole_dag(tmp_path):
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
     assert {k: counts.get(k) for k in ("prepare_model", "rm_pairs", "train_rm", "sft", "train", "score_winrate",
                                         "score", "report")} == {
-        "prepare_model": 1, "rm_pairs": 1, "train_rm": 1, "sft": 2, "train": 2, "score_winrate": 2, "score": 2,
+        "prepare_model": 1, "rm_pairs": 1, "train_rm": 1, "sft": 2, "train": 2, "score_winrate": 2, "score": 3,
         "report": 1}
     # 2 cells x (win rate + IFEval) + each starting policy's win-rate answers
-    assert counts["generate"] == 6
+    # 2 cells x (win rate + IFEval) + the untrained baseline's IFEval, and not its win rate
+    assert counts["generate"] == 7
+    assert "--model-name smollm2-instruct " in out and "results/eval/smollm2-instruct/ifeval/scores.json" in out
+    assert "results/eval/smollm2-instruct/reward-winrate" not in out
     rm_pairs = next(line for line in out.splitlines() if "rlmt.cli data rm-pairs" in line)
     for excluded in ("results/data/mixtures/wildchat-if/train.parquet", "results/data/mixtures/wildchat-if/val.parquet",
                      "results/data/benchmarks/ifeval/items.jsonl", "results/data/benchmarks/reward-winrate/items.jsonl"):
         assert f"--exclude {excluded}" in rm_pairs
-    assert "alpaca_eval_gpt4_baseline.json" in rm_pairs and "--limit 240" in rm_pairs
+    assert "alpaca_eval_gpt4_baseline.json" in rm_pairs and "--limit 160" in rm_pairs
     train_rm = next(line for line in out.splitlines() if "rlmt.cli train rm" in line)
     assert "--keep-layers 8" in train_rm and "--out results/models/smol-rm" in train_rm
     for cell, start in ((THINK, "smollm2-instruct__sft__think__demo-sft"),

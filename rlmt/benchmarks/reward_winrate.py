@@ -24,7 +24,9 @@ The tie rule (metric version 2) — a win rate must not depend on how answers we
 ``scorer`` (an :class:`rlmt.rewards.AnswerRewardScorer` with ``WARM_NOTHINK``).
 
 Outcomes when an answer is missing: policy without an answer loses (failed, counted in
-``n_failed``); reference without an answer while the policy answered is a policy win (counted in
+``n_failed``) when the reference answered; neither answered is a tie (0.5, counted in
+``extra.n_neither_answered``: a policy that fails exactly as its reference does has not lost to
+it); reference without an answer while the policy answered is a policy win (counted in
 ``extra.n_reference_no_answer``).
 """
 
@@ -77,7 +79,7 @@ def _tie_tolerance(options: dict) -> float:
 @register
 class RewardWinRate(Benchmark):
     name: ClassVar[str] = "reward-winrate"
-    metric_version: ClassVar[str] = "2"
+    metric_version: ClassVar[str] = "3"  # 3: neither answered ties (was a loss)
 
     def load_items(self, data_dir: Path | None, limit: int | None = None, seed: int = 0) -> list[Item]:
         mixture_dir = self.options.get("mixture_dir")
@@ -117,9 +119,15 @@ class RewardWinRate(Benchmark):
 
         pairs: list[tuple[Item, str, str | None]] = []
         per_item: dict[str, ItemScore] = {}
+        n_neither = 0
         for item in items:
             row = generations.get(item.id)
             answer = answer_of(row)
+            if answer is None and answer_of(reference_generations[item.id]) is None:
+                n_neither += 1
+                per_item[item.id] = ItemScore(item.id, 0.5, {"policy_reward": None, "reference_reward": None,
+                                                             "neither_answered": True})
+                continue
             if answer is None:
                 per_item[item.id] = failed_score(item.id, row)
                 continue
@@ -164,7 +172,7 @@ class RewardWinRate(Benchmark):
         return BenchmarkResult(
             benchmark=self.name, metrics={"score": metric, "win_rate": metric}, n=len(items),
             n_failed=sum(1 for s in ordered if s.value is None), per_item=ordered, metric_version=self.metric_version,
-            extra={"n_reference_no_answer": n_reference_no_answer,
+            extra={"n_reference_no_answer": n_reference_no_answer, "n_neither_answered": n_neither,
                    "n_ties": sum(1 for s in ordered if s.value == 0.5),
                    "n_identical_answers": n_identical,
                    "tie_rule": TIE_RULE, "tie_tolerance": tie_tolerance,

@@ -123,7 +123,8 @@ class RewardWinRate(Benchmark):
         for item in items:
             row = generations.get(item.id)
             answer = answer_of(row)
-            if answer is None and answer_of(reference_generations[item.id]) is None:
+            ref_answer = answer_of(reference_generations[item.id])
+            if answer is None and ref_answer is None:
                 n_neither += 1
                 per_item[item.id] = ItemScore(item.id, 0.5, {"policy_reward": None, "reference_reward": None,
                                                              "neither_answered": True})
@@ -131,7 +132,7 @@ class RewardWinRate(Benchmark):
             if answer is None:
                 per_item[item.id] = failed_score(item.id, row)
                 continue
-            pairs.append((item, answer, answer_of(reference_generations[item.id])))
+            pairs.append((item, answer, ref_answer))
 
         # Every distinct (prompt, answer) is scored once: an answer both models gave gets one float.
         slot: dict[tuple[str, str], int] = {}

@@ -184,8 +184,7 @@ class Plan:
             for cell in self.cells:
                 models.setdefault(cell.policy_name, EvalModel(cell.policy_name, self.policy_dir(cell), None, cell.think))
         for name in self.cfg.evaluation.baselines:  # the prepared model as it is: start 'none'
-            models.setdefault(name, EvalModel(name, self.model_dir(name), None,
-                                              self.cfg.models[name].longcot is not None))
+            models.setdefault(name, EvalModel(name, self.model_dir(name), None, self.parse_policy(name)["think"]))
         ref = self.cfg.evaluation.reference_model
         if ref == OWN_START and "reward-winrate" in self.benchmarks:
             for cell in self.cells:  # each starting policy generates the answers its cell is compared with
@@ -211,11 +210,12 @@ class Plan:
         ref = self.cfg.evaluation.reference_model
         if model in self.cell_by_name:
             return self.benchmarks
+        all_but_winrate = [b for b in self.benchmarks if b != "reward-winrate"]
         if model in self.cfg.evaluation.baselines:  # untrained: nothing of its own to compare against
-            return [b for b in self.benchmarks if b != "reward-winrate"]
+            return all_but_winrate
         if ref == OWN_START:
             if self.cfg.evaluation.evaluate_initial:
-                return [b for b in self.benchmarks if b != "reward-winrate"]
+                return all_but_winrate
             return []
         if model == ref:
             return []

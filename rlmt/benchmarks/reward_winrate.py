@@ -7,7 +7,7 @@ stripped by :func:`rlmt.thinking.extract` in each model's generations file — t
 use different thinking formats, so the scorer must not extract again: it is given the answers
 and must be built with the non-thinking format).
 
-The tie rule (metric version 2) — a win rate must not depend on how answers were batched:
+The tie rule (since metric version 2) — a win rate must not depend on how answers were batched:
 
 * every distinct reward-model input (prompt turns + answer) is scored **once**, and a policy
   answer whose reward-model input is the same text as the reference's gets the same float: the

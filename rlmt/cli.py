@@ -569,6 +569,7 @@ def train_sft_cmd(
 ) -> None:
     """Warm-start SFT (assistant-only loss) -> a model dir with the right longcot_config.json."""
     from rlmt.tracking import log_checkpoint_model, log_dataset_input, log_outputs, stage_run
+    from rlmt.train.job import close_process_group
     from rlmt.train.sft import train_sft
     from rlmt.workflow import Plan
 
@@ -593,6 +594,7 @@ def train_sft_cmd(
     except _training_errors() as err:
         typer.echo(f"train sft: {err}", err=True)
         raise typer.Exit(2) from None
+    close_process_group()
     typer.echo(str(path))
 
 
@@ -603,6 +605,7 @@ def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
     the cell's ``reward_models.<rm>`` entry, so trust_remote_code and the batch budget reach the scorer).
     """
     from rlmt.tracking import log_dataset_input, stage_run
+    from rlmt.train.job import close_process_group
 
     cfg, cell_obj, settings = _train_context(config, cell, algo)
     inputs = {k: v for k, v in inputs.items() if v is not None}
@@ -617,6 +620,7 @@ def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
     except _training_errors() as err:
         typer.echo(f"train {algo}: {err}", err=True)
         raise typer.Exit(2) from None
+    close_process_group()
     typer.echo(str(final))
 
 

@@ -80,6 +80,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from rlmt.train.job import close_process_group
 
 acc = Accelerator()
 gathered = acc.gather(torch.tensor([acc.process_index])).tolist()
@@ -90,6 +91,7 @@ record = {"rank": acc.process_index, "local_rank": acc.local_process_index, "wor
           "node": os.environ.get("SLURM_NODEID"), "local_world": int(os.environ["LOCAL_WORLD_SIZE"]),
           "launcher": launcher, "args": sys.argv[2:]}
 (Path(sys.argv[1]) / f"rank-{acc.process_index}.json").write_text(json.dumps(record))
+close_process_group()  # as every rlmt train command ends: without it a rank can SIGABRT at exit
 """
 
 

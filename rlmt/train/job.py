@@ -11,7 +11,8 @@ Under ``accelerate launch`` every process is a rank. The order every trainer fol
    the DeepSpeed config known to transformers, so the policy loaded after them is partitioned
    as it loads (``zero3_init_flag``) instead of materialised whole on every rank;
 4. the policy, the trainer, training;
-5. :func:`finish`: one process selects the checkpoint and writes ``final/``; the others wait.
+5. :func:`finish`: one process selects the checkpoint and writes ``final/``; the others wait;
+6. :func:`close_process_group` (the CLI, after the job's MLflow run closed): all ranks leave together.
 
 Shared data (DPO's pairs) is built by the main process alone (:func:`on_main_then_wait`);
 MLflow logging happens only where :mod:`rlmt.tracking` opened the job's run, the main process.
@@ -154,6 +155,21 @@ def finish(out: Path, fmt: ThinkingFormat, rule: ckpt.SelectRule, accelerator=No
         if model_id is not None and selected.get("val_reward") is not None:
             _retry(mlflow.log_metric, "selected.val_reward", float(selected["val_reward"]), step=step, model_id=model_id)
     return final
+
+
+def close_process_group() -> None:
+    """Leave the job's process group together, at the end of a job that succeeded on every rank.
+
+    A process that exits while its gloo (or NCCL) group is still open can be aborted (SIGABRT) as
+    its peers tear their connections down, and the launcher then fails a job whose training had
+    finished. Every rank waits at one barrier, then destroys its group. Nothing happens in a
+    single process. Not for error paths: a rank that failed never reaches the barrier.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def log_setup(params: dict) -> None:

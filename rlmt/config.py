@@ -234,6 +234,11 @@ class CheckpointConfig(Strict):
         default="last", description="Checkpoint to evaluate (the paper's README took step 135 of 234).")
 
 
+def _check_validation(val_prompts: int | None, checkpoints: CheckpointConfig) -> None:
+    if val_prompts == 0 and checkpoints.select_step == "best_val_reward":
+        raise ValueError("checkpoints.select_step 'best_val_reward' needs validation, but val_prompts is 0")
+
+
 class GRPOConfig(Strict):
     """GRPO with the answer-only reward (PAPER.md §4.2): reference settings, never TRL's defaults."""
 
@@ -260,6 +265,10 @@ class GRPOConfig(Strict):
         default=False, description="TRL's importance weight between the vLLM sampler and the trained policy "
         "(TRL's default is on); the reference had none.")
     strict: bool = Field(default=False, description="Score malformed outputs as '[NULL]' (reference: instruct models only).")
+    val_prompts: int | None = Field(
+        default=None, ge=0, description="Validation prompts (the mixture's val split, first N) sampled "
+        "num_generations times and scored at each checkpoint (for select_step: best_val_reward); None: all; "
+        "0: no validation.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
     log_samples_every: int = 10
@@ -272,6 +281,7 @@ class GRPOConfig(Strict):
         if self.prompts_per_update is not None and self.prompts_per_step % self.prompts_per_update:
             raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of prompts_per_update "
                              f"({self.prompts_per_update})")
+        _check_validation(self.val_prompts, self.checkpoints)
         return self
 
     @property
@@ -305,14 +315,19 @@ class PPOConfig(Strict):
     micro_batch_size: int = Field(default=16, ge=1, description="Sequences per forward/backward pass on one device "
                                   "(the reference's micro-batch 16 per GPU); gradients accumulate over a mini-batch.")
     generation_batch_size: int = Field(default=64, ge=1, description="Prompts per generate() call in a rollout.")
-    val_prompts: int | None = Field(default=64, description="Validation prompts scored at each checkpoint "
-                                    "(for select_step: best_val_reward); None: all.")
+    val_prompts: int | None = Field(default=64, ge=0, description="Validation prompts scored at each checkpoint "
+                                    "(for select_step: best_val_reward); None: all; 0: no validation.")
     strict: bool = False
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_prompt_length=896))
     checkpoints: CheckpointConfig = Field(default_factory=lambda: CheckpointConfig(save_steps=55))
     log_samples_every: int = 10
     bf16: bool | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _validation(self) -> "PPOConfig":
+        _check_validation(self.val_prompts, self.checkpoints)
+        return self
 
     @property
     def updates_per_rollout(self) -> int:

@@ -171,6 +171,44 @@ def test_grpo_learns_and_logs_metrics_and_samples(grpo_learned, work):
     assert not (grpo_learned["final"] / LONGCOT_FILE).exists()
 
 
+@pytest.mark.parametrize("val_prompts", [3, 0])
+def test_grpo_validation_samples_the_first_val_prompts_at_each_checkpoint(sft_models, work, tmp_path, val_prompts):
+    """val_prompts N: at every checkpoint the first N val prompts, num_generations times each, are scored and the
+    mean reward is kept with the checkpoint (best_val_reward selects by it); 0: no validation at all."""
+    import polars as pl
+
+    from rlmt.config import GRPOConfig
+    from rlmt.train.grpo import train_grpo
+
+    val = [{"id": f"v{i}", "messages": [{"role": "user", "content": f"VAL-{i} say hello"}], "source": "demo",
+            "n_tokens": 8} for i in range(5)]
+    pl.DataFrame(val).write_parquet(tmp_path / "val.parquet")
+    seen: list[str] = []
+
+    def reward(prompts, completions, **kwargs):
+        for p in prompts:
+            text = p if isinstance(p, str) else p[-1]["content"]
+            if "VAL-" in text:
+                seen.append(text.split()[0])
+        return _space_fraction(prompts, completions)
+
+    settings = GRPOConfig(learning_rate=1e-4, prompts_per_step=2, num_generations=4, per_device_train_batch_size=8,
+                          max_steps=2, val_prompts=val_prompts,
+                          rollout={"max_prompt_length": 256, "max_completion_length": 8},
+                          checkpoints={"save_steps": 1, "select_step": "best_val_reward" if val_prompts else "last"})
+    final = train_grpo(sft_models["nothink"], None, work / "train.parquet", tmp_path / "val.parquet",
+                       tmp_path / "grpo", settings, reward_fn=reward)
+    selected = json.loads((final / "selected.json").read_text())
+    if val_prompts:
+        # 2 checkpoints x 3 prompts x 4 samples, and only the first three val prompts
+        assert len(seen) == 2 * 3 * 4 and sorted(set(seen)) == ["VAL-0", "VAL-1", "VAL-2"]
+        assert selected["rule"] == "best_val_reward" and selected["val_reward"] is not None
+    else:
+        assert seen == [] and selected["step"] == 2
+    with pytest.raises(ValueError, match="needs validation"):
+        GRPOConfig(val_prompts=0, checkpoints={"select_step": "best_val_reward"})
+
+
 def test_grpo_cli_resumes_after_kill_9(sft_models, work, tiny_zoo, tmp_path):
     """kill -9 after the second checkpoint; the same command resumes there and finishes."""
     from mlflow.tracking import MlflowClient

@@ -243,8 +243,10 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
         save_total_limit=None,  # CheckpointCallback keeps the last N step-<N> dirs
         eval_strategy="steps" if has_val else "no",
         eval_steps=settings.checkpoints.save_steps if has_val else None,
-        # whole groups of num_generations per device, so the eval batch divides on any number of processes
-        per_device_eval_batch_size=settings.num_generations,
+        # whole groups of num_generations per device (so the eval batch divides on any number of processes), as
+        # many as fit the training micro-batch: batches of one group sample far slower than the rollouts do
+        per_device_eval_batch_size=settings.num_generations * max(1, settings.per_device_train_batch_size
+                                                                  // settings.num_generations),
         logging_steps=1,
         report_to="none",
         seed=settings.seed,
@@ -282,7 +284,11 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
 
     tokenizer = load_tokenizer(policy_dir, padding_side="left")
     train_ds, too_long = _prompt_dataset(train_path, tokenizer, settings.rollout.max_prompt_length)
-    val_ds = _prompt_dataset(val_path, tokenizer, settings.rollout.max_prompt_length)[0] if val_path else None
+    val_ds = None
+    if val_path and settings.val_prompts != 0:
+        val_ds = _prompt_dataset(val_path, tokenizer, settings.rollout.max_prompt_length)[0]
+        if settings.val_prompts is not None:
+            val_ds = val_ds.select(range(min(settings.val_prompts, len(val_ds))))
     log_setup({"prompts_train": len(train_ds), "prompts_left_truncated": too_long,
                 "prompts_val": len(val_ds) if val_ds is not None else 0, "format": fmt.name, "use_vllm": use_vllm})
 

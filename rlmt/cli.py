@@ -71,17 +71,22 @@ def preflight_cmd(config: Path = ConfigOpt,
                   done: Optional[Path] = typer.Option(None, help="Write this file when no blocker is found "
                                                       "(the workflow's marker that training may start).")) -> None:
     """Check every cell for what would fail hours into a run (templates, launcher, schedule, memory, resources)."""
-    from rlmt.preflight import run
+    from rlmt.preflight import PreflightBlocked, gate, run
 
+    if done is not None:
+        try:
+            report = gate(config, done, root=root)
+        except PreflightBlocked as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(1) from None
+        typer.echo(report.table())
+        return
     report = run(config, root=root)
     typer.echo(report.table())
     for f in report.blockers:
         typer.echo(f"BLOCKER cell={f.cell} key={f.key}: {f.message}", err=True)
     if report.blockers:
         raise typer.Exit(1)
-    if done is not None:
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(f"{len(report.cells)} cells, no blockers\n")
 
 
 @config_app.command("cells")

@@ -34,6 +34,13 @@ The memory model (per GPU, bytes; P = parameters, N = processes of the job):
 - activations of one micro-batch of T tokens (Korthikanti et al. 2022): 34·T·h bytes per layer
   without recomputation; with gradient checkpointing 2·T·h per layer plus one layer's 34·T·h;
 - logits: the positions a loss reads, x vocabulary, x 6 bytes (bf16 logits and an fp32 copy).
+
+In the workflow the check is not a job: `gate` runs in the Snakemake process while it reads the Snakefile,
+before the DAG is built (and in a dry run), and writes ``results/.rlmt/preflight.ok``, which every SFT and
+training job takes as input. A blocker stops Snakemake before any job starts. Why not a rule: a job that must
+rerun makes Snakemake force every job downstream of it, so a preflight rule rerun by any config edit reran
+every SFT and training job; taken as ``ancient()`` instead, those jobs were never re-examined at all, so a
+changed training setting reran nothing. The marker's text never changes, so it never makes a job rerun.
 """
 
 from __future__ import annotations
@@ -408,6 +415,36 @@ def _resources_check(cfg: RLMTConfig, report: Report) -> None:
                        "do: its jobs would land on the cluster's default partition")
         if res.launcher == "accelerate" and not res.accelerate_config and max(res.gpus, 1) * res.nodes > 1:
             report.add("(all)", "resources", WARNING, f"{key}.accelerate_config", "no accelerate config: plain DDP")
+
+
+DONE_TEXT = "preflight: no blockers\n"
+
+
+class PreflightBlocked(RuntimeError):
+    """The config has blockers: nothing may start (the message lists them)."""
+
+
+def gate(config: str | Path, done: str | Path, *, root: str | Path | None = None,
+         log: str | Path | None = None) -> Report:
+    """Check `config`; with no blocker, write the marker `done` (the same text every time, rewritten only when
+    absent or different, so it never makes a job rerun); with blockers, remove it and raise PreflightBlocked.
+    `log` receives the report's table and its blockers."""
+    report = run(config, root=root)
+    lines = [f"BLOCKER cell={f.cell} key={f.key}: {f.message}" for f in report.blockers]
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text(report.table() + "\n" + "".join(line + "\n" for line in lines))
+    done = Path(done)
+    if report.blockers:
+        done.unlink(missing_ok=True)
+        raise PreflightBlocked(f"rlmt preflight: {len(lines)} blocker(s) in {config}, nothing started:\n"
+                               + "\n".join(lines))
+    if not done.is_file() or done.read_text() != DONE_TEXT:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(DONE_TEXT)
+        tmp.replace(done)
+    return report
 
 
 def run(config: str | Path, *, root: str | Path | None = None) -> Report:

@@ -167,6 +167,33 @@ def test_deleting_one_final_checkpoint_replans_only_that_cell(run):
         backup.rename(target)
 
 
+def test_a_grpo_setting_change_reruns_that_training_only(run):
+    """A config edit reruns the jobs whose settings changed: here one GRPO cell's training and its evaluation, never
+    the SFT both cells start from nor the other cell (the preflight check gates every run without being a job)."""
+    snapshot = run / "results/.rlmt/config.yaml"
+    backup = snapshot.with_name("config.yaml.bak")
+    shutil.copy2(snapshot, backup)  # the dry run rewrites the snapshot: content and mtime come back after
+    cfg = _mini_config()
+    cfg["algorithms"]["grpo"]["learning_rate"] = 2 * cfg["algorithms"]["grpo"]["learning_rate"]
+    (run / "config-lr.yaml").write_text(yaml.safe_dump(cfg))
+    try:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{run / 'mlruns.db'}"}
+        env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(run),
+                               "--configfile", str(run / "config-lr.yaml"), "-n", "--cores", "2", "all"],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        planned = proc.stdout + proc.stderr
+        block = planned.split("Job stats:")[1]
+        counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+        assert counts.get("sft") is None, planned[-3000:]
+        assert counts["train"] == 1 and "preflight" not in counts
+        assert f"wildcards: cell={CELLS[0]}" in planned and f"wildcards: cell={CELLS[1]}" not in planned
+    finally:
+        shutil.copy2(backup, snapshot)
+        backup.unlink()
+
+
 def test_snakemake_self_contained_report(run):
     """The HTML embeds the run's own report files (byte for byte) and its rule graph."""
     import base64

@@ -193,7 +193,7 @@ def test_every_non_local_job_is_one_sbatch_job(slurm_run):
     local = re.findall(r"^localrule (\w+):", log, re.M)
     remote = re.findall(r"^rule (\w+):", log, re.M)
     # (zero_model is local too; this grid has no zero cell)
-    assert set(local) == {"all", "preflight", "benchmark_items", "score", "model_scores", "report"}
+    assert set(local) == {"all", "benchmark_items", "score", "model_scores", "report"}
     # one block per job run; the cancelled training job's retry is the only repeat
     assert len(local) + len(remote) == total + 1 and remote.count("train") == planned["train"] + 1
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)

@@ -114,7 +114,7 @@ def test_kill_9_of_snakemake_mid_dag_then_the_same_command_completes_without_red
     from rlmt.train.checkpoints import writer_lock_path
 
     cfg = _mini_config()
-    cfg["grid"] = [cfg["grid"][0]]  # one GRPO cell: prepare x3, curate, sft_data, sft, preflight, train
+    cfg["grid"] = [cfg["grid"][0]]  # one GRPO cell: prepare x3, curate, sft_data, sft, train
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     db = tmp_path / "mlruns.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "OMP_NUM_THREADS": "1",

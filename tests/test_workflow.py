@@ -67,6 +67,27 @@ def test_paper_grid_dry_run_plans_every_training_cell():
     assert counts["report"] == 1
 
 
+def test_a_preflight_blocker_stops_snakemake_before_any_job(tmp_path):
+    """The preflight gate runs while Snakemake reads the Snakefile: a blocker fails even a dry run, names the cell
+    and the key, and leaves no marker that would let a training job start."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    raw["resources"]["train_ppo"]["accelerate_config"] = "config/accelerate/zero3.yaml"  # PPO never runs under it
+    (tmp_path / "blocked.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (tmp_path / "config").symlink_to(ROOT / "config")  # the launchers' configs resolve against the working dir
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+                           f"--configfile={tmp_path / 'blocked.yaml'}", "all"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **KEYS})
+    said = proc.stdout + proc.stderr  # Snakemake logs a WorkflowError on stdout
+    assert proc.returncode != 0
+    assert "BLOCKER cell=ppo__llama-base__warm-start__think__skywork-v1__wildchat-if " \
+           "key=resources.train_ppo.accelerate_config: ppo does not run under zero3" in said, said[-3000:]
+    assert "Job stats:" not in said
+    assert not (tmp_path / "results/.rlmt/preflight.ok").exists()
+    assert "BLOCKER" in (tmp_path / "results/logs/preflight.log").read_text()
+
+
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml"])
 def test_lint_is_clean(configfile):
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", f"--configfile={configfile}"],
@@ -121,7 +142,10 @@ def test_multi_node_tasks_survive_the_slurm_profile(tmp_path):
     cfg["grid"] = [{"algo": ["grpo"], "base": ["llama-base"], "start": ["warm-start"], "think": [True],
                     "rm": ["tiny-rm"], "mixture": ["demo"]}]
     cfg["resources"]["train"] = {"gpus": 8, "nodes": 2, "cpus_per_task": 32, "mem_mb": 400000, "runtime": 600,
-                                 "slurm_partition": "gpu", "launcher": "accelerate"}
+                                 "slurm_partition": "gpu", "launcher": "accelerate", "gpu_mem_gb": 80}
+    cfg["resources"]["default"]["slurm_partition"] = "cpu"
+    # 16 processes: one update of 16 prompts x 8 samples is one micro-batch of 8 on each (rlmt preflight's geometry)
+    cfg["algorithms"]["grpo"].update(prompts_per_step=16, num_generations=8, per_device_train_batch_size=8)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     load_config(tmp_path / "config.yaml")
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())

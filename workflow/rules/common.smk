@@ -33,6 +33,19 @@ envvars:
 # Python is the user's venv or a conda env made from envs/*.yaml (which hold the dependencies only).
 shell.prefix("set -euo pipefail; export PYTHONPATH=" + shlex.quote(workflow.basedir) + '${{PYTHONPATH:+:$PYTHONPATH}}; ')
 CONFIG = PLAN.write_config_snapshot()
+
+# `rlmt preflight` (rlmt/preflight.py) gates every SFT and training job: it runs here, in the Snakemake
+# process, before the DAG is built (also in a dry run; never again inside cluster jobs), and a blocker stops
+# Snakemake before any job starts. The marker it writes is an input of those jobs; see rlmt.preflight.gate for
+# why it is not a rule.
+PREFLIGHT = "results/.rlmt/preflight.ok"
+if workflow.is_main_process:
+    from rlmt.preflight import PreflightBlocked, gate
+
+    try:
+        gate(CONFIG, PREFLIGHT, log="results/logs/preflight.log")
+    except PreflightBlocked as err:
+        raise WorkflowError(str(err)) from None
 CELL_NAMES = PLAN.cell_names
 EVAL_MODELS = PLAN.eval_models
 

@@ -1,27 +1,5 @@
 # Training: warm-start SFT, then one RL run (GRPO, PPO or DPO) per cell.
 
-PREFLIGHT = "results/.rlmt/preflight.ok"
-
-
-localrules:
-    preflight,
-
-
-# Every training job waits for `rlmt preflight`: the config's cells checked in seconds (templates,
-# launcher and sharding, reachable checkpoints, memory per GPU, resources) before any GPU hour.
-rule preflight:
-    input:
-        config=CONFIG,
-    output:
-        PREFLIGHT,
-    log:
-        "results/logs/preflight.log",
-    conda:
-        "../../envs/train.yaml"
-    shell:
-        "python -m rlmt.cli preflight --config {input.config} --done {output} > {log} 2>&1"
-
-
 rule sft:
     input:
         model=lambda w: PLAN.model_dir(PLAN.parse_policy(w.sft_policy)["base"]),

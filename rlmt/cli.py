@@ -71,7 +71,7 @@ def preflight_cmd(config: Path = ConfigOpt,
                   done: Optional[Path] = typer.Option(None, help="Write this file when no blocker is found "
                                                       "(the workflow's marker that training may start).")) -> None:
     """Check every cell for what would fail hours into a run (templates, launcher, schedule, memory, resources)."""
-    from rlmt.preflight import PreflightBlocked, gate, run
+    from rlmt.preflight import PreflightBlocked, blocker_lines, gate, run
 
     if done is not None:
         try:
@@ -83,8 +83,8 @@ def preflight_cmd(config: Path = ConfigOpt,
         return
     report = run(config, root=root)
     typer.echo(report.table())
-    for f in report.blockers:
-        typer.echo(f"BLOCKER cell={f.cell} key={f.key}: {f.message}", err=True)
+    for line in blocker_lines(report):
+        typer.echo(line, err=True)
     if report.blockers:
         raise typer.Exit(1)
 

@@ -420,6 +420,11 @@ def _resources_check(cfg: RLMTConfig, report: Report) -> None:
 DONE_TEXT = "preflight: no blockers\n"
 
 
+def blocker_lines(report: Report) -> list[str]:
+    """One line per blocker, naming the cell and the config key."""
+    return [f"BLOCKER cell={f.cell} key={f.key}: {f.message}" for f in report.blockers]
+
+
 class PreflightBlocked(RuntimeError):
     """The config has blockers: nothing may start (the message lists them)."""
 
@@ -430,7 +435,7 @@ def gate(config: str | Path, done: str | Path, *, root: str | Path | None = None
     absent or different, so it never makes a job rerun); with blockers, remove it and raise PreflightBlocked.
     `log` receives the report's table and its blockers."""
     report = run(config, root=root)
-    lines = [f"BLOCKER cell={f.cell} key={f.key}: {f.message}" for f in report.blockers]
+    lines = blocker_lines(report)
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         Path(log).write_text(report.table() + "\n" + "".join(line + "\n" for line in lines))

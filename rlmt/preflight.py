@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 
 from rlmt.config import Cell, ConfigError, RLMTConfig, Resources, parse_config, select_step_problem, training_schedule
+from rlmt.files import replace_if_changed
 
 GB = 1e9
 WARN_FRACTION = 0.9
@@ -439,16 +440,11 @@ def gate(config: str | Path, done: str | Path, *, root: str | Path | None = None
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         Path(log).write_text(report.table() + "\n" + "".join(line + "\n" for line in lines))
-    done = Path(done)
     if report.blockers:
-        done.unlink(missing_ok=True)
+        Path(done).unlink(missing_ok=True)
         raise PreflightBlocked(f"rlmt preflight: {len(lines)} blocker(s) in {config}, nothing started:\n"
                                + "\n".join(lines))
-    if not done.is_file() or done.read_text() != DONE_TEXT:
-        done.parent.mkdir(parents=True, exist_ok=True)
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(DONE_TEXT)
-        tmp.replace(done)
+    replace_if_changed(done, DONE_TEXT)
     return report
 
 

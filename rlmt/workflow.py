@@ -79,13 +79,9 @@ class Plan:
 
     def write_config_snapshot(self, path: str | Path = CONFIG_SNAPSHOT) -> str:
         """Write the validated, effective config where every job reads it (rewritten only on change)."""
-        path = Path(path)
-        text = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
-        if not path.exists() or path.read_text() != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+        from rlmt.files import replace_if_changed
+
+        replace_if_changed(path, yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         return str(path)
 
     # ------------------------------------------------------------------ cells and models

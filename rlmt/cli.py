@@ -67,7 +67,9 @@ def config_schema(out: Optional[Path] = typer.Option(None, help="Write here inst
 
 @app.command("preflight")
 def preflight_cmd(config: Path = ConfigOpt,
-                  root: Path = typer.Option(Path("."), help="Directory the config's relative paths resolve against."),
+                  root: Optional[Path] = typer.Option(None, help="Directory the config's relative paths (accelerate "
+                                                      "configs) resolve against; default: the workflow's source tree, "
+                                                      "as in a Snakemake run."),
                   done: Optional[Path] = typer.Option(None, help="Write this file when no blocker is found "
                                                       "(the workflow's marker that training may start).")) -> None:
     """Check every cell for what would fail hours into a run (templates, launcher, schedule, memory, resources)."""
@@ -873,7 +875,8 @@ def launch_cmd(
     res = Resources(nodes=nodes, gpus=gpus_per_node, cpus_per_task=cpus_per_task,
                     launcher="accelerate" if accelerate_config or gpus_per_node > 1 or nodes > 1 else "python",
                     accelerate_config=str(accelerate_config) if accelerate_config else None)
-    line = launch_command(res, command, port=port)
+    # the file was given on this command line: it (and a DeepSpeed file it names) resolve as accelerate would
+    line = launch_command(res, command, port=port, base=Path.cwd())
     if dry_run:
         typer.echo(line)
         return

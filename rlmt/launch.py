@@ -48,10 +48,29 @@ import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+
 from rlmt.config import Resources
 
 DEFAULT_PORT = 29500
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "accelerate"
+# The source tree of this package (the workflow's base directory: Snakefile, config/): a relative
+# `accelerate_config`, and a relative DeepSpeed file such a config names, resolve against it, never
+# against the working directory (`snakemake -d OTHER` runs every job in OTHER).
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def accelerate_config_files(config: str, base: Path = SOURCE_ROOT) -> tuple[Path, Path | None]:
+    """The accelerate config file `config` and the DeepSpeed config file it names (None if it names none),
+    each resolved against `base` when relative. A missing or unreadable config names no DeepSpeed file."""
+    config_file = Path(config) if Path(config).is_absolute() else Path(base) / config
+    try:
+        acc = yaml.safe_load(config_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return config_file, None
+    ds = (acc.get("deepspeed_config") or {}).get("deepspeed_config_file") if isinstance(acc, dict) else None
+    if not ds:
+        return config_file, None
+    return config_file, Path(ds) if Path(ds).is_absolute() else Path(base) / ds
 
 
 def processes_per_node(res: Resources) -> int:
@@ -59,12 +78,19 @@ def processes_per_node(res: Resources) -> int:
 
 
 def accelerate_args(res: Resources, *, num_machines: int, machine_rank: str | None = None,
-                    main_process_ip: str | None = None, port: int = DEFAULT_PORT) -> list[str]:
-    """``accelerate launch`` options for `res` (the config file supplies DDP vs DeepSpeed ZeRO)."""
+                    main_process_ip: str | None = None, port: int = DEFAULT_PORT,
+                    base: Path = SOURCE_ROOT) -> list[str]:
+    """``accelerate launch`` options for `res` (the config file supplies DDP vs DeepSpeed ZeRO).
+
+    The config file, and the DeepSpeed file it names, are passed as absolute paths (relative ones resolved
+    against `base`): accelerate would read a relative one from the job's working directory."""
     args = ["accelerate", "launch"]
     processes = num_machines * processes_per_node(res)
     if res.accelerate_config:
-        args += ["--config_file", res.accelerate_config]
+        config_file, ds_file = accelerate_config_files(res.accelerate_config, base)
+        args += ["--config_file", str(config_file)]
+        if ds_file is not None:
+            args += ["--deepspeed_config_file", str(ds_file)]  # overrides the config's relative path
     elif processes > 1:
         args += ["--multi_gpu"]  # torchrun's launcher; without it accelerate starts one lone process per machine
     args += ["--num_machines", str(num_machines), "--num_processes", str(processes)]
@@ -79,7 +105,7 @@ def accelerate_args(res: Resources, *, num_machines: int, machine_rank: str | No
     return args + ["--no_python"]
 
 
-def launch_prefix(res: Resources, *, port: int = DEFAULT_PORT) -> str:
+def launch_prefix(res: Resources, *, port: int = DEFAULT_PORT, base: Path = SOURCE_ROOT) -> str:
     """The shell text that goes in front of ``rlmt train ...`` in a rule (empty for plain python)."""
     if res.nodes < 1:
         raise ValueError(f"resources.nodes must be >= 1, got {res.nodes}")
@@ -87,13 +113,13 @@ def launch_prefix(res: Resources, *, port: int = DEFAULT_PORT) -> str:
         return ""
     cpu_env = "ACCELERATE_USE_CPU=true " if res.gpus == 0 else ""
     if res.nodes == 1:
-        return cpu_env + shlex.join(accelerate_args(res, num_machines=1, port=port))
+        return cpu_env + shlex.join(accelerate_args(res, num_machines=1, port=port, base=base))
     # Several nodes: $SLURM_NODEID and the node list exist only inside srun's task, so the
     # accelerate command is expanded there, by bash -c; the training command follows as "$@".
     # The rendezvous is the first node's NodeAddr (node names need not resolve), on a port
     # offset by the job id, so two jobs sharing a node do not collide.
     inner = shlex.join(accelerate_args(res, num_machines=res.nodes, machine_rank="RANK", main_process_ip="HEAD",
-                                       port=port))
+                                       port=port, base=base))
     inner = (inner.replace(" RANK ", ' "$SLURM_NODEID" ').replace(" HEAD ", ' "$addr" ')
              .replace(f" {port} ", ' "$port" '))
     script = (
@@ -111,9 +137,10 @@ def launch_prefix(res: Resources, *, port: int = DEFAULT_PORT) -> str:
     return shlex.join(srun) + " bash -c " + shlex.quote(script) + " rlmt-launch"
 
 
-def launch_command(res: Resources, command: Sequence[str], *, port: int = DEFAULT_PORT) -> str:
+def launch_command(res: Resources, command: Sequence[str], *, port: int = DEFAULT_PORT,
+                   base: Path = SOURCE_ROOT) -> str:
     """The full shell command that runs `command` (e.g. ``rlmt train grpo ...``) under `res`."""
-    prefix = launch_prefix(res, port=port)
+    prefix = launch_prefix(res, port=port, base=base)
     return (prefix + " " if prefix else "") + shlex.join(command)
 
 

@@ -54,6 +54,7 @@ import yaml
 
 from rlmt.config import Cell, ConfigError, RLMTConfig, Resources, parse_config, select_step_problem, training_schedule
 from rlmt.files import replace_if_changed
+from rlmt.launch import SOURCE_ROOT, accelerate_config_files
 
 GB = 1e9
 WARN_FRACTION = 0.9
@@ -160,18 +161,16 @@ def sharding_of(res: Resources, root: Path) -> tuple[str, str | None]:
     procs = max(res.gpus, 1) * res.nodes
     if res.launcher != "accelerate" or not res.accelerate_config:
         return ("single" if procs == 1 else "ddp"), None
-    path = Path(res.accelerate_config)
-    path = path if path.is_absolute() else root / path
+    path, ds_path = accelerate_config_files(res.accelerate_config, root)
     if not path.is_file():
-        return "single", f"accelerate config {res.accelerate_config} not found"
+        where = "" if Path(res.accelerate_config).is_absolute() else f" (relative paths resolve against {root})"
+        return "single", f"accelerate config {res.accelerate_config} not found{where}"
     acc = yaml.safe_load(path.read_text()) or {}
     kind = str(acc.get("distributed_type", "NO")).upper()
     if kind == "DEEPSPEED":
         ds = acc.get("deepspeed_config") or {}
         stage = ds.get("zero_stage")
-        if ds.get("deepspeed_config_file"):
-            ds_path = Path(ds["deepspeed_config_file"])
-            ds_path = ds_path if ds_path.is_absolute() else root / ds_path
+        if ds_path is not None:
             if not ds_path.is_file():
                 return "zero3", f"DeepSpeed config {ds['deepspeed_config_file']} not found"
             stage = (json.loads(ds_path.read_text()).get("zero_optimization") or {}).get("stage", stage)
@@ -449,10 +448,11 @@ def gate(config: str | Path, done: str | Path, *, root: str | Path | None = None
 
 
 def run(config: str | Path, *, root: str | Path | None = None) -> Report:
-    """Check every cell of the config at `config`; relative paths (accelerate configs) resolve against `root`."""
+    """Check every cell of the config at `config`; relative paths (accelerate configs) resolve against `root`
+    (default: the workflow's source tree, as the launcher resolves them)."""
     report = Report()
     config = Path(config)
-    root = Path(root) if root else Path.cwd()
+    root = Path(root) if root else SOURCE_ROOT
     try:
         raw = yaml.safe_load(config.read_text()) or {}
         cfg = parse_config(raw, check_schedules=False)

@@ -71,9 +71,14 @@ class EvalModel:
 
 
 class Plan:
-    def __init__(self, cfg: RLMTConfig | dict[str, Any], *, root: str = "results"):
+    def __init__(self, cfg: RLMTConfig | dict[str, Any], *, root: str = "results", base_dir: str | Path | None = None):
+        """`root`: where results go; `base_dir`: what relative config paths (accelerate configs) resolve against
+        (the workflow's base directory; default: this package's source tree)."""
+        from rlmt.launch import SOURCE_ROOT
+
         self.cfg = cfg if isinstance(cfg, RLMTConfig) else parse_config(cfg)
         self.root = root
+        self.base_dir = Path(base_dir) if base_dir else SOURCE_ROOT
 
     # ------------------------------------------------------------------ config snapshot
 
@@ -283,7 +288,7 @@ class Plan:
         """The launcher a training job runs under ('' = plain python; else accelerate/srun, see rlmt.launch)."""
         from rlmt.launch import launch_prefix
 
-        prefix = launch_prefix(self.rule_resources(rule, algo))
+        prefix = launch_prefix(self.rule_resources(rule, algo), base=self.base_dir)
         return prefix + " " if prefix else ""
 
     def job_resources(self, rule: str, algo: str | None = None) -> dict[str, Any]:

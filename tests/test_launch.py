@@ -135,7 +135,10 @@ def test_one_node_with_eight_gpus_is_one_accelerate_launcher_with_eight_processe
     res = Resources(gpus=8, launcher="accelerate", accelerate_config="config/accelerate/zero2.yaml")
     cmd = launch_command(res, TRAIN).split()
     args = parsed_by_accelerate(cmd)
-    assert (args.num_processes, args.num_machines, args.config_file) == (8, 1, "config/accelerate/zero2.yaml")
+    # absolute paths (resolved against the source tree): the job's working directory is the user's `-d`
+    assert (args.num_processes, args.num_machines) == (8, 1)
+    assert (args.config_file, args.deepspeed_config_file) == (str(ROOT / "config/accelerate/zero2.yaml"),
+                                                              str(ROOT / "config/deepspeed/zero2.json"))
     assert args.no_python and [args.training_script, *args.training_script_args] == TRAIN and "srun" not in cmd
     sbatch = render_sbatch(slurm_resources(res))
     assert "--gpus=8" in sbatch and "--ntasks-per-gpu" not in sbatch  # no per-GPU tasks: the trap is off
@@ -158,7 +161,8 @@ def test_slurm_job_for_an_8_gpu_rule_on_two_nodes_starts_one_launcher_per_node_w
                                      *TRAIN])
         assert (args.num_machines, args.num_processes, args.machine_rank) == (2, 16, int(rank))  # 8 per node
         assert (args.main_process_ip, args.main_process_port, args.rdzv_backend) == ("gpu01", 29500, "static")
-        assert args.config_file == "config/accelerate/zero3.yaml" and args.no_python
+        assert args.config_file == str(ROOT / "config/accelerate/zero3.yaml") and args.no_python
+        assert args.deepspeed_config_file == str(ROOT / "config/deepspeed/zero3.json")
         assert [args.training_script, *args.training_script_args] == TRAIN
 
 
@@ -211,6 +215,33 @@ def test_rlmt_launch_cli_dry_run_and_errors():
     bad = subprocess.run([*base, "--accelerate-config", "nope.yaml", "--", "rlmt"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "file not found: nope.yaml" in bad.stderr
+
+
+def test_relative_launcher_configs_resolve_against_the_given_base_and_accelerate_takes_the_deepspeed_file(tmp_path,
+                                                                                                         monkeypatch):
+    """A relative accelerate config, and the relative DeepSpeed file inside it, are read from `base` (the
+    workflow's source tree), whatever the working directory; accelerate's own launch validation then uses the
+    DeepSpeed file given on the command line over the config's relative one (which would not resolve here)."""
+    from accelerate.commands.launch import _validate_launch_command
+
+    (tmp_path / "site/ds").mkdir(parents=True)
+    (tmp_path / "site/ds/z.json").write_text((ROOT / "config/deepspeed/zero3.json").read_text())
+    (tmp_path / "site/acc.yaml").write_text((ROOT / "config/accelerate/zero3.yaml").read_text()
+                                            .replace("config/deepspeed/zero3.json", "ds/z.json"))
+    elsewhere = tmp_path / "workdir"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = Resources(gpus=2, launcher="accelerate", accelerate_config="acc.yaml")
+    argv = accelerate_args(res, num_machines=1, base=tmp_path / "site")
+    assert option(argv, "--config_file") == str(tmp_path / "site/acc.yaml")
+    assert option(argv, "--deepspeed_config_file") == str(tmp_path / "site/ds/z.json")
+    args = parsed_by_accelerate([*argv, *TRAIN])
+    _validate_launch_command(args)
+    assert args.use_deepspeed and args.deepspeed_config_file == str(tmp_path / "site/ds/z.json")
+    # an absolute path is kept as given; a config naming no DeepSpeed file adds no option
+    ddp = accelerate_args(Resources(gpus=2, launcher="accelerate", accelerate_config=str(ROOT / "config/accelerate/ddp.yaml")),
+                          num_machines=1, base=tmp_path)
+    assert option(ddp, "--config_file") == str(ROOT / "config/accelerate/ddp.yaml") and "--deepspeed_config_file" not in ddp
 
 
 @pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")])

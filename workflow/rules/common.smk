@@ -7,7 +7,8 @@ from rlmt.config import ConfigError, parse_config
 from rlmt.workflow import JUDGED_BENCHMARKS, RULE_BENCHMARKS, Plan
 
 try:
-    PLAN = Plan(parse_config(config))
+    # relative paths in the config (accelerate configs) resolve against this workflow's source tree, not `-d`
+    PLAN = Plan(parse_config(config), base_dir=workflow.basedir)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
@@ -43,7 +44,7 @@ if workflow.is_main_process:
     from rlmt.preflight import PreflightBlocked, gate
 
     try:
-        gate(CONFIG, PREFLIGHT, log="results/logs/preflight.log")
+        gate(CONFIG, PREFLIGHT, root=workflow.basedir, log="results/logs/preflight.log")
     except PreflightBlocked as err:
         raise WorkflowError(str(err)) from None
 CELL_NAMES = PLAN.cell_names

@@ -334,6 +334,16 @@ def _stop_system_metrics(monitor) -> None:
 
     try:
         monitor.finish()
+        # MLflow publishes only whole sampling intervals: what the sampler collected in the last, cut-short one
+        # (all of a job shorter than one interval) would be dropped; publish it, and take one sample for a job
+        # that ended before the sampler's first
+        rest = monitor.aggregate_metrics()
+        if not rest and getattr(monitor, "_logging_step", 1) == 0:
+            monitor.collect_metrics()
+            rest = monitor.aggregate_metrics()
+        if rest:
+            monitor.publish_metrics(rest)
+            monitor.mlflow_logger.flush()
     except Exception as err:
         logging.getLogger(__name__).warning("system metrics: stopping the sampler failed: %s", err)
 

@@ -303,6 +303,18 @@ def test_system_metrics_are_sampled_while_the_run_lives_and_the_sampler_stops(st
     assert not any(k.startswith("system/") for k in client.get_run(off.info.run_id).data.metrics)
 
 
+def test_a_run_shorter_than_one_sampling_interval_still_gets_a_system_sample(store):
+    """MLflow's sampler publishes whole intervals only: a 60 s interval and a run of a moment would log nothing
+    (a quick generate job did so 1 time in 3); stopping the sampler publishes what it holds."""
+    from rlmt.tracking import stage_run
+
+    with stage_run("generate", system_metrics=60) as quick:
+        pass
+    assert _monitor_threads() == []
+    history = _client(store).get_metric_history(quick.info.run_id, "system/cpu_utilization_percentage")
+    assert len(history) == 1
+
+
 def test_a_failing_run_stops_its_sampler_too(store):
     from rlmt.tracking import stage_run
 

@@ -128,6 +128,14 @@ def check_job(result: dict, stage: str, written_model: Path, *, prefix: str = ""
     runs = job_runs(result["db"], stage)
     assert len(runs) == 1, [(r.info.run_name, r.data.tags.get("rlmt.pid")) for r in runs]
     assert runs[0].info.status == "FINISHED"
+    if stage != "sft":  # an RL job ends by selecting its checkpoint: the step, and final/ as the run's logged model
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(result["db"])
+        outputs = client.get_run(runs[0].info.run_id).outputs.model_outputs
+        assert len(outputs) == 1 and runs[0].data.params.get("run.selected_step") == str(outputs[0].step), runs[0].data.params
+        model = client.get_logged_model(outputs[0].model_id)
+        assert model.tags["rlmt.checkpoint.path"] == str(written_model.resolve())
     # the same final weights on both ranks, equal to what was written
     p0, p1 = (rank_params(result["reports"], stage, k) for k in (0, 1))
     assert p0.keys() == p1.keys() and len(p0) > 10

@@ -39,7 +39,7 @@ from rlmt.thinking import ThinkingFormat, extract
 from rlmt.train import checkpoints as ckpt
 from rlmt.train import ppo_math as pm
 from rlmt.train.actor_critic import CRITIC_DIR, ActorCritic, is_sharded, load_critic, save_critic, shard
-from rlmt.train.job import answer_scorer, note_loaded, rank_device, report_rank
+from rlmt.train.job import answer_scorer, finish, note_loaded, rank_device, report_rank
 from rlmt.train.rollout import Rollout, sample
 from rlmt.train.runtime import TrainingSetupError
 
@@ -163,12 +163,8 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
 
     report_rank("ppo", accelerator, core, devices=devices)
     accelerator.wait_for_everyone()
-    final = out / ckpt.FINAL_DIR
-    if accelerator.is_main_process:
-        chosen = ckpt.select_step(out, settings.checkpoints.select_step)
-        final = ckpt.write_final(out, chosen, fmt, settings.checkpoints.select_step)
-    accelerator.wait_for_everyone()
-    return final
+    # the same end as GRPO and DPO: select, write final/ (main process), record step and model in MLflow
+    return finish(out, fmt, settings.checkpoints.select_step, accelerator)
 
 
 # ----------------------------------------------------------------------------- one step, in named parts

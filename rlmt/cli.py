@@ -807,7 +807,10 @@ def data_rm_pairs(
         for path in exclude:
             log_dataset_input(path, context="excluded_prompts")
 
-        stats = build_rm_pairs(reference, policy, out, settings, exclude=exclude)
+        from rlmt.generation.job import local_generator_options
+
+        stats = build_rm_pairs(reference, policy, out, settings, exclude=exclude,
+                               generator_options=local_generator_options(cfg.generation, cfg.device))
         mlflow.log_metrics({f"rm_pairs.{k}": float(v) for k, v in stats.items()})
         log_outputs({"pairs": out})
     typer.echo(f"{stats['pairs']} pairs ({stats['excluded_shared_prompts']} shared prompts excluded) -> {out}")

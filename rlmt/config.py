@@ -441,6 +441,9 @@ class SamplingConfig(Strict):
 class GenerationConfig(Strict):
     backend: Literal["auto", "transformers", "vllm", "openai"] = "auto"
     batch_size: int = 16
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto", description="Weights of a local model while it generates. auto: bf16 on a GPU that has it, "
+        "else fp32; bfloat16 on CPU is ~1.6x faster where the CPU has AMX or AVX512-BF16 (SmolLM2-135M here).")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     base_url: str | None = None
     api_key_env: str | None = None

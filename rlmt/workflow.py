@@ -318,7 +318,8 @@ class Plan:
         gen = self.cfg.generation
         return _digest({"sampling": sampling.model_dump(mode="json"), "backend": gen.backend,
                         "base_url": gen.base_url, "max_new_tokens": self.max_new_tokens(model, bench),
-                        "think": self.eval_models[model].think})
+                        "think": self.eval_models[model].think,
+                        **({"dtype": gen.dtype} if gen.dtype != "auto" else {})})
 
     def judge_name(self, bench: str) -> str | None:
         """The judge a judged benchmark uses: its ``judge`` option, else the only configured judge."""

@@ -242,6 +242,19 @@ def test_sampling_is_seeded_and_gives_n_samples(instruct_gen):
     assert len({c.text for c in a[0]}) > 1
 
 
+@pytest.mark.parametrize("dtype,want", [("auto", "float32"), ("bfloat16", "bfloat16"), ("float32", "float32")])
+def test_the_configs_generation_dtype_reaches_the_local_backend(tiny_zoo, dtype, want):
+    """generation.dtype: the weights a local model generates with (auto on CPU: fp32), and the batch size."""
+    from rlmt.config import GenerationConfig
+    from rlmt.generation.job import local_generator_options
+
+    options = local_generator_options(GenerationConfig(dtype=dtype, batch_size=7), "cpu")
+    gen = make_generator("transformers", tiny_zoo["llama-instruct"], **options)
+    assert str(next(gen.model.parameters()).dtype) == f"torch.{want}" and gen.batch_size == 7
+    [[out]] = gen.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=3, temperature=0.0))
+    assert out.finish_reason in ("stop", "length")
+
+
 def test_a_model_without_chat_template_is_refused(tiny_zoo):
     gen = make_generator("transformers", tiny_zoo["llama-base"], device="cpu", progress=False)
     with pytest.raises(GenerationError, match="has no chat template"):

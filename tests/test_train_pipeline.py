@@ -115,6 +115,50 @@ def test_sft_writes_loadable_models_with_the_right_format(sft_models, work):
     assert bad.exit_code == 2 and "the cell wants think data, the file holds warm-nothink examples" in bad.output
 
 
+def test_bf16_on_cpu_computes_in_bf16_over_fp32_weights(sft_models, work, tiny_zoo, tmp_path):
+    """`bf16: true` on CPU: the same SFT as the fp32 one above, under bf16 autocast (AMX/AVX512-BF16 where the
+    CPU has them): the weights it writes are fp32, they differ from the fp32 run's (bf16 arithmetic ran), and
+    its update points the same way as the fp32 run's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rlmt.config import load_config
+    from rlmt.train.sft import train_sft
+
+    settings = load_config(work / "config.yaml").settings("sft").model_copy(update={"bf16": True})
+    out = train_sft(tiny_zoo["llama-instruct"], work / "sft_nothink.jsonl", tmp_path / "sft-bf16", settings)
+    start = load_file(str(tiny_zoo["llama-instruct"] / "model.safetensors"))
+    fp32 = load_file(str(sft_models["nothink"] / "model.safetensors"))
+    bf16 = load_file(str(out / "model.safetensors"))
+    assert {t.dtype for t in bf16.values()} == {torch.float32}
+    names = [k for k in fp32 if not torch.equal(fp32[k], start[k])]
+    assert names and any(not torch.equal(bf16[k], fp32[k]) for k in names)
+    d32 = torch.cat([(fp32[k] - start[k]).flatten() for k in names])
+    d16 = torch.cat([(bf16[k] - start[k]).flatten() for k in names])
+    assert torch.nn.functional.cosine_similarity(d32, d16, dim=0) > 0.9
+
+
+def test_grpo_with_bf16_on_cpu_steps_fp32_weights(sft_models, work, tmp_path):
+    """TRL's GRPOTrainer under `bf16: true` on CPU (rollouts and updates in bf16 autocast): it trains, and the
+    policy it writes is fp32 and moved."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rlmt.config import GRPOConfig
+    from rlmt.train.grpo import train_grpo
+
+    settings = GRPOConfig(learning_rate=1e-3, prompts_per_step=2, num_generations=4, per_device_train_batch_size=8,
+                          max_steps=2, val_prompts=0, bf16=True,
+                          rollout={"max_prompt_length": 256, "max_completion_length": 8},
+                          checkpoints={"save_steps": 2})
+    final = train_grpo(sft_models["nothink"], None, work / "train.parquet", None, tmp_path / "grpo", settings,
+                       reward_fn=_space_fraction)
+    start = load_file(str(sft_models["nothink"] / "model.safetensors"))
+    trained = load_file(str(final / "model.safetensors"))
+    assert {t.dtype for t in trained.values()} == {torch.float32}
+    assert any(not torch.equal(trained[k], start[k]) for k in start)
+
+
 def _space_fraction(prompts, completions, **kwargs):
     """Rule reward on the extracted answer (the policy is nothink: the whole output is the answer)."""
     from rlmt.thinking import extract

@@ -174,6 +174,9 @@ def test_generation_and_judging_rerun_when_their_settings_change(paper):
     model = paper.cell_names[0]
     assert changed.generation_digest(model, "ifeval") != paper.generation_digest(model, "ifeval")
     assert changed.settings_digest("grpo", changed.cells[0]) == paper.settings_digest("grpo", paper.cells[0])
+    in_bf16 = paper.cfg.model_copy(deep=True)
+    in_bf16.generation.dtype = "bfloat16"
+    assert Plan(in_bf16).generation_digest(model, "ifeval") != paper.generation_digest(model, "ifeval")
     judged = paper.cfg.model_copy(deep=True)
     judge = paper.judge_name("arenahard-v2")
     judged.evaluation.judges[judge].model = "another-judge"

@@ -73,8 +73,9 @@ def excluded_texts(paths: Sequence[str | Path]) -> set[str]:
 
 
 def build_rm_pairs(reference: str | Path, policy_dir: str | Path, out: str | Path, cfg: RMPairsConfig,
-                   exclude: Sequence[str | Path] = ()) -> dict:
-    """Write ``out`` (pairs JSON lines) and return counts; the policy's raw answers go beside it."""
+                   exclude: Sequence[str | Path] = (), generator_options: dict | None = None) -> dict:
+    """Write ``out`` (pairs JSON lines) and return counts; the policy's raw answers go beside it.
+    `generator_options` build the local generator (device, batch size, dtype: the config's ``generation``)."""
     out = Path(out)
     rows = read_reference(reference)
     banned = excluded_texts(exclude)
@@ -95,7 +96,7 @@ def build_rm_pairs(reference: str | Path, policy_dir: str | Path, out: str | Pat
     items = [(rid, [{"role": "user", "content": row["instruction"]}]) for rid, row in kept]
     answers_file = out.with_name(out.stem + ".policy.jsonl")
     params = SamplingParams(temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    generate_file(policy_dir, items, answers_file, params)
+    generate_file(policy_dir, items, answers_file, params, **(generator_options or {}))
     answers = {g["id"]: g for g in read_generations(answers_file)}
     tmp = out.with_name(out.name + ".tmp")
     n_pairs = n_empty = 0

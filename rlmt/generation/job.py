@@ -28,6 +28,14 @@ class GenerationJob:
     samples: list[dict]
 
 
+def local_generator_options(gen_cfg, device: str) -> dict[str, Any]:
+    """What a local backend (transformers, vLLM) is built with from the config's ``generation`` section."""
+    options: dict[str, Any] = {"device": device, "batch_size": gen_cfg.batch_size}
+    if gen_cfg.dtype != "auto":
+        options["dtype"] = gen_cfg.dtype
+    return options
+
+
 def run_generation_job(model: str | Path, prompts: str | Path, out: str | Path, *, config=None, bench: str | None = None,
                        backend: str | None = None, max_new_tokens: int | None = None, fmt_name: str | None = None,
                        base_url: str | None = None, progress: bool = True, n_samples_logged: int = 5) -> GenerationJob:
@@ -59,7 +67,7 @@ def run_generation_job(model: str | Path, prompts: str | Path, out: str | Path, 
     fmt = fmt or FORMATS["warm-nothink"]
     params = SamplingParams.for_format(fmt, sampling, max_new_tokens=max_new_tokens)
     items = read_prompts(prompts)
-    options: dict[str, Any] = {"device": device, "batch_size": gen_cfg.batch_size}
+    options = local_generator_options(gen_cfg, device)
     if not is_local:
         options = {"base_url": base_url, "api_key_env": gen_cfg.api_key_env, "concurrency": gen_cfg.concurrency}
     path = generate_file(model, items, out, params, backend=backend, fmt=fmt, progress=progress, **options)

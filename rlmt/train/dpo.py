@@ -30,7 +30,8 @@ from rlmt.thinking import ThinkingFormat
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback
 from rlmt.train.job import answer_scorer, finish, note_loaded, on_main_then_wait, process_state, rank_device, report_rank, train_from
-from rlmt.train.runtime import TrainingSetupError, accumulation_steps, prompt_tokens, read_prompt_table, use_bf16
+from rlmt.train.runtime import (TrainingSetupError, accumulation_steps, precision_args, prompt_tokens, read_prompt_table,
+                                weights_dtype)
 
 VAL_METRIC = "eval_rewards/margins"
 PAIRS_DIR = "pairs"
@@ -172,7 +173,7 @@ def trl_dpo_args(settings: DPOConfig, out: Path, *, n_pairs: int, has_val: bool,
         adam_beta1=settings.adam_beta1,
         adam_beta2=settings.adam_beta2,
         max_length=settings.max_length,
-        bf16=use_bf16(settings.bf16),
+        **precision_args(settings.bf16),
         gradient_checkpointing=False,
         save_strategy="steps",
         save_steps=settings.checkpoints.save_steps,
@@ -229,7 +230,7 @@ def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: 
     tokenizer = load_tokenizer(policy_dir)
     # TRL's arguments before the policy: under ZeRO-3 the policy is then partitioned as it loads.
     args = trl_dpo_args(settings, out, n_pairs=len(train_ds), has_val=val_ds is not None)
-    model = load_causal_lm(policy_dir, device=device, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    model = load_causal_lm(policy_dir, device=device, dtype=weights_dtype(settings.bf16))
     note_loaded("policy", model)
     ckpt_cb = CheckpointCallback(out, fmt, keep_last=settings.checkpoints.save_total_limit,
                                  select_rule=settings.checkpoints.select_step, val_metric=VAL_METRIC)

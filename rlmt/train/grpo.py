@@ -52,9 +52,10 @@ from rlmt.train.runtime import (
     TrainingSetupError,
     accumulation_steps,
     prompt_tokens,
+    precision_args,
     read_prompt_table,
-    use_bf16,
     vllm_wanted,
+    weights_dtype,
 )
 
 VAL_METRIC = "eval_reward"
@@ -231,7 +232,7 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
         lr_scheduler_type=settings.lr_scheduler_type,
         warmup_steps=settings.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         max_grad_norm=settings.max_grad_norm,
-        bf16=use_bf16(settings.bf16),
+        **precision_args(settings.bf16),
         gradient_checkpointing=settings.gradient_checkpointing,
         use_vllm=use_vllm,
         vllm_mode="colocate",
@@ -305,7 +306,7 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
     # TRL's arguments before the policy: under ZeRO-3 they make the DeepSpeed config known, so the
     # policy is partitioned as it loads.
     args = trl_grpo_args(settings, out, fmt, has_val=val_ds is not None, use_vllm=use_vllm)
-    model = load_causal_lm(policy_dir, device=device, dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+    model = load_causal_lm(policy_dir, device=device, dtype=weights_dtype(settings.bf16))
     note_loaded("policy", model)
     if fmt.stop_strings and not use_vllm:
         _stop_at_strings(model, tokenizer, fmt.stop_strings)

@@ -19,14 +19,32 @@ def world_size() -> int:
 
 
 def use_bf16(bf16: bool | None) -> bool:
-    """None: bf16 exactly when a CUDA GPU supports it (CPU runs in fp32)."""
+    """Whether a trainer computes in bf16. None: exactly when a CUDA GPU supports it (CPU runs in fp32).
+
+    True on CPU: bf16 autocast over fp32 weights (the optimizer updates fp32 values), which is 2x faster
+    where the CPU has AMX or AVX512-BF16 (measured on SmolLM2-135M here: forward + backward + AdamW of 8 x 450
+    tokens, 8.8 s against 19-21 s) and slower, but still correct, where it has neither."""
     import torch
 
     if bf16 is None:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if bf16 and not torch.cuda.is_available():
-        raise TrainingSetupError("bf16: true needs a CUDA GPU; set bf16: null (auto) or false on CPU")
-    return bf16
+    return bool(bf16)
+
+
+def weights_dtype(bf16: bool | None) -> str:
+    """The dtype a trainer loads its policy in: bf16 on a GPU when computing in bf16 (DeepSpeed and FSDP2 keep
+    fp32 master copies), else fp32 (on CPU, autocast computes in bf16 and the optimizer steps fp32 weights)."""
+    import torch
+
+    return "bfloat16" if use_bf16(bf16) and torch.cuda.is_available() else "float32"
+
+
+def precision_args(bf16: bool | None) -> dict[str, bool]:
+    """transformers TrainingArguments' precision keys: bf16 on CPU needs ``use_cpu`` (its check for a GPU)."""
+    import torch
+
+    on = use_bf16(bf16)
+    return {"bf16": on, **({"use_cpu": True} if on and not torch.cuda.is_available() else {})}
 
 
 def accumulation_steps(global_batch: int, per_device: int, what: str = "global_batch_size",

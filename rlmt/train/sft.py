@@ -33,7 +33,7 @@ from rlmt.thinking import WARM_NOTHINK, WARM_THINK, ThinkingFormat
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback
 from rlmt.train.job import note_loaded, process_state, rank_device, report_rank, train_from
-from rlmt.train.runtime import TrainingSetupError, accumulation_steps, use_bf16
+from rlmt.train.runtime import TrainingSetupError, accumulation_steps, precision_args, weights_dtype
 
 
 def read_sft_rows(path: str | Path) -> list[dict]:
@@ -123,7 +123,7 @@ def trl_sft_args(settings: SFTConfig, work: Path, *, chat_template_path: str | N
         assistant_only_loss=True,
         chat_template_path=chat_template_path,
         gradient_checkpointing=settings.gradient_checkpointing,
-        bf16=use_bf16(settings.bf16),
+        **precision_args(settings.bf16),
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=None,  # CheckpointCallback keeps the last N step-<N> dirs
@@ -167,7 +167,7 @@ def train_sft(model_dir: str | Path, data_path: str | Path, out: str | Path, set
     # TRL's arguments before the model: under ZeRO-3 the model is then partitioned as it loads.
     args = trl_sft_args(settings, work, chat_template_path=template_file)
     model = load_causal_lm(model_dir, device=rank_device(state),
-                           dtype="bfloat16" if use_bf16(settings.bf16) else "float32")
+                           dtype=weights_dtype(settings.bf16))
     note_loaded("policy", model)
     callbacks = [MLflowMetricsCallback(),
                  CheckpointCallback(work, fmt, keep_last=settings.save_total_limit)]

@@ -114,6 +114,50 @@ def test_trainers_score_with_the_reward_models_spec(tiny_zoo, monkeypatch):
     assert flags == [True, False]
 
 
+class _ScorerReached(Exception):
+    """Raised by the recording answer_scorer below: the trainer got as far as building its scorer."""
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dpo", "ppo"])
+def test_the_cli_passes_the_cells_reward_model_entry_through_the_trainer_to_its_scorer(algo, tiny_zoo, tmp_path,
+                                                                                        monkeypatch):
+    """`rlmt train <algo>` -> train_<algo> -> answer_scorer: the cell's `reward_models.<rm>` entry arrives whole
+    (trust_remote_code and the token budget), with the real command and trainer up to the scorer."""
+    import importlib
+
+    import polars as pl
+    import yaml
+    from typer.testing import CliRunner
+
+    from rlmt.cli import app
+
+    raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    raw["reward_models"]["tiny-rm"].update(max_tokens_per_batch=777, trust_remote_code=True)
+    raw["algorithms"]["dpo"].update(samples_per_prompt=2, min_parsable=2)
+    raw["generation"]["sampling"].update(max_new_tokens_nothink=4)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    rows = [{"id": f"p{i}", "messages": [{"role": "user", "content": f"Say {i}."}], "source": "demo", "n_tokens": 4}
+            for i in range(4)]
+    pl.DataFrame(rows).write_parquet(tmp_path / "train.parquet")
+    module = importlib.import_module(f"rlmt.train.{algo}")
+    seen = []
+
+    def recording_scorer(model_dir, fmt, spec, **kwargs):
+        seen.append(spec)
+        raise _ScorerReached
+
+    monkeypatch.setattr(module, "answer_scorer", recording_scorer)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    result = CliRunner().invoke(app, ["train", algo, "--config", str(tmp_path / "config.yaml"),
+                                      "--cell", f"{algo}__llama-base__warm-start__nothink__tiny-rm__demo",
+                                      "--policy", str(tiny_zoo["llama-instruct"]), "--reward-model",
+                                      str(tiny_zoo["reward"]), "--train", str(tmp_path / "train.parquet"),
+                                      "--out", str(tmp_path / "out")])
+    assert isinstance(result.exception, _ScorerReached), result.output
+    [spec] = seen
+    assert spec.max_tokens_per_batch == 777 and spec.trust_remote_code is True and spec.source == "tiny:reward"
+
+
 def test_dpo_refuses_a_samples_file_with_the_wrong_count_per_prompt(tmp_path):
     from rlmt.train.dpo import check_samples_per_prompt
     from rlmt.train.runtime import TrainingSetupError

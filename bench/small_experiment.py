@@ -47,37 +47,71 @@ def effective_config(config: Path, overlays: list[Path]) -> dict:
     return cfg
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """RSS of `pid` and all its descendants now (processes that vanish meanwhile count as 0)."""
+def job_label(cmdline: list[str]) -> str | None:
+    """'train grpo CELL' for a pipeline command (``python -m rlmt.cli train grpo --cell CELL ...``), else None."""
+    if "rlmt.cli" not in cmdline:
+        return None
+    args = cmdline[cmdline.index("rlmt.cli") + 1:]
+    words = []
+    for a in args:
+        if a.startswith("-"):
+            break
+        words.append(a)
+    for flag in ("--cell", "--policy-name", "--model-name", "--out"):
+        if flag in args[:-1]:
+            words.append(args[args.index(flag) + 1])
+            break
+    if "--bench" in args[:-1]:
+        words.append(args[args.index("--bench") + 1])
+    return " ".join(words)
+
+
+def tree_snapshot(pid: int) -> tuple[int, frozenset[str]]:
+    """RSS of `pid` and all its descendants now (processes that vanish meanwhile count as 0), and the pipeline
+    commands running among them."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, frozenset()
+    total, labels = 0, set()
     for p in procs:
         try:
             total += p.memory_info().rss
+            label = job_label(p.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+            continue
+        if label:
+            labels.add(label)
+    return total, frozenset(labels)
 
 
 class PeakSampler(threading.Thread):
+    """The peak of the job tree's RSS sum, overall and per set of pipeline commands running at the time."""
+
     def __init__(self, pid: int, every_s: float):
         super().__init__(daemon=True)
         self.pid, self.every_s, self.peak, self._done = pid, every_s, 0, threading.Event()  # not _stop: that would shadow the Thread method join() calls
+        self.peak_by_jobs: dict[frozenset[str], int] = {}
 
     def run(self) -> None:
         while not self._done.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(self.pid))
+            total, labels = tree_snapshot(self.pid)
+            self.peak = max(self.peak, total)
+            if labels:
+                self.peak_by_jobs[labels] = max(self.peak_by_jobs.get(labels, 0), total)
             self._done.wait(self.every_s)
 
     def stop(self) -> None:
         self._done.set()
         self.join()
+
+    def stage_lines(self, top: int = 6) -> list[str]:
+        """The `top` largest peaks by the pipeline commands running then, largest first."""
+        ranked = sorted(self.peak_by_jobs.items(), key=lambda kv: -kv[1])[:top]
+        return [f"  - {peak / 2**30:.2f} GiB: {' + '.join(sorted(jobs))}" for jobs, peak in ranked]
 
 
 def _json(path: Path) -> dict | None:
@@ -199,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                  if args.resume else "")
               + f"- snakemake exit status: {rc}\n"
               f"- wall time: {wall / 60:.1f} min\n"
-              f"- peak memory of the job tree: {sampler.peak / 2**30:.2f} GiB (RSS sum, sampled every {args.sample_s:g} s)\n")
+              f"- peak memory of the job tree: {sampler.peak / 2**30:.2f} GiB (RSS sum, sampled every {args.sample_s:g} s)\n"
+              + "- largest peaks by the pipeline commands running at the time:\n"
+              + "".join(line + "\n" for line in sampler.stage_lines()))
     text = header + "\n" + table(workdir, cfg) + "\n"
     with open(workdir / "small_experiment.md", "a" if args.resume else "w") as fh:
         fh.write(text + "\n")

@@ -53,16 +53,20 @@ def _needs_smollm2():
 # ----------------------------------------------------------------------------- the plan
 
 
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("small_experiment", ROOT / "bench/small_experiment.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_the_gemma_zero_overlay_plans_zero_cells_against_their_own_prompted_start(tmp_path):
     """config/small_gemma_zero.yaml over small.yaml (the bench's merge): Gemma 3 270M base gets zero-template
     think and no-think policies, each GRPO cell is compared with its own zero policy, and the preflight finds
     no blocker."""
     from rlmt.preflight import run as preflight
 
-    spec = importlib.util.spec_from_file_location("small_experiment", ROOT / "bench/small_experiment.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    cfg = bench.effective_config(SMALL, [ROOT / "config/small_gemma_zero.yaml"])
+    cfg = _bench_module().effective_config(SMALL, [ROOT / "config/small_gemma_zero.yaml"])
     plan = Plan(parse_config(cfg))
     assert sorted(plan.zero_policies()) == ["gemma3-base__zero__nothink", "gemma3-base__zero__think"]
     zero = [c for c in plan.cells if c.start == "zero"]
@@ -73,6 +77,31 @@ def test_the_gemma_zero_overlay_plans_zero_cells_against_their_own_prompted_star
     (tmp_path / "merged.yaml").write_text(yaml.safe_dump(cfg))
     report = preflight(tmp_path / "merged.yaml")
     assert not report.blockers, [(f.cell, f.key, f.message) for f in report.blockers]
+
+
+def test_the_bench_attributes_its_memory_peak_to_the_pipeline_command_running_then():
+    """A real child process whose command line is a pipeline command's holds 300 MB; the sampler names it with
+    a peak of at least that, and a command that is not the pipeline's gets no label."""
+    import time
+
+    bench = _bench_module()
+    assert bench.job_label(["python", "-m", "rlmt.cli", "train", "grpo", "--config", "c.yaml", "--cell", "C1"]) \
+        == "train grpo C1"
+    assert bench.job_label(["python", "-m", "rlmt.cli", "eval", "generate", "--model-name", "M", "--bench",
+                            "ifeval"]) == "eval generate M ifeval"
+    assert bench.job_label(["python", "-m", "snakemake", "all"]) is None
+    hold = "import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(3)"
+    child = subprocess.Popen([sys.executable, "-c", hold, "rlmt.cli", "train", "grpo", "--cell", "C1"])
+    sampler = bench.PeakSampler(os.getpid(), 0.2)
+    sampler.start()
+    child.wait()
+    time.sleep(0.3)
+    sampler.stop()
+    peaks = {" + ".join(sorted(jobs)): peak for jobs, peak in sampler.peak_by_jobs.items()}
+    assert "train grpo C1" in peaks, peaks
+    assert peaks["train grpo C1"] >= 300 * 2**20
+    assert sampler.peak >= peaks["train grpo C1"]
+    assert sampler.stage_lines()[0].endswith("train grpo C1")
 
 
 def test_small_plan_trains_its_reward_model_and_compares_each_cell_with_its_own_start(raw):

@@ -27,11 +27,15 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from rlmt.jsonl import iter_json_lines  # noqa: E402 - the checkout's package, as small_experiment.py reads it
+
 LEVELS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every object of a pipeline JSONL file; a malformed line is an error naming its file and line."""
+    return [obj for _, obj in iter_json_lines(path, ValueError)]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

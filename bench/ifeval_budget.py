@@ -67,12 +67,14 @@ def estimate(before: dict[str, dict], after: dict[str, dict], sample: list[str],
     scale = n_capped / len(sample)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(sample), size=(n_resamples, len(sample)))
+    counts_before = {i: verdicts(r, n_instructions[i]) for i, r in before.items()}
+    counts_after = {i: verdicts(after[i], n_instructions[i]) for i in sample}
     out = {}
     for level in LEVELS:
-        full = [verdicts(r, n_instructions[i])[level] for i, r in before.items()]
-        passed, counted = sum(p for p, _ in full), sum(n for _, n in full)
-        old = np.array([verdicts(before[i], n_instructions[i])[level] for i in sample], dtype=float)
-        new = np.array([verdicts(after[i], n_instructions[i])[level] for i in sample], dtype=float)
+        passed = sum(c[level][0] for c in counts_before.values())
+        counted = sum(c[level][1] for c in counts_before.values())
+        old = np.array([counts_before[i][level] for i in sample], dtype=float)
+        new = np.array([counts_after[i][level] for i in sample], dtype=float)
         delta = new - old  # (passes, counted) per sampled prompt
 
         def rate(gain: np.ndarray) -> float:

@@ -94,7 +94,7 @@ def test_the_bench_attributes_its_memory_peak_to_the_pipeline_command_running_th
     child = subprocess.Popen([sys.executable, "-c", hold, "rlmt.cli", "train", "grpo", "--cell", "C1"])
     sampler = bench.PeakSampler(os.getpid(), 0.2)
     sampler.start()
-    child.wait()
+    child.wait(timeout=60)
     time.sleep(0.3)
     sampler.stop()
     peaks = {" + ".join(sorted(jobs)): peak for jobs, peak in sampler.peak_by_jobs.items()}

@@ -3,6 +3,7 @@
     .venv/bin/python bench/small_experiment.py                       # the whole config, in bench/runs/small/
     .venv/bin/python bench/small_experiment.py --workdir DIR --overlay tests/small_overlay.yaml
     .venv/bin/python bench/small_experiment.py --continue TARGET...  # go on with an interrupted run, to some targets
+    .venv/bin/python bench/small_experiment.py --workdir DIR --table-only  # the table of a finished run, again
 
 Snakemake runs in ``--workdir`` (its ``results/`` must not exist: a clean run, never a partly cached one)
 with the config file(s) given; ``--overlay`` files are merged over the config first (nested mappings merged,
@@ -126,16 +127,33 @@ def _metric(scores: dict | None, name: str) -> str:
     return f"{m['value']:.1f}{ci}"
 
 
-def _format_stats(generations: Path) -> tuple[str, str]:
-    """(format rate %, mean thought length in words) of a generations file."""
+# The extraction issues (rlmt.thinking) of an output whose thought leaked past its delimiter: the answer holds
+# '<think>' or a second '</think>' (a policy looping on its thought after answering shows here).
+LEAK_ISSUES = ("repeated-delimiter", "think-tag-in-answer")
+
+
+def _format_stats(generations: Path) -> tuple[str, str, str]:
+    """(format rate %, share % of outputs with a thinking tag in the answer, mean thought length in words) of a
+    generations file."""
     if not generations.is_file():
-        return "n/a", "n/a"
-    rows = [json.loads(x) for x in generations.read_text().splitlines() if x.strip()]
+        return "n/a", "n/a", "n/a"
+    sys.path.insert(0, str(ROOT))
+    from rlmt.jsonl import iter_json_lines
+
+    rows = [row for _, row in iter_json_lines(generations, ValueError)]
     if not rows:
-        return "n/a", "n/a"
+        return "n/a", "n/a", "n/a"
     rate = 100.0 * sum(bool(r["well_formed"]) for r in rows) / len(rows)
+    leaked = 100.0 * sum(any(i in LEAK_ISSUES for i in r.get("issues") or ()) for r in rows) / len(rows)
     thoughts = [len((r.get("thought") or "").split()) for r in rows]
-    return f"{rate:.1f}", f"{sum(thoughts) / len(thoughts):.0f}"
+    return f"{rate:.1f}", f"{leaked:.1f}", f"{sum(thoughts) / len(thoughts):.0f}"
+
+
+def _winrate_both(scores: dict | None) -> str:
+    """The win rate over the prompts where both models answered, with its n (reward-winrate metric version 4)."""
+    if not scores or "win_rate_both_answered" not in scores.get("metrics", {}):
+        return "n/a"
+    return f"{_metric(scores, 'win_rate_both_answered')} (n={scores['metrics']['win_rate_both_answered']['n']})"
 
 
 def table(workdir: Path, cfg: dict) -> str:
@@ -155,19 +173,20 @@ def table(workdir: Path, cfg: dict) -> str:
                          f"on {held['n']} pairs ({ev['train_pairs']} training pairs, train loss {ev['train_loss']:.3f})")
         else:
             lines.append(f"Reward model {rm}: no rm_eval.json")
-    lines += ["", "| cell | reference | reward win rate [95% CI] | IFEval prompt strict | prompt loose | "
-              "inst strict | inst loose | format rate % (IFEval) | thought words (IFEval) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| cell | reference | reward win rate [95% CI] | win rate, both answered | IFEval prompt strict | "
+              "prompt loose | inst strict | inst loose | format rate % (IFEval) | tag in answer % (IFEval) | "
+              "thought words (IFEval) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     baselines = plan.cfg.evaluation.baselines  # untrained models: IFEval only, no win rate
     for cell in [*plan.cell_names, *baselines]:
         wr = _json(res / "eval" / cell / "reward-winrate" / "scores.json")
         ife = _json(res / "eval" / cell / "ifeval" / "scores.json")
-        rate, thought = _format_stats(res / "eval" / cell / "ifeval" / "generations.jsonl")
+        rate, leaked, thought = _format_stats(res / "eval" / cell / "ifeval" / "generations.jsonl")
         ife_metrics = [_metric(ife, k) for k in ("prompt_strict", "prompt_loose",
                                                    "instruction_strict", "instruction_loose")]
         reference = "(untrained)" if cell in baselines else plan.winrate_reference(cell)
-        lines.append(f"| {cell} | {reference} | {_metric(wr, 'win_rate')} | "
-                     + " | ".join(ife_metrics) + f" | {rate} | {thought} |")
+        lines.append(f"| {cell} | {reference} | {_metric(wr, 'win_rate')} | {_winrate_both(wr)} | "
+                     + " | ".join(ife_metrics) + f" | {rate} | {leaked} | {thought} |")
     return "\n".join(lines)
 
 
@@ -182,11 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--continue", dest="resume", action="store_true",
                     help="Continue an interrupted run in --workdir (its results/ and config.yaml kept; the wall "
                          "time and peak memory printed are this invocation's only, and the header says so).")
+    ap.add_argument("--table-only", action="store_true",
+                    help="Print the results table of the finished run in --workdir (its config.yaml and results/), "
+                         "run nothing.")
     ap.add_argument("targets", nargs="*", default=["all"],
                     help="Snakemake targets (default: all), e.g. the win-rate scores.json files alone.")
     args = ap.parse_args(argv)
 
     workdir = args.workdir.resolve()
+    if args.table_only:
+        if not (workdir / "config.yaml").is_file():
+            print(f"--table-only: {workdir / 'config.yaml'} does not exist (no run there)", file=sys.stderr)
+            return 2
+        print(table(workdir, yaml.safe_load((workdir / "config.yaml").read_text())))
+        return 0
     if args.resume:
         if not (workdir / "config.yaml").is_file():
             print(f"--continue: {workdir / 'config.yaml'} does not exist (nothing to continue)", file=sys.stderr)

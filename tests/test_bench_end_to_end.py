@@ -134,7 +134,10 @@ def test_reward_winrate_against_the_reward_model(mixture_dir, scorer):
     assert expected[2] == 0.5  # the same answer to the same prompt ties
     assert result.metrics["win_rate"].value == pytest.approx(100 * sum(expected) / 4)
     assert result.extra["n_identical_answers"] == 1 and result.extra["tie_tolerance"] == 1e-4
-    assert "identical reward-model inputs tie" in result.extra["tie_rule"] and result.metric_version == "3"
+    assert "identical reward-model inputs tie" in result.extra["tie_rule"] and result.metric_version == "4"
+    # every pair answered: the both-answered win rate is the win rate, over the same 4 items
+    assert result.metrics["win_rate_both_answered"].value == pytest.approx(100 * sum(expected) / 4)
+    assert result.metrics["win_rate_both_answered"].n == 4
 
     # identical answers everywhere: exactly 50 %; a policy without an answer loses and is failed
     same = bench.score(items, ref_gens, reference_generations=ref_gens, scorer=scorer)
@@ -144,6 +147,9 @@ def test_reward_winrate_against_the_reward_model(mixture_dir, scorer):
     res = bench.score(items, gens, reference_generations=ref_gens, scorer=scorer)
     assert res.n_failed == 1 and res.per_item[0].value is None and res.per_item[1].value == 1.0
     assert res.extra["n_reference_no_answer"] == 1 and res.extra["n_neither_answered"] == 0
+    # only items 2 and 3 have two answers: the unanswered reference's free win is not in it
+    assert res.metrics["win_rate_both_answered"].n == 2
+    assert res.metrics["win_rate_both_answered"].value == pytest.approx(100 * (expected[2] + expected[3]) / 2)
     # neither answered: a tie, not a loss (a policy failing exactly as its start did has not lost to it)
     ref_gens[items[0].id] = {"id": items[0].id, "answer": "", "answer_found": False}
     both = bench.score(items, gens, reference_generations=ref_gens, scorer=scorer)

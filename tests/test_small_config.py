@@ -104,6 +104,42 @@ def test_the_bench_attributes_its_memory_peak_to_the_pipeline_command_running_th
     assert sampler.stage_lines()[0].endswith("train grpo C1")
 
 
+def test_the_bench_table_shows_the_both_answered_win_rate_and_thinking_tags_leaked_into_answers(tmp_path, raw):
+    """The table reads a finished run's files: hand-written here (a think cell whose answers leak tags, a no-think
+    cell scored before reward-winrate metric version 4), every number in it worked out by hand."""
+    bench = _bench_module()
+    res = tmp_path / "results"
+
+    def write(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def metric(value, lo, hi, n):
+        return {"value": value, "ci_low": lo, "ci_high": hi, "n": n}
+
+    write(res / "eval" / THINK / "reward-winrate" / "scores.json", json.dumps({"metrics": {
+        "win_rate": metric(73.4, 62.5, 83.6, 64), "win_rate_both_answered": metric(60.0, 42.9, 74.3, 35)}}))
+    write(res / "eval" / NOTHINK / "reward-winrate" / "scores.json",
+          json.dumps({"metrics": {"win_rate": metric(64.8, 53.1, 76.6, 64)}}))
+    rows = [  # thoughts of 3, 1, 2 and 0 words; one well-formed; two with a tag in the answer
+        {"well_formed": True, "issues": [], "thought": "one two three"},
+        {"well_formed": False, "issues": ["think-tag-in-answer"], "thought": "a"},
+        {"well_formed": False, "issues": ["repeated-delimiter", "think-tag-in-answer"], "thought": "b c"},
+        {"well_formed": False, "issues": ["missing-delimiter"], "thought": ""},
+    ]
+    write(res / "eval" / THINK / "ifeval" / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in bench.table(tmp_path, raw).splitlines()
+             if line.startswith("| ")}
+    think = lines[THINK].strip("| ").split(" | ")
+    assert think[2:4] == ["73.4 [62.5, 83.6]", "60.0 [42.9, 74.3] (n=35)"]
+    assert think[-3:] == ["25.0", "50.0", "2"]  # format rate, tag in answer %, mean thought words (6 / 4 -> 2)
+    nothink = lines[NOTHINK].strip("| ").split(" | ")
+    assert nothink[2:4] == ["64.8 [53.1, 76.6]", "n/a"]
+    header = lines["cell"].strip("| ").split(" | ")
+    assert header[3] == "win rate, both answered" and header[-2] == "tag in answer % (IFEval)"
+    assert len(header) == len(think) == len(nothink)
+
+
 def test_small_plan_trains_its_reward_model_and_compares_each_cell_with_its_own_start(raw):
     plan = Plan(parse_config(raw))
     assert plan.cell_names == [THINK, NOTHINK]

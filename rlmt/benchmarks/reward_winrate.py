@@ -28,6 +28,13 @@ Outcomes when an answer is missing: policy without an answer loses (failed, coun
 ``extra.n_neither_answered``: a policy that fails exactly as its reference does has not lost to
 it); reference without an answer while the policy answered is a policy win (counted in
 ``extra.n_reference_no_answer``).
+
+Metrics: ``win_rate`` (alias ``score``) over every item, by the outcomes above; and
+``win_rate_both_answered`` (since metric version 4), the same over only the items where both models
+answered, with its own CI and ``n``. The two differ when one model fails the format more often than
+the other: ``win_rate`` counts an unanswered reference as a win, so a policy that merely closes its
+thought more often than its start can win on format alone; ``win_rate_both_answered`` compares answers
+with answers.
 """
 
 from __future__ import annotations
@@ -79,7 +86,8 @@ def _tie_tolerance(options: dict) -> float:
 @register
 class RewardWinRate(Benchmark):
     name: ClassVar[str] = "reward-winrate"
-    metric_version: ClassVar[str] = "3"  # 3: neither answered ties (was a loss)
+    # 3: neither answered ties (was a loss); 4: adds win_rate_both_answered (win_rate unchanged)
+    metric_version: ClassVar[str] = "4"
 
     def load_items(self, data_dir: Path | None, limit: int | None = None, seed: int = 0) -> list[Item]:
         mixture_dir = self.options.get("mixture_dir")
@@ -167,11 +175,14 @@ class RewardWinRate(Benchmark):
 
         ordered = [per_item[item.id] for item in items]
         values = [s.value if s.value is not None else 0.0 for s in ordered]
-        metric = mean_metric(values, seed=int(ctx.get("seed", 0)))
+        seed = int(ctx.get("seed", 0))
+        metric = mean_metric(values, seed=seed)
+        both = [s.value for s in ordered if s.value is not None and s.details.get("reference_reward") is not None]
         margins = [s.details["policy_reward"] - s.details["reference_reward"] for s in ordered
                    if s.value is not None and s.details.get("reference_reward") is not None]
         return BenchmarkResult(
-            benchmark=self.name, metrics={"score": metric, "win_rate": metric}, n=len(items),
+            benchmark=self.name, metrics={"score": metric, "win_rate": metric,
+                                         "win_rate_both_answered": mean_metric(both, seed=seed)}, n=len(items),
             n_failed=sum(1 for s in ordered if s.value is None), per_item=ordered, metric_version=self.metric_version,
             extra={"n_reference_no_answer": n_reference_no_answer, "n_neither_answered": n_neither,
                    "n_ties": sum(1 for s in ordered if s.value == 0.5),

@@ -18,6 +18,9 @@ CURVES = {
     "kl": ["kl", "policy/kl_to_reference", "objective/kl"],
     "completion_length": ["completions/mean_length", "response/length_mean", "completion_length/mean"],
     "thought_length": ["answer/thought_tokens_mean", "thought_length/mean"],
+    # the share of rollouts that break the thinking format (rlmt.thinking.extract): a policy drifting into a
+    # degenerate layout the reward still pays for (e.g. looping on its thought after answering) shows here first
+    "malformed_fraction": ["answer/malformed_fraction", "response/malformed_fraction"],
     "dpo_margin": ["rewards/margins"],
 }
 

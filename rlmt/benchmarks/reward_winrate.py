@@ -177,9 +177,9 @@ class RewardWinRate(Benchmark):
         values = [s.value if s.value is not None else 0.0 for s in ordered]
         seed = int(ctx.get("seed", 0))
         metric = mean_metric(values, seed=seed)
-        both = [s.value for s in ordered if s.value is not None and s.details.get("reference_reward") is not None]
-        margins = [s.details["policy_reward"] - s.details["reference_reward"] for s in ordered
-                   if s.value is not None and s.details.get("reference_reward") is not None]
+        both_answered = [s for s in ordered if s.value is not None and s.details.get("reference_reward") is not None]
+        both = [s.value for s in both_answered]
+        margins = [s.details["policy_reward"] - s.details["reference_reward"] for s in both_answered]
         return BenchmarkResult(
             benchmark=self.name, metrics={"score": metric, "win_rate": metric,
                                          "win_rate_both_answered": mean_metric(both, seed=seed)}, n=len(items),

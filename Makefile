@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-deps test-random test-slurm test-env-build test-browser venv lint report small-models small-models-gemma
+.PHONY: run test test-deps test-random test-slurm test-small test-env-build test-browser venv lint report small-models small-models-gemma
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-random: test-deps
 # The real-Slurm tests (a local cluster started by tests/slurm/cluster.sh; root): a CI step of their own.
 test-slurm: test-deps
 	$(PYTEST) -m slurm
+
+# The reduced config/small.yaml run on the real SmolLM2 and data (tests/small_overlay.yaml; 26 jobs): a CI step of its own.
+test-small: test-deps
+	$(PYTEST) -m small_wiring
 
 # The MLflow UI in Debian's headless chromium (installed with apt when missing and root): CI's second step.
 test-browser: test-deps

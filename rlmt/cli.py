@@ -71,19 +71,26 @@ def preflight_cmd(config: Path = ConfigOpt,
                                                       "configs) resolve against; default: the workflow's source tree, "
                                                       "as in a Snakemake run."),
                   done: Optional[Path] = typer.Option(None, help="Write this file when no blocker is found "
-                                                      "(the workflow's marker that training may start).")) -> None:
-    """Check every cell for what would fail hours into a run (templates, launcher, schedule, memory, resources)."""
+                                                      "(the workflow's marker that training may start)."),
+                  trace: bool = typer.Option(True, "--trace/--no-trace", help="Trace each GPU job's step on fake "
+                                             "tensors (cached); --no-trace says what it did not check."),
+                  cache_dir: Optional[Path] = typer.Option(None, help="Trace cache (default: the config's "
+                                                           "preflight.cache_dir).")) -> None:
+    """Check every cell for what would fail hours into a run: templates, launcher, schedule, GPU memory (traced on
+    fake tensors through the real model code), vLLM's KV cache, runtime against the Slurm limit, disk, host memory."""
     from rlmt.preflight import PreflightBlocked, blocker_lines, gate, run
 
     if done is not None:
         try:
-            report = gate(config, done, root=root)
+            report = gate(config, done, root=root, trace=trace, cache_dir=cache_dir)
         except PreflightBlocked as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(1) from None
         typer.echo(report.table())
         return
-    report = run(config, root=root)
+    report = run(config, root=root, trace=trace, cache_dir=cache_dir)
+    if report.budgets:
+        typer.echo(report.budget_table() + "\n")
     typer.echo(report.table())
     for line in blocker_lines(report):
         typer.echo(line, err=True)
@@ -611,6 +618,7 @@ def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
     `run(cfg, settings, reward_spec)` calls the algorithm's trainer and returns final/ (`reward_spec`:
     the cell's ``reward_models.<rm>`` entry, so trust_remote_code and the batch budget reach the scorer).
     """
+    from rlmt import algorithms
     from rlmt.tracking import log_dataset_input, stage_run
     from rlmt.train.job import close_process_group
 
@@ -621,7 +629,7 @@ def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
                        params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment,
                        system_metrics=cfg.tracking.system_metrics_interval_s):
             log_dataset_input(inputs["train"])
-            if algo != "dpo":  # DPO validates on its own split of the pairs (logged by train_dpo)
+            if algorithms.get(algo).validates_on_mixture_val:  # DPO: its own split of the pairs (train_dpo logs it)
                 log_dataset_input(inputs.get("val"), context="validation")
             final = run(cfg, settings, cfg.reward_models[cell_obj.rm])
     except _training_errors() as err:

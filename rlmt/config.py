@@ -6,8 +6,10 @@ instances of :class:`RLMTConfig`. `config/schema.yaml` is generated from these m
 models the CLI uses cannot drift apart (a test checks they agree).
 
 Every stage reads its own settings block (``SFTConfig``, ``GRPOConfig`` ...): documented fields
-with the paper's values as defaults, like TRL's trainer configs. This module imports nothing
-heavy so that ``snakemake -n`` stays fast.
+with the paper's values as defaults, like TRL's trainer configs. Each block is defined in its
+algorithm's module under ``rlmt/algorithms/`` and re-exported here; the ``algorithms`` and
+``overrides`` blocks and the grid's ``algo`` axis are built from that registry. This module imports
+nothing heavy so that ``snakemake -n`` stays fast.
 """
 
 from __future__ import annotations
@@ -18,9 +20,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
-ALGORITHMS = ("grpo", "ppo", "dpo")
+from rlmt import algorithms
+
+# Defined with their algorithms and re-exported: `from rlmt.config import GRPOConfig` keeps working.
+from rlmt.algorithms.dpo import DPOConfig  # noqa: F401
+from rlmt.algorithms.grpo import GRPOConfig  # noqa: F401
+from rlmt.algorithms.ppo import PPOConfig  # noqa: F401
+from rlmt.algorithms.schedule import Schedule
+from rlmt.algorithms.settings import CheckpointConfig, RolloutConfig, Strict  # noqa: F401
+from rlmt.algorithms.sft import SFTConfig  # noqa: F401
+
+ALGORITHMS = algorithms.cell_algorithms()  # ("grpo", "ppo", "dpo"): a grid cell's algo
 STARTS = ("warm-start", "zero", "none")
 OWN_START = "own-start"  # evaluation.reference_model: each cell against its own starting policy
 NAME_RE = r"^[a-z0-9][a-z0-9.\-]*$"  # cell parts are joined with "__", so no underscores
@@ -28,12 +41,6 @@ NAME_RE = r"^[a-z0-9][a-z0-9.\-]*$"  # cell parts are joined with "__", so no un
 
 class ConfigError(ValueError):
     """An invalid configuration, with a message that names the offending key."""
-
-
-class Strict(BaseModel):
-    """Base for every config block: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --------------------------------------------------------------------------- models
@@ -186,188 +193,10 @@ class SFTDataSpec(Strict):
 
 # --------------------------------------------------------------------------- training
 
-
-class SFTConfig(Strict):
-    """Warm-start SFT (paper Table 5)."""
-
-    learning_rate: float = 4e-6
-    num_train_epochs: float = 2
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    global_batch_size: int = Field(default=16, description="Examples per optimizer step over all devices.")
-    warmup_ratio: float = 0.1
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 1e-4
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    max_length: int = 20000
-    chat_template_path: str | None = Field(
-        default=None, description="Jinja template with {% generation %} markers for the assistant-only loss, for "
-        "chat templates that lack them and that TRL cannot patch (e.g. Llama-3.1-Instruct's); None: the model's own. "
-        "'package:<name>' names a template shipped in rlmt/resources/chat_templates/ (package:llama3_1_training, "
-        "package:qwen2_5_training); '{family}' expands to the model's family's shipped template.")
-    gradient_checkpointing: bool = False
-    bf16: bool | None = Field(default=None, description="None: bf16 when a GPU supports it.")
-    save_steps: int = 200
-    save_total_limit: int = 2
-    max_steps: int = -1
-    seed: int = 0
-
-
-class RolloutConfig(Strict):
-    """Sampling from the policy during RL."""
-
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_prompt_length: int = Field(default=1024, description="Longer prompts keep their last tokens (see truncation_side).")
-    truncation_side: Literal["left"] = Field(
-        default="left", description="How an over-long prompt is cut, the same for GRPO and PPO: its last "
-        "max_prompt_length tokens are kept, so the generation prompt is never cut (verl's truncation: left).")
-    max_completion_length: int = 4096
-    use_vllm: bool | None = Field(default=None, description="None: use vLLM when it is installed and a GPU is present.")
-    vllm_gpu_memory_utilization: float = Field(default=0.4, gt=0, le=1, description="Share of each GPU's memory "
-                                               "vLLM takes, colocated with training (reference: 0.4).")
-
-
-class CheckpointConfig(Strict):
-    save_steps: int = 45
-    save_total_limit: int | None = Field(default=None, description="Keep the last N checkpoints (None: all).")
-    select_step: int | Literal["last", "best_val_reward"] = Field(
-        default="last", description="Checkpoint to evaluate (the paper's README took step 135 of 234).")
-
-
-def _check_validation(val_prompts: int | None, checkpoints: CheckpointConfig) -> None:
-    if val_prompts == 0 and checkpoints.select_step == "best_val_reward":
-        raise ValueError("checkpoints.select_step 'best_val_reward' needs validation, but val_prompts is 0")
-
-
-class GRPOConfig(Strict):
-    """GRPO with the answer-only reward (PAPER.md §4.2): reference settings, never TRL's defaults."""
-
-    learning_rate: float = 1e-6
-    prompts_per_step: int = Field(default=64, ge=1, description="Prompts per rollout (verl's train_batch_size).")
-    prompts_per_update: int | None = Field(
-        default=None, ge=1, description="Prompts per optimizer update (verl's ppo_mini_batch_size): a rollout of "
-        "prompts_per_step makes prompts_per_step / prompts_per_update updates. None: one update per rollout.")
-    num_generations: int = 8
-    num_train_epochs: float = 2
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    weight_decay: float = 0.01
-    lr_scheduler_type: str = "constant"
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    beta: float = Field(default=0.001, description="KL coefficient (k3 / low_var_kl estimator, as a loss term).")
-    entropy_coef: float = Field(default=0.001, description="Entropy bonus where TRL offers it.")
-    epsilon: float = Field(default=0.2, description="Clip ratio.")
-    loss_type: str = Field(default="dapo", description="Token-mean aggregation over the batch (verl's token-mean).")
-    scale_rewards: Literal["group", "batch", "none"] = Field(default="group", description="Divide advantages by the group std.")
-    num_iterations: int = Field(default=1, description="PPO epochs per rollout batch.")
-    vllm_importance_sampling_correction: bool = Field(
-        default=False, description="TRL's importance weight between the vLLM sampler and the trained policy "
-        "(TRL's default is on); the reference had none.")
-    strict: bool = Field(default=False, description="Score malformed outputs as '[NULL]' (reference: instruct models only).")
-    val_prompts: int | None = Field(
-        default=None, ge=0, description="Validation prompts (the mixture's val split, first N) sampled "
-        "num_generations times and scored at each checkpoint (for select_step: best_val_reward); None: all; "
-        "0: no validation.")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    log_samples_every: int = 10
-    bf16: bool | None = None
-    gradient_checkpointing: bool = False
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _update_geometry(self) -> "GRPOConfig":
-        if self.prompts_per_update is not None and self.prompts_per_step % self.prompts_per_update:
-            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of prompts_per_update "
-                             f"({self.prompts_per_update})")
-        _check_validation(self.val_prompts, self.checkpoints)
-        return self
-
-    @property
-    def updates_per_rollout(self) -> int:
-        """Optimizer updates per rollout batch (over all num_iterations passes)."""
-        return self.num_iterations * self.prompts_per_step // (self.prompts_per_update or self.prompts_per_step)
-
-
-class PPOConfig(Strict):
-    """Actor-critic PPO with GAE (PAPER.md §4.3); names follow the reference configs."""
-
-    learning_rate: float = 1e-6
-    critic_lr: float = 1e-5
-    prompts_per_step: int = 64
-    mini_batch_size: int = 16
-    ppo_epochs: int = 1
-    num_train_epochs: float = 2
-    max_steps: int = -1
-    clip_ratio: float = 0.2
-    cliprange_value: float = 0.5
-    gamma: float = 1.0
-    lam: float = 1.0
-    kl_coef: float = Field(default=0.0, description="Per-token KL penalty in the reward (reference configs: none).")
-    entropy_coef: float = 0.0
-    whiten_advantages: bool = True
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    critic: Literal["value-head", "token-classification"] = Field(
-        default="value-head", description="Critic initialised from the policy: its body plus a zero-initialised "
-        "linear value head, or a one-label AutoModelForTokenClassification (verl's critic).")
-    micro_batch_size: int = Field(default=16, ge=1, description="Sequences per forward/backward pass on one device "
-                                  "(the reference's micro-batch 16 per GPU); gradients accumulate over a mini-batch.")
-    generation_batch_size: int = Field(default=64, ge=1, description="Prompts per generate() call in a rollout.")
-    val_prompts: int | None = Field(default=64, ge=0, description="Validation prompts scored at each checkpoint "
-                                    "(for select_step: best_val_reward); None: all; 0: no validation.")
-    strict: bool = False
-    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(max_prompt_length=896))
-    checkpoints: CheckpointConfig = Field(default_factory=lambda: CheckpointConfig(save_steps=55))
-    log_samples_every: int = 10
-    bf16: bool | None = None
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _validation(self) -> "PPOConfig":
-        _check_validation(self.val_prompts, self.checkpoints)
-        return self
-
-    @property
-    def updates_per_rollout(self) -> int:
-        """Optimizer updates per rollout: one per mini-batch, ppo_epochs passes."""
-        return self.ppo_epochs * max(self.prompts_per_step // self.mini_batch_size, 1)
-
-
-class DPOConfig(Strict):
-    """On-policy DPO (PAPER.md §4.4): pairs sampled from the initial policy, scored answer-only."""
-
-    samples_per_prompt: int = 8
-    min_parsable: int = 4
-    max_pair_tokens: int = 8192
-    val_fraction: float = 0.03
-    beta: float = 0.1
-    learning_rate: float = 3e-7
-    num_train_epochs: float = 2
-    max_steps: int = -1
-    global_batch_size: int = 128
-    per_device_train_batch_size: int = 1
-    warmup_ratio: float = 0.05
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 1e-4
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    max_length: int = 4096
-    strict: bool = False
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    checkpoints: CheckpointConfig = Field(default_factory=lambda: CheckpointConfig(save_steps=100))
-    bf16: bool | None = None
-    seed: int = 42
-
-
-class AlgorithmSettings(Strict):
-    sft: SFTConfig = Field(default_factory=SFTConfig)
-    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
-    dpo: DPOConfig = Field(default_factory=DPOConfig)
+# One settings block per registered algorithm (rlmt.algorithms), in registration order.
+AlgorithmSettings = create_model(
+    "AlgorithmSettings", __base__=Strict, __module__=__name__,
+    **{a.name: (a.settings, Field(default_factory=a.settings)) for a in algorithms.registered()})
 
 
 # --------------------------------------------------------------------------- grid
@@ -376,7 +205,7 @@ class AlgorithmSettings(Strict):
 class GridBlock(Strict):
     """A cartesian product of cell axes; the grid is the union of its blocks."""
 
-    algo: list[Literal["grpo", "ppo", "dpo"]]
+    algo: list[Literal[ALGORITHMS]]
     base: list[str]
     start: list[Literal["warm-start", "zero", "none"]] = Field(
         description="warm-start: SFT first; zero: a base model with the fixed zero template; none: the model as it "
@@ -388,15 +217,12 @@ class GridBlock(Strict):
                                  "Another set than the first adds '__sft-<name>' to the cell name.")
 
 
-class Override(Strict):
-    """Settings for the cells that match: e.g. lr 3e-7 and strict for instruct models."""
-
-    match: dict[str, str | bool | list[str]] = Field(description="Axis -> value (or list of values) to match.")
-    sft: dict[str, Any] = Field(default_factory=dict)
-    grpo: dict[str, Any] = Field(default_factory=dict)
-    ppo: dict[str, Any] = Field(default_factory=dict)
-    dpo: dict[str, Any] = Field(default_factory=dict)
-    note: str | None = None
+Override = create_model(
+    "Override", __base__=Strict, __module__=__name__,
+    __doc__="Settings for the cells that match: e.g. lr 3e-7 and strict for instruct models.",
+    match=(dict[str, str | bool | list[str]], Field(description="Axis -> value (or list of values) to match.")),
+    **{a.name: (dict[str, Any], Field(default_factory=dict)) for a in algorithms.registered()},  # one per algorithm
+    note=(str | None, None))
 
 
 class Cell(BaseModel):
@@ -520,6 +346,27 @@ class TrackingConfig(Strict):
         "than one interval gets none.")
 
 
+class PreflightConfig(Strict):
+    """What ``rlmt preflight`` assumes of the cluster where no measurement exists (each value is stated in its table)."""
+
+    gpu: str = Field(default="h100", description="GPU model of the training nodes (peak bf16 FLOP/s and memory "
+                     "bandwidth from rlmt/resources/gpu_facts.yaml).")
+    mfu: float = Field(default=0.35, gt=0, le=1, description="Model FLOPs utilisation assumed for training steps.")
+    decode_bandwidth_efficiency: float = Field(
+        default=0.6, gt=0, le=1, description="Share of the GPU's memory bandwidth that decoding achieves (each decoding "
+        "step reads the weights and the batch's KV cache once).")
+    trace: bool = Field(default=True, description="Trace each distinct training job on fake tensors through the real "
+                        "model code (cached by its inputs' digest); false: the memory check says what it did not check.")
+    cache_dir: str = Field(default="results/.rlmt/preflight-cache", description="Where traces are cached "
+                           "($RLMT_PREFLIGHT_CACHE overrides it, e.g. one cache for several working directories).")
+    cuda_context_gb: float = Field(default=1.0, ge=0, description="CUDA context and kernels per process (GiB).")
+    nccl_buffers_gb: float = Field(default=1.0, ge=0, description="NCCL communication buffers per process (GiB).")
+    fragmentation: float = Field(default=0.05, ge=0, lt=1, description="Allocator fragmentation margin: this share of "
+                                 "the traced peak is added.")
+    disk_quota_gb: float | None = Field(default=None, gt=0, description="Space for results/ (checkpoints dominate); "
+                                        "None: disk is reported, not checked.")
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -540,6 +387,7 @@ class RLMTConfig(Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     resources: dict[str, Resources] = Field(default_factory=lambda: {"default": Resources()})
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
 
     @field_validator("models", "reward_models", "mixtures", "sft_data")
     @classmethod
@@ -589,7 +437,7 @@ class RLMTConfig(Strict):
             for axis in ov.match:
                 if axis not in Cell.model_fields:
                     raise ValueError(f"overrides[{i}].match: unknown axis {axis!r}; allowed: {sorted(Cell.model_fields)}")
-            for algo in ("sft", "grpo", "ppo", "dpo"):
+            for algo in (a.name for a in algorithms.registered()):
                 block_cls = type(getattr(self.algorithms, algo))
                 try:
                     block_cls.model_validate({**getattr(self.algorithms, algo).model_dump(), **getattr(ov, algo)})
@@ -636,7 +484,7 @@ class RLMTConfig(Strict):
         raise ConfigError(f"cell {name!r} is not in the grid; run `rlmt config cells` to list them")
 
     def settings(self, algo: str, cell: "Cell | dict[str, Any] | None" = None) -> BaseModel:
-        """The settings block of `algo` ('sft', 'grpo', 'ppo', 'dpo') with the cell's overrides applied.
+        """The settings block of `algo` (a registered algorithm: 'sft', 'grpo' ...) with the cell's overrides applied.
 
         `cell` may also be a partial mapping of axes (SFT is shared by the cells of one
         base × think × sft_data): an override matches only if every axis it names is given and equal.
@@ -656,64 +504,27 @@ class RLMTConfig(Strict):
 # --------------------------------------------------------------------------- training schedules
 
 
-class Schedule(BaseModel):
-    """What a cell's training run will do, computed from the config alone (no data, no model)."""
-
-    algo: str
-    total_steps: int = Field(description="Optimizer updates (TRL's global_step; PPO: one step per rollout).")
-    saved_steps: list[int] = Field(description="Steps with a checkpoint: every save_steps, and the last.")
-    rollouts: int = Field(description="Rollout (generation) batches over the run.")
-    detail: str
-
-
 def training_schedule(cfg: "RLMTConfig", cell: Cell, n_train: int | None = None) -> Schedule | None:
     """The step schedule of a cell's RL run; None when it depends on data not known before the run.
 
-    `n_train` defaults to the mixture's n_train. GRPO follows TRL 1.16: the sampler drops a last,
-    incomplete rollout batch of each epoch (``RepeatSampler``), each rollout makes
-    ``updates_per_rollout`` optimizer updates, and the Trainer saves every ``save_steps`` updates and
-    at the last one. PPO (rlmt's own loop) takes one step per rollout of ``prompts_per_step`` prompts
-    over the prompt stream, ``ceil(epochs x n / prompts_per_step)`` steps. DPO's step count depends on
-    how many pairs survive the filters, known only after sampling: None.
+    `n_train` defaults to the mixture's n_train. Each algorithm counts its own steps
+    (``rlmt.algorithms.<algo>.schedule``): GRPO as TRL 1.16 does, PPO one step per rollout of
+    ``prompts_per_step`` prompts; DPO's step count depends on how many pairs survive the filters,
+    known only after sampling: None.
     """
-    import math
-
     n = n_train if n_train is not None else cfg.mixtures[cell.mixture].n_train
-    if n is None or cell.algo == "dpo":
+    if n is None:
         return None
-    s = cfg.settings(cell.algo, cell)
-    if cell.algo == "grpo":
-        rollouts_per_epoch = n // s.prompts_per_step
-        per_epoch = rollouts_per_epoch * s.updates_per_rollout
-        total = s.max_steps if s.max_steps > 0 else math.ceil(s.num_train_epochs * per_epoch)
-        rollouts = math.ceil(total / s.updates_per_rollout)
-        detail = (f"{n} prompts // {s.prompts_per_step} per rollout = {rollouts_per_epoch} rollouts/epoch x "
-                  f"{s.updates_per_rollout} updates x {s.num_train_epochs:g} epochs = {total} updates")
-    else:
-        total = s.max_steps if s.max_steps > 0 else max(1, math.ceil(s.num_train_epochs * n / s.prompts_per_step))
-        rollouts = total
-        detail = f"ceil({s.num_train_epochs:g} epochs x {n} prompts / {s.prompts_per_step} per step) = {total} steps"
-    every = s.checkpoints.save_steps
-    saved = sorted({*range(every, total + 1, every), total})
-    return Schedule(algo=cell.algo, total_steps=total, saved_steps=saved, rollouts=rollouts, detail=detail)
+    return algorithms.get(cell.algo).schedule(cfg.settings(cell.algo, cell), n)
 
 
 def select_step_problem(cfg: "RLMTConfig", cell: Cell, n_train: int | None = None) -> str | None:
     """Why the cell's ``checkpoints.select_step`` cannot be selected at the end of its run, or None."""
     if cell.algo not in ALGORITHMS:
         return None
-    rule = cfg.settings(cell.algo, cell).checkpoints.select_step
-    if not isinstance(rule, int) or isinstance(rule, bool):
-        return None
-    key = f"algorithms.{cell.algo}.checkpoints.select_step"
-    if cell.algo == "dpo":
-        return (f"cell {cell.name}: {key}: {rule}: DPO's number of steps depends on the pairs that survive the "
-                "filters, so a fixed step may never exist; use 'last' or 'best_val_reward'")
-    sched = training_schedule(cfg, cell, n_train)
-    if sched is None or rule in sched.saved_steps:
-        return None
-    return (f"cell {cell.name}: {key}: {rule} is never saved: the run saves steps {sched.saved_steps} "
-            f"({sched.detail})")
+    n = n_train if n_train is not None else cfg.mixtures[cell.mixture].n_train
+    problem = algorithms.get(cell.algo).select_step_problem(cfg.settings(cell.algo, cell), n)
+    return f"cell {cell.name}: algorithms.{cell.algo}.checkpoints.select_step: {problem}" if problem else None
 
 
 KNOWN_BENCHMARKS = {

@@ -5,11 +5,18 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 # Nothing in a test may reach a hub; set before transformers/datasets are imported anywhere.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# One trace cache for the whole session (rlmt preflight traces each distinct GPU job once; every test and every
+# Snakemake run the tests start reuses it), outside the working tree.
+if "RLMT_PREFLIGHT_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["RLMT_PREFLIGHT_CACHE"] = tempfile.mkdtemp(prefix="rlmt-preflight-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -30,6 +37,14 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+def missing_component(reason: str, *, module_level: bool = False) -> NoReturn:
+    """The one rule for a test whose component (a package, a CLI, data) is not here: outside CI it
+    skips, naming what to install; under CI (``in_ci()``) it fails, so a green CI run tested it."""
+    if in_ci():
+        pytest.fail(f"CI must have this: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)
+
+
 def pytest_configure(config) -> None:
     # Under CI the data must be there: 19 tests would otherwise skip and the run go green untested.
     if in_ci() and (DATA_DIR is None or not DATA_DIR.is_dir()):
@@ -43,7 +58,7 @@ def data_dir() -> Path:
     """$RLMT_DATA_DIR, else ../shared/data (CI must have one: see pytest_configure). Outside CI the
     tests that need it skip when neither is set; a RLMT_DATA_DIR that names no directory fails them."""
     if DATA_DIR is None:
-        pytest.skip(f"no data: {SHARED_DATA} is not present and $RLMT_DATA_DIR is not set")
+        missing_component(f"no data: {SHARED_DATA} is not present and $RLMT_DATA_DIR is not set")
     if not DATA_DIR.is_dir():
         pytest.fail(f"$RLMT_DATA_DIR={DATA_DIR} is not a directory")
     return DATA_DIR

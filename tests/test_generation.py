@@ -303,9 +303,12 @@ def test_generate_file_resumes_only_missing_ids(instruct_gen, tiny_zoo, tmp_path
     assert counting.calls == [2, 1]
     first = read_generations(out)
 
+    # One prompt per call from here on: p4 is generated alone now and again after the crash below, so that its two
+    # greedy texts come from the same batch shape (a batch of two pads p4 and may part at a near tie of logits).
     counting.calls.clear()
+    counting.chunk_size = 1
     generate_file(tiny_zoo["llama-instruct"], items, out, params, generator=counting, progress=False)
-    assert counting.calls == [2]  # only p3 and p4
+    assert counting.calls == [1, 1]  # only p3 and p4
     rows = read_generations(out)
     assert [r["id"] for r in rows] == ["p0", "p1", "p2", "p3", "p4"] and rows[:3] == first
 

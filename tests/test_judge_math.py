@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import missing_component
 
 from rlmt.benchmarks.length_control import (fit_l1_logistic, official_lc_win_rate, paper_lc_win_rate,
                                             read_gamed_table)
@@ -113,7 +114,7 @@ def _alpaca_eval_env() -> dict | None:
 def test_official_lc_matches_alpaca_eval_package():
     env = _alpaca_eval_env()
     if env is None:
-        pytest.skip("alpaca_eval 0.6.6 is not importable (it needs pkg_resources, i.e. setuptools<81, which our "
+        missing_component("alpaca_eval 0.6.6 is not importable (it needs pkg_resources, i.e. setuptools<81, which our "
                     "pins exclude); install it with `pip install --no-deps --target DIR alpaca-eval==0.6.6 patsy fire "
                     "termcolor jiter distro sniffio tiktoken openai setuptools==80.9.0` and set "
                     "RLMT_ALPACA_EVAL_PATH=DIR")

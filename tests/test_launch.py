@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ports import free_port
 
 from rlmt.config import Resources
 from rlmt.launch import accelerate_args, launch_command, launch_prefix, slurm_resources
@@ -95,8 +95,9 @@ close_process_group()  # as every rlmt train command ends: without it a rank can
 """
 
 
-def run_probe(tmp_path: Path, res: Resources, env: dict[str, str], *, port: int = 29500) -> list[dict]:
-    """Run the probe under the command rlmt.launch builds for `res`; one record per process, by rank."""
+def run_probe(tmp_path: Path, res: Resources, env: dict[str, str], *, port: int) -> list[dict]:
+    """Run the probe under the command rlmt.launch builds for `res` (rendezvous on `port`, a free one: a fixed
+    port collides with another run on the machine); one record per process, by rank."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
     out = tmp_path / "seen"
@@ -106,12 +107,6 @@ def run_probe(tmp_path: Path, res: Resources, env: dict[str, str], *, port: int 
     done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return sorted((json.loads(p.read_text()) for p in out.glob("rank-*.json")), key=lambda r: r["rank"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parsed_by_accelerate(argv: list[str]):
@@ -170,7 +165,8 @@ def test_slurm_job_for_an_8_gpu_rule_on_two_nodes_starts_one_launcher_per_node_w
 def test_one_node_launch_starts_two_real_gloo_processes(tmp_path):
     """The one-node command runs through accelerate's launcher: 2 processes that see each other."""
     res = Resources(gpus=2, launcher="accelerate", accelerate_config=str(ROOT / "config/accelerate/ddp.yaml"))
-    seen = run_probe(tmp_path, res, {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    seen = run_probe(tmp_path, res, {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+                     port=free_port())
     assert [r["rank"] for r in seen] == [0, 1] and [r["local_rank"] for r in seen] == [0, 1]
     for r in seen:
         assert (r["world"], r["local_world"], r["type"], r["backend"]) == (2, 2, "MULTI_CPU", "gloo")

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -78,8 +79,9 @@ def job(tmp_path_factory):
     return {"work": work, "zoo": zoo, "config": work / "config.yaml"}
 
 
-def launch(job, name: str, accelerate_config: str, train_args: list[str], port: int) -> dict:
-    """One 2-process job through ``rlmt launch``; returns its outputs and the two rank reports."""
+def launch(job, name: str, accelerate_config: str, train_args: list[str]) -> dict:
+    """One 2-process job through ``rlmt launch`` (rendezvous on a free port); returns its outputs and the two
+    rank reports."""
     work = job["work"]
     reports = work / "reports" / name
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "ACCELERATE_USE_CPU": "true",
@@ -87,7 +89,7 @@ def launch(job, name: str, accelerate_config: str, train_args: list[str], port: 
            "RLMT_RANK_REPORT_DIR": str(reports), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TRANSFORMERS_VERBOSITY": "info"}  # the Trainer prints its batch geometry at info
     cmd = [str(BIN / "rlmt"), "launch", "--gpus-per-node", "2", "--accelerate-config",
-           str(ROOT / "config/accelerate" / accelerate_config), "--port", str(port), "--",
+           str(ROOT / "config/accelerate" / accelerate_config), "--port", str(free_port()), "--",
            str(BIN / "rlmt"), "train", *train_args, "--config", str(job["config"])]
     done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=600)
     log = done.stdout + done.stderr
@@ -152,11 +154,17 @@ def test_sft_ddp(job):
     out = job["work"] / "sft-model"
     result = launch(job, "sft-ddp", "ddp.yaml",
                     ["sft", "--model", str(job["zoo"]["llama-instruct"]), "--data", str(job["work"] / "sft.jsonl"),
-                     "--out", str(out)], port=29631)
+                     "--out", str(out)])
     check_job(result, "sft", out)
     assert not Path(str(out) + ".work").exists() and not Path(str(out) + ".tmp").exists()
-    # 8 examples, global batch 4 = 2 per device x 2 processes: one accumulation step, 2 optimizer steps
-    assert "Gradient Accumulation steps = 1" in result["log"] or "'epoch': '1'" in result["log"]
+    # 8 examples, global batch 4 = 2 per device x 2 processes: one accumulation step, 2 optimizer steps (the
+    # Trainer's own account of its geometry; one process would need 2 accumulation steps for the same batch)
+    geometry = {k: int(v.replace(",", "")) for k, v in re.findall(
+        r"(Num examples|Instantaneous batch size per device|Gradient Accumulation steps|Total optimization steps"
+        r"|Total train batch size \(w\. parallel, distributed & accumulation\)) = ([\d,]+)", result["log"])}
+    assert geometry == {"Num examples": 8, "Instantaneous batch size per device": 2, "Gradient Accumulation steps": 1,
+                        "Total optimization steps": 2,
+                        "Total train batch size (w. parallel, distributed & accumulation)": 4}, geometry
 
 
 def test_grpo_ddp(job):
@@ -164,7 +172,7 @@ def test_grpo_ddp(job):
     result = launch(job, "grpo-ddp", "ddp.yaml",
                     ["grpo", "--cell", CELL.format(algo="grpo"), "--policy", str(job["zoo"]["llama-instruct"]),
                      "--reward-model", str(job["zoo"]["reward"]), "--train", str(job["work"] / "train.parquet"),
-                     "--out", str(out)], port=29632)
+                     "--out", str(out)])
     check_job(result, "grpo", out / "final")
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["final", "step-2"]  # no staging left
     # the reward model was loaded by each rank, on its own device
@@ -185,7 +193,7 @@ def test_dpo_ddp_builds_its_pairs_once(job):
     result = launch(job, "dpo-ddp", "ddp.yaml",
                     ["dpo", "--cell", CELL.format(algo="dpo"), "--policy", str(job["zoo"]["llama-instruct"]),
                      "--reward-model", str(job["zoo"]["reward"]), "--train", str(job["work"] / "train.parquet"),
-                     "--out", str(out)], port=29633)
+                     "--out", str(out)])
     check_job(result, "dpo", out / "final")
     samples = [json.loads(line) for line in (out / "dpo_samples.jsonl").read_text().splitlines() if line.strip()]
     per_prompt = {}
@@ -204,12 +212,12 @@ def test_dpo_ddp_builds_its_pairs_once(job):
 def ppo_runs(job):
     """PPO unsharded (DDP) and sharded (FSDP2), same seeds and settings."""
     runs = {}
-    for name, config, port in (("ppo-ddp", "ddp.yaml", 29634), ("ppo-fsdp2", "fsdp2.yaml", 29635)):
+    for name, config in (("ppo-ddp", "ddp.yaml"), ("ppo-fsdp2", "fsdp2.yaml")):
         out = job["work"] / name
         runs[name] = launch(job, name, config,
                             ["ppo", "--cell", CELL.format(algo="ppo"), "--policy", str(job["zoo"]["llama-instruct"]),
                              "--reward-model", str(job["zoo"]["reward"]), "--train", str(job["work"] / "train.parquet"),
-                             "--val", str(job["work"] / "train.parquet"), "--out", str(out)], port=port)
+                             "--val", str(job["work"] / "train.parquet"), "--out", str(out)])
         runs[name]["out"] = out
     return runs
 

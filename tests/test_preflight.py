@@ -38,10 +38,16 @@ def test_paper_config_passes_with_exit_0_and_a_table():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:4] == ["cell", "check", "status", "key"]
-    assert lines[-1].startswith("45 cells: 0 blocker(s)")
-    checked = {line.split()[1] for line in lines[1:-1]}
-    assert {"template", "launcher", "schedule", "memory"} <= checked
+    # first the budget of every GPU job (one row each: SFT per warm-start cell, and each cell's training job)
+    assert lines[0].split() == ["cell", "job", "GPU", "memory", "peak", "at", "vLLM", "KV", "hours", "disk"]
+    budget_rows = lines[1:lines.index("")]
+    assert len(budget_rows) == 45 + 36  # 36 of the 45 cells start warm
+    # then the findings
+    findings = lines[lines.index("") + 1:]
+    assert findings[0].split()[:4] == ["cell", "check", "status", "key"]
+    assert findings[-1].startswith("45 cells: 0 blocker(s)")
+    checked = {line.split()[1] for line in findings[1:-1]}
+    assert {"template", "launcher", "schedule", "memory", "vllm-kv", "runtime", "host-memory", "disk"} <= checked
 
 
 def test_a_blocker_exits_non_zero_naming_cell_and_key(tmp_path):
@@ -96,13 +102,16 @@ def test_remote_code_blocker(tmp_path):
 
 
 def test_memory_blocker(tmp_path):
-    # 8 completions of 5,120 tokens per GPU: logits alone ~25 GB next to vLLM's 32 GB and the reward model
+    # 8 completions of 5,120 tokens per GPU: the entropy's full-vocabulary softmax and the activations of 40,960
+    # tokens beside the reward model: the micro-batch is the key to change
     found = _blockers(_seed(tmp_path, lambda raw: raw["algorithms"]["grpo"].update(per_device_train_batch_size=8)))
-    assert ("grpo__llama-base__warm-start__think__skywork-v1__wildchat-if", "resources.train.gpu_mem_gb") in found
+    assert ("grpo__llama-base__warm-start__think__skywork-v1__wildchat-if",
+            "algorithms.grpo.per_device_train_batch_size") in found
+    # a 40 GB GPU: PPO's rollout (vLLM's 0.4 share beside the resident shards and the reward model) does not fit
     report = run(_seed(tmp_path, lambda raw: raw["resources"]["train_ppo"].update(gpu_mem_gb=40)), root=ROOT)
-    ppo = [f for f in report.blockers if f.cell.startswith("ppo__")]
-    assert ppo and all(f.key == "resources.train_ppo.gpu_mem_gb" for f in ppo)
-    assert "critic" in ppo[0].message and "reward model" in ppo[0].message
+    ppo = [f for f in report.blockers if f.cell.startswith("ppo__") and f.check == "memory"]
+    assert len(ppo) == 12
+    assert all("of 37.3 GiB per GPU" in f.message and "vLLM" in f.message for f in ppo)
 
 
 def test_resources_blockers(tmp_path):

@@ -38,6 +38,26 @@ def test_policy_names_round_trip(paper):
         assert parsed["base"] == cell.base and parsed["start"] == cell.start and parsed["think"] == cell.think
 
 
+def test_rlmt_config_cells_lists_the_grid_as_the_readme_says():
+    """`rlmt config cells` (README), in the checkout: the default grid's cells; `-c config/paper.yaml` the paper's."""
+    rlmt = [str(Path(sys.executable).parent / "rlmt"), "config", "cells"]
+    listed = subprocess.run(rlmt, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout.split()
+    # config/config.yaml by hand: grpo/ppo/dpo x llama-base/qwen-base x think/nothink, warm start, tiny-rm, demo
+    assert sorted(listed) == sorted(f"{algo}__{base}__warm-start__{think}__tiny-rm__demo" for algo in ("grpo", "ppo", "dpo")
+                                    for base in ("llama-base", "qwen-base") for think in ("think", "nothink"))
+    paper = subprocess.run([*rlmt, "-c", "config/paper.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           check=True).stdout.split()
+    # config/paper.yaml's grid rows by hand: GRPO 8 + 4 (zero) + 4 (RM ablation) + 2 (mixtures) + 2 (SFT teacher)
+    # + 1 (OpenThinker2) = 21; PPO and DPO 8 + 4 each
+    assert len(paper) == len(set(paper)) == 45
+    assert sum(n.startswith("grpo__") for n in paper) == 21
+    assert sum(n.startswith("ppo__") for n in paper) == sum(n.startswith("dpo__") for n in paper) == 12
+    assert {"grpo__llama-base__zero__think__skywork-v1__wildchat-if", "grpo__llama-base__warm-start__think__armorm__wildchat-if",
+            "grpo__llama-base__warm-start__think__skywork-v1__tulu3-random",
+            "grpo__llama-base__warm-start__nothink__skywork-v1__wildchat-if__sft-gpt41-mini",
+            "grpo__openthinker2__none__think__skywork-v1__wildchat-if"} <= set(paper)
+
+
 def test_default_grid_covers_both_families_all_algorithms_and_thinking(default):
     combos = {(c.base.split("-")[0], c.algo, c.think) for c in default.cells}
     assert combos == {(f, a, t) for f in ("llama", "qwen") for a in ("grpo", "ppo", "dpo") for t in (True, False)}
@@ -51,7 +71,11 @@ def test_settings_digest_changes_only_for_matching_cells(paper):
     cfg.overrides[0].grpo["learning_rate"] = 5e-7  # the instruct-model override
     after = {c.name: Plan(cfg).settings_digest(c.algo, c) for c in cells}
     changed = {n for n in before if before[n] != after[n]}
-    assert changed and all("instruct" in n and n.startswith("grpo") for n in changed)
+    # By hand from config/paper.yaml: the override matches base llama-instruct or qwen-instruct, and the grid has
+    # GRPO on both, warm start, think and no-think, skywork-v1, wildchat-if (Table 1's row); PPO and DPO cells on
+    # the same bases keep their digests (their own settings did not change).
+    assert changed == {f"grpo__{base}__warm-start__{think}__skywork-v1__wildchat-if"
+                       for base in ("llama-instruct", "qwen-instruct") for think in ("think", "nothink")}
 
 
 KEYS = {"OPENAI_API_KEY": "test-not-a-key", "GEMINI_API_KEY": "test-not-a-key"}
@@ -222,3 +246,57 @@ def test_the_snakefile_header_commands_parse_as_written():
                 assert args.targets and not args.configfile
     finally:
         os.chdir(cwd)
+
+
+# ----------------------------------------------------------------------------- reruns of evaluation jobs
+
+
+def _judged_config(data_dir: Path, judge_url: str, *, temperature: float = 0.7, judge_model: str = "judge-x") -> dict:
+    """The default config reduced to one prepared baseline judged on AlpacaEval 2 (two items) by a local server."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg["data_dir"] = str(data_dir)
+    cfg["models"] = {k: v for k, v in cfg["models"].items() if k.startswith("llama")}
+    cfg["grid"] = [{"algo": ["grpo"], "base": ["llama-base"], "start": ["warm-start"], "think": [False],
+                    "rm": ["tiny-rm"], "mixture": ["demo"]}]
+    cfg["generation"]["sampling"] = {"temperature": temperature, "top_p": 0.95, "max_new_tokens_think": 8,
+                                     "max_new_tokens_nothink": 8}
+    cfg["evaluation"].update(baselines=["llama-instruct"], evaluate_initial=False,
+                             benchmarks={"alpacaeval2": {"limit": 2, "protocol": "paper"}},
+                             judges={"local": {"base_url": judge_url, "model": judge_model, "api_key_env": None}})
+    return cfg
+
+
+@pytest.mark.slow
+def test_generation_and_judging_rerun_exactly_their_jobs_after_a_real_run(tmp_path, data_dir, openai_server):
+    """After a real run of one baseline's judged benchmark, Snakemake's dry run plans: for a new judge model the
+    judging job alone; for a new sampling temperature the generation and the judging after it (the digests above
+    are rule parameters: Snakemake compares them with the recorded run's)."""
+    import json
+
+    import yaml
+
+    server = openai_server(lambda body: json.dumps({"reason": "r", "better": "A"}))
+    target = "results/eval/llama-instruct/alpacaeval2/scores.json"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+    def snakemake(name: str, *args: str, **edits) -> subprocess.CompletedProcess:
+        (tmp_path / name).write_text(yaml.safe_dump(_judged_config(data_dir, server.base_url, **edits)))
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+                               f"--configfile={tmp_path / name}", "--cores", "2", *args, target],
+                              capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        return proc
+
+    snakemake("config.yaml")
+    assert json.loads((tmp_path / target).read_text())["n"] == 2
+    judged = (tmp_path / target).with_name("judgments.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["ok"] for line in judged) == [True, True]  # one paper-protocol judgment per item
+    sent = server.requests
+
+    assert _job_counts(snakemake("judge.yaml", "-n", judge_model="another-judge").stdout) == {"judge": 1, "total": 1}
+    assert _job_counts(snakemake("sampling.yaml", "-n", temperature=0.3).stdout) == {
+        "generate": 1, "judge": 1, "total": 2}
+    assert server.requests == sent  # the dry runs sent nothing

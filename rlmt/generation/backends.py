@@ -52,7 +52,7 @@ def make_generator(backend: BackendName | str, model: str | Path, *, device: str
     if name == "vllm":
         from rlmt.generation.vllm_backend import VLLMGenerator
 
-        return VLLMGenerator(model, **options)
+        return VLLMGenerator(model, device=device, **options)
     from rlmt.generation.openai_backend import OpenAIGenerator
 
     return OpenAIGenerator(str(model), base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,

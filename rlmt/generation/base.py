@@ -38,8 +38,9 @@ class SamplingParams:
 
     ``stop`` lists extra strings that end a completion; the model's own stop strings (from its
     ``longcot_config.json``) are added by :func:`rlmt.generation.generate_file`, so callers do
-    not need to know them. ``seed`` makes sampling reproducible for the same prompts and batch
-    layout.
+    not need to know them. ``seed`` makes sampling reproducible: a prompt's samples depend on the
+    seed and the prompt, not on the batch or process it is generated in (transformers: a random
+    stream per row; vLLM: a seed per request).
     """
 
     temperature: float = 0.7
@@ -110,6 +111,12 @@ class Generator(abc.ABC):
     @abc.abstractmethod
     def generate(self, prompts: list[Messages], params: SamplingParams) -> list[list[Completion]]:
         """``params.n`` completions for every prompt, in prompt order."""
+
+    def prepare(self, prompts: list[Messages], params: SamplingParams) -> None:
+        """Size the backend for the whole job before its first :meth:`generate` (e.g. vLLM's context length).
+
+        :func:`rlmt.generation.generate_file` calls it once with every prompt it will generate. Nothing by default.
+        """
 
     def close(self) -> None:
         """Release what the backend holds (GPU memory, HTTP sessions)."""

@@ -147,6 +147,7 @@ def generate_file(model_dir: str | Path, items: list[tuple[str, Messages]], out_
     assert generator is not None
     step = chunk_size or generator.chunk_size
     try:
+        generator.prepare([msgs for _, msgs in missing], params)
         with out.open("a") as fh, tqdm(total=len(missing), desc=f"generate {out.parent.name or out.name}",
                                        unit="prompt", disable=not progress) as bar:
             for start in range(0, len(missing), step):

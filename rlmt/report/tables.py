@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from rlmt import algorithms
 from rlmt.workflow import Plan
 
 COLUMNS = {  # benchmark -> column label, in the paper's order
@@ -26,7 +27,6 @@ COLUMNS = {  # benchmark -> column label, in the paper's order
 }
 CHAT = ("wildbench", "alpacaeval2", "arenahard-v2")
 MAIN7 = ("wildbench", "alpacaeval2", "arenahard-v2", "creative-writing-v3", "popqa", "ifbench", "mmlu-redux")
-STAGES = {"grpo": "+ GRPO", "ppo": "+ PPO", "dpo": "+ DPO"}
 
 
 @dataclass
@@ -49,10 +49,11 @@ def describe(plan: Plan, model: str) -> tuple[str, str, str, bool, str | None]:
     if model in plan.cell_by_name:
         c = plan.cell_by_name[model]
         extra = [x for x, default in ((c.rm, plan.cells[0].rm), (c.mixture, plan.cells[0].mixture)) if x != default]
-        stage = STAGES[c.algo] + (f" ({', '.join(extra)})" if extra else "")
+        stage = algorithms.get(c.algo).stage_label + (f" ({', '.join(extra)})" if extra else "")
         return c.base, c.start, stage, c.think, c.name
     p = plan.parse_policy(model)
-    return p["base"], p["start"], ("+ SFT" if p["start"] == "warm-start" else "prompted"), p["think"], None
+    stage = algorithms.get("sft").stage_label if p["start"] == "warm-start" else "prompted"
+    return p["base"], p["start"], stage, p["think"], None
 
 
 def load_rows(plan: Plan, eval_root: str | Path = "results/eval") -> list[Row]:
@@ -64,7 +65,7 @@ def load_rows(plan: Plan, eval_root: str | Path = "results/eval") -> list[Row]:
         backbone, start, stage, think, cell = describe(plan, model)
         doc = json.loads(path.read_text())
         rows.append(Row(model, backbone, start, stage, think, cell, doc["benchmarks"]))
-    order = {"+ SFT": 0, "prompted": 0}
+    order = {algorithms.get("sft").stage_label: 0, "prompted": 0}
     rows.sort(key=lambda r: (r.backbone, r.start, order.get(r.stage, 1), r.stage, r.think))
     return rows
 

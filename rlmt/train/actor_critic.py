@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rlmt.train.rollout import position_ids
+from rlmt.train.token_logprobs import ResponseScores, position_ids, response_scores
 
 CRITIC_DIR = "critic"
 CRITIC_META = "critic.json"
@@ -54,8 +54,9 @@ class TokenClassificationCritic(nn.Module):
 
 
 def load_critic(model_dir: str | Path, kind: CriticKind, *, fresh_head: bool, dtype=torch.float32) -> nn.Module:
-    """A critic from a policy dir (``fresh_head=True``) or from a checkpoint's ``critic/`` dir."""
-    from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification
+    """A critic from a policy dir (``fresh_head=True``: a zero head), or from a dir holding its body (a model
+    dir) and ``value_head.safetensors``."""
+    from transformers import AutoModel, AutoModelForTokenClassification
 
     from rlmt.models.loading import check_safetensors
 
@@ -72,9 +73,7 @@ def load_critic(model_dir: str | Path, kind: CriticKind, *, fresh_head: bool, dt
             critic.value_head.load_state_dict(load_file(str(Path(model_dir) / VALUE_HEAD_FILE)))
         return critic
     if kind == "token-classification":
-        config = AutoConfig.from_pretrained(str(model_dir), num_labels=1, trust_remote_code=False)
-        # No dropout: the values that make the advantages and the values being fit must be one function.
-        config.classifier_dropout = 0.0
+        config = token_classification_config(model_dir)
         model = AutoModelForTokenClassification.from_pretrained(str(model_dir), config=config, use_safetensors=True,
                                                                 dtype=dtype, trust_remote_code=False)
         if fresh_head:
@@ -86,33 +85,42 @@ def load_critic(model_dir: str | Path, kind: CriticKind, *, fresh_head: bool, dt
     raise ValueError(f"unknown critic kind {kind!r}; allowed: value-head, token-classification")
 
 
-def save_critic(critic: nn.Module, out: str | Path, kind: CriticKind, state_dict: dict | None = None) -> Path:
-    """Write the critic as safetensors (a model dir plus, for the value head, its own file).
+def token_classification_config(model_dir: str | Path):
+    """The token-classification critic's config: the policy's, with one label and no dropout (the values that
+    make the advantages and the values being fit must be one function)."""
+    from transformers import AutoConfig
 
-    `state_dict`: the critic's full parameters (keys as in ``critic.state_dict()``) when the
-    module's own are shards (FSDP2); default: the module's.
+    config = AutoConfig.from_pretrained(str(model_dir), num_labels=1, trust_remote_code=False)
+    config.classifier_dropout = 0.0
+    return config
+
+
+HEAD_FILES = {"value-head": VALUE_HEAD_FILE, "token-classification": "score.safetensors"}
+
+
+def critic_head(critic: nn.Module) -> nn.Module:
+    """The critic's head on top of the policy's body: the value head, or the token classifier's ``score``."""
+    return critic.value_head if isinstance(critic, ValueHeadCritic) else critic.model.score
+
+
+def save_critic(out: str | Path, kind: CriticKind, head_state: dict) -> Path:
+    """Write a checkpoint's critic record: ``critic.json`` (its kind) and its head's full weights (safetensors).
+
+    The whole critic (body and head, fp32) lives in the checkpoint's training state, which a resume
+    reads (:mod:`rlmt.train.ppo_checkpoint`); the head alone is small and shows what the critic
+    learned on top of the policy's body.
     """
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = state_dict if state_dict is not None else critic.state_dict()
-    if isinstance(critic, ValueHeadCritic):
-        critic.body.save_pretrained(str(out), safe_serialization=True, state_dict=_under(state, "body."))
-        save_file({k: v.detach().contiguous().cpu() for k, v in _under(state, "value_head.").items()},
-                  str(out / VALUE_HEAD_FILE))
-    else:
-        critic.model.save_pretrained(str(out), safe_serialization=True, state_dict=_under(state, "model."))
+    save_file({k: v.detach().contiguous().cpu() for k, v in head_state.items()}, str(out / HEAD_FILES[kind]))
     (out / CRITIC_META).write_text(json.dumps({"kind": kind}) + "\n")
     return out
 
 
-def _under(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 class ActorCritic(nn.Module):
-    """``forward`` returns the policy's logits for the response tokens and the critic's values for them."""
+    """The policy and its critic; ``forward`` scores the response tokens with both (see :meth:`forward`)."""
 
     def __init__(self, policy: nn.Module, critic: nn.Module):
         super().__init__()
@@ -130,15 +138,53 @@ class ActorCritic(nn.Module):
         return sorted(set(names) | {type(self.policy).__name__, type(self.critic).__name__})
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
-                with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                with_values: bool = True, *, temperature: float | None = None, chunk_tokens: int | None = None
+                ) -> tuple[torch.Tensor | ResponseScores, torch.Tensor | None]:
+        """The policy's view of the response tokens and the critic's values for them (None without `with_values`).
+
+        Without `temperature`: the policy's response logits, ``[B, R, V]`` (the whole tensor: small
+        models and tests). With it: :class:`ResponseScores`, the response tokens' log-probs and entropies
+        at that temperature, computed `chunk_tokens` positions at a time and recomputed in the backward
+        pass, so the update never holds a micro-batch's full-vocabulary logits (PPO's update path).
+        """
         pos = position_ids(attention_mask)
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                             use_cache=False).logits[:, prompt_width - 1:-1]
-        values = None
-        if with_values:
-            # V(s_t) for response token t is read at the position before it, like the logits.
-            values = self.critic(input_ids, attention_mask, pos)[:, prompt_width - 1:-1]
-        return logits, values
+        if temperature is None:
+            policy_out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                                     use_cache=False).logits[:, prompt_width - 1:-1]
+        else:
+            policy_out = response_scores(self.policy, input_ids, attention_mask, prompt_width, temperature,
+                                         chunk_tokens=chunk_tokens, with_entropy=True)
+        values = self.values(input_ids, attention_mask, prompt_width) if with_values else None
+        return policy_out, values
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
+        """V(s_t) for each response token t, read at the position before it like the logits: the critic alone
+        (a rollout's values need no policy forward)."""
+        return self.critic(input_ids, attention_mask, position_ids(attention_mask))[:, prompt_width - 1:-1]
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each transformer layer's activations in the backward pass, in actor and critic (or stop).
+
+        Transformers' non-reentrant activation checkpointing, which checkpoints a layer's ``forward``
+        inside its module hooks: it composes with FSDP2 (whose unit hooks stay outside the recomputed
+        region) and with DDP. Idempotent: the update calls it with its setting every time.
+        """
+        for part in self._transformers():
+            if any(getattr(m, "gradient_checkpointing", False) for m in part.modules()) == enabled:
+                continue
+            if enabled and hasattr(part, "activation_checkpointing_enable"):
+                part.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            elif enabled:
+                part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            elif hasattr(part, "activation_checkpointing_disable"):
+                part.activation_checkpointing_disable()
+            else:
+                part.gradient_checkpointing_disable()
+
+    def _transformers(self) -> list[nn.Module]:
+        """The transformers models inside: the policy and the critic's body (value head) or model."""
+        return [m for m in (self.policy, getattr(self.critic, "body", None), getattr(self.critic, "model", None))
+                if m is not None]
 
     def param_groups(self, learning_rate: float, critic_lr: float, weight_decay: float) -> list[dict]:
         return [

@@ -93,8 +93,20 @@ class SamplesTableCallback(TrainerCallback):
         self.logged_steps.append(state.global_step)
 
 
+def wait_for_every_rank() -> None:
+    """A barrier over the job's process group (nothing in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 class CheckpointCallback(TrainerCallback):
     """After each Trainer save: write longcot_config.json, rename ``checkpoint-N`` to ``step-N``, keep the last N.
+
+    `keep_last` (``checkpoints.save_total_limit``) counts the newest checkpoints; the one `select_rule`
+    will pick is kept besides (:func:`rlmt.train.checkpoints.protected_steps`), so at most
+    ``keep_last + 1`` stay. Every rank calls :meth:`on_save`; all wait for each other, then rank 0 renames.
 
     `val_metric` names the eval log key recorded as the checkpoint's validation reward (GRPO:
     ``eval_reward``; DPO: ``eval_rewards/margins``); evaluation runs before the save of the same step.
@@ -115,6 +127,9 @@ class CheckpointCallback(TrainerCallback):
             self._val[state.global_step] = float(metrics[self.val_metric])
 
     def on_save(self, args, state, control, **kwargs):
+        # The Trainer calls on_save on every rank right after that rank's own writes into checkpoint-N (its
+        # rng_state_<rank>.pth, its ZeRO shards): rank 0 renames the dir only once every rank is here.
+        wait_for_every_rank()
         if not state.is_world_process_zero:
             return
         step = state.global_step

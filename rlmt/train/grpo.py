@@ -26,6 +26,11 @@ max_prompt_length 1024, truncation left        enforced here (TRL 1.16 has no pr
                                                (rollout.left_truncate); cut prompts are counted
 (no importance weight vLLM -> policy)          vllm_importance_sampling_correction off (TRL: on)
 vllm gpu_memory_utilization 0.4                rollout.vllm_gpu_memory_utilization
+vllm max_model_len = prompt + response         vllm_max_model_length = rollout.context_length (else vLLM
+                                               takes the model's own context: 131,072 for Llama-3.1,
+                                               whose one sequence's KV cache does not fit beside training)
+vllm free_cache_engine (cache freed between    vllm_enable_sleep_mode = rollout.vllm_enable_sleep_mode
+rollouts)                                      (weights and KV cache leave the GPU during the update)
 max_response_length 4096                       rollout.max_completion_length
 lr 1e-6 const, wd 0.01, grad_clip 1.0          learning_rate, lr_scheduler_type, weight_decay,
                                                max_grad_norm
@@ -33,6 +38,11 @@ lr 1e-6 const, wd 0.01, grad_clip 1.0          learning_rate, lr_scheduler_type,
 
 Zero models stop at ``</response>``: with vLLM as a stop string kept in the text; with
 transformers through ``stop_strings`` (see :func:`_stop_at_strings`).
+
+Run length: with an int ``checkpoints.select_step`` and ``stop_at_select_step`` the run ends at that
+step (:func:`run_max_steps`, the schedule of :func:`rlmt.config.training_schedule`). Validation runs
+only where something reads it (:func:`validates`), in batches as large as a rollout's share of a
+process (:func:`eval_batch_per_device`), so a validation costs a few vLLM calls, not one per group.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from rlmt.train.runtime import (
     read_prompt_table,
     vllm_wanted,
     weights_dtype,
+    world_size,
 )
 
 VAL_METRIC = "eval_reward"
@@ -174,7 +185,71 @@ def left_truncating_trainer(max_prompt_length: int):
             self.prompts_truncated += sum(c for _, c in cut)
             return [ids for ids, _ in cut], images, fields
 
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, **kwargs):
+            # No forward pass takes more sequences than the training micro-batch. TRL sizes its evaluation
+            # forwards by per_device_eval_batch_size, which here holds a whole rollout share (so that one vLLM
+            # call samples it): 64 sequences of 5,120 tokens in one forward would need their full-vocabulary
+            # logits at once. Chunking changes no value (TRL concatenates the chunks' log-probs).
+            cap = self.args.per_device_train_batch_size
+            batch_size = min(batch_size or input_ids.size(0), cap)
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                              batch_size=batch_size, **kwargs)
+
     return LeftTruncatingGRPOTrainer
+
+
+def run_max_steps(settings: GRPOConfig) -> int:
+    """TRL's ``max_steps``: where the run ends (-1: TRL's epoch arithmetic decides).
+
+    With an int ``select_step`` and ``stop_at_select_step`` the run stops there: the later steps are never
+    evaluated (the zero-Llama cells would otherwise train 468 updates to use step 135). Same rule as
+    :func:`rlmt.config.training_schedule`: the configured ``max_steps`` when it is shorter. A select_step
+    beyond the epochs' end is refused when the config is loaded (and by :func:`check_select_step_reached`).
+    """
+    import math
+
+    from rlmt.algorithms.schedule import last_step
+
+    steps = last_step(settings.max_steps if settings.max_steps > 0 else math.inf, settings.checkpoints)
+    return -1 if steps == math.inf else int(steps)
+
+
+def epoch_updates(settings: GRPOConfig, n_prompts: int) -> int:
+    """Optimizer updates of the configured epochs over `n_prompts` prompts (the schedule's own arithmetic)."""
+    from rlmt.algorithms.grpo import epoch_updates as updates
+
+    return updates(settings, n_prompts)
+
+
+def check_select_step_reached(settings: GRPOConfig, n_prompts: int) -> None:
+    """Refuse a run that would stop at select_step only by training past its configured epochs."""
+    steps = run_max_steps(settings)
+    if settings.max_steps <= 0 < steps and steps > epoch_updates(settings, n_prompts):
+        raise TrainingSetupError(f"checkpoints.select_step {steps} is beyond the end of {settings.num_train_epochs:g} "
+                                 f"epoch(s) over {n_prompts} prompts ({epoch_updates(settings, n_prompts)} updates)")
+
+
+def validates(settings: GRPOConfig) -> bool:
+    """Whether GRPO validates at its checkpoints.
+
+    Only where something reads it: ``select_step: best_val_reward``, or an explicit ``val_prompts > 0`` (the
+    config asks for the curve). With an int or ``last`` select_step and ``val_prompts: null`` the
+    validation would only cost time (250 prompts x 8 samples every 45 steps in the paper's grid). 0: never.
+    """
+    if settings.val_prompts == 0:
+        return False
+    return settings.checkpoints.select_step == "best_val_reward" or settings.val_prompts is not None
+
+
+def eval_batch_per_device(settings: GRPOConfig, world: int) -> int:
+    """Validation completions per process and vLLM call: as many whole groups as one rollout gives a process.
+
+    A rollout samples ``prompts_per_step`` groups over `world` processes in one vLLM call each; validation
+    batches of one group each would make a validation of 250 prompts 32 calls per process (each one
+    waking vLLM and re-syncing its weights) instead of 4. At least one group.
+    """
+    return settings.num_generations * max(1, settings.prompts_per_step // world)
 
 
 def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_val: bool, use_vllm: bool,
@@ -188,6 +263,8 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
     """
     from trl import GRPOConfig as TRLGRPOConfig
 
+    world = world_size() if world is None else world
+    evaluates = has_val and validates(settings)
     completions_per_rollout = settings.prompts_per_step * settings.num_generations
     completions_per_update = (settings.prompts_per_update or settings.prompts_per_step) * settings.num_generations
     per_device = min(settings.per_device_train_batch_size, completions_per_update)
@@ -199,7 +276,7 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
         output_dir=str(out),
         learning_rate=settings.learning_rate,
         num_train_epochs=settings.num_train_epochs,
-        max_steps=settings.max_steps,
+        max_steps=run_max_steps(settings),
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation_steps(completions_per_update, per_device,
                                                        "prompts_per_update x num_generations", world=world),
@@ -228,6 +305,8 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
         vllm_importance_sampling_correction=settings.vllm_importance_sampling_correction,
         off_policy_mask_threshold=None,
         vllm_gpu_memory_utilization=settings.rollout.vllm_gpu_memory_utilization,
+        vllm_max_model_length=settings.rollout.context_length,
+        vllm_enable_sleep_mode=settings.rollout.vllm_enable_sleep_mode,
         weight_decay=settings.weight_decay,
         lr_scheduler_type=settings.lr_scheduler_type,
         warmup_steps=settings.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
@@ -242,12 +321,9 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
         save_strategy="steps",
         save_steps=settings.checkpoints.save_steps,
         save_total_limit=None,  # CheckpointCallback keeps the last N step-<N> dirs
-        eval_strategy="steps" if has_val else "no",
-        eval_steps=settings.checkpoints.save_steps if has_val else None,
-        # whole groups of num_generations per device (so the eval batch divides on any number of processes), as
-        # many as fit the training micro-batch: batches of one group sample far slower than the rollouts do
-        per_device_eval_batch_size=settings.num_generations * max(1, settings.per_device_train_batch_size
-                                                                  // settings.num_generations),
+        eval_strategy="steps" if evaluates else "no",
+        eval_steps=settings.checkpoints.save_steps if evaluates else None,
+        per_device_eval_batch_size=eval_batch_per_device(settings, world),
         logging_steps=1,
         report_to="none",
         seed=settings.seed,
@@ -285,8 +361,9 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
 
     tokenizer = load_tokenizer(policy_dir, padding_side="left")
     train_ds, too_long = _prompt_dataset(train_path, tokenizer, settings.rollout.max_prompt_length)
+    check_select_step_reached(settings, len(train_ds))
     val_ds = None
-    if val_path and settings.val_prompts != 0:
+    if val_path and validates(settings):
         val_ds = _prompt_dataset(val_path, tokenizer, settings.rollout.max_prompt_length)[0]
         if settings.val_prompts is not None:
             val_ds = val_ds.select(range(min(settings.val_prompts, len(val_ds))))

@@ -14,7 +14,8 @@ Under ``accelerate launch`` every process is a rank. The order every trainer fol
 5. :func:`finish`: one process selects the checkpoint and writes ``final/``; the others wait;
 6. :func:`close_process_group` (the CLI, after the job's MLflow run closed): all ranks leave together.
 
-Shared data (DPO's pairs) is built by the main process alone (:func:`on_main_then_wait`);
+Shared data (DPO's pairs) is built by the main process alone (:func:`on_main_then_wait`), from
+what every rank produced for its share (DPO's samples, :mod:`rlmt.train.dpo_pairs`);
 MLflow logging happens only where :mod:`rlmt.tracking` opened the job's run, the main process.
 
 ``RLMT_RANK_REPORT_DIR`` (tests only): each rank writes ``<stage>-rank<N>.json`` there — the
@@ -69,24 +70,33 @@ def zero3_partitioning() -> bool:
     return bool(is_deepspeed_zero3_enabled())
 
 
-def on_main_then_wait(state, build: Callable[[], T], done: Callable[[], bool], *, poll_s: float = 5.0) -> T | None:
-    """Run `build` on the main process only; every other rank waits until `done()` (its result on disk).
+def wait_until(done: Callable[[], bool], *, poll_s: float = 5.0) -> None:
+    """Poll `done()` (a result another process writes to disk) until it is true.
 
-    The others poll `done` instead of sitting in a collective: building can take longer than the
-    process group's timeout (DPO samples 8 responses for each of 7,544 prompts on one GPU). The
-    main process's return value is given to it alone (others get None). If the main process
-    fails, the launcher ends the job's other processes.
+    Not a collective: what is awaited can take longer than the process group's timeout. If the
+    process that should write it fails, the launcher ends this one.
     """
     import time
 
+    while not done():
+        time.sleep(poll_s)
+
+
+def on_main_then_wait(state, build: Callable[[], T], done: Callable[[], bool], *, poll_s: float = 5.0) -> T | None:
+    """Run `build` on the main process only; every other rank waits until `done()` (its result on disk).
+
+    The others poll `done` (:func:`wait_until`) instead of sitting in a collective: building can take
+    longer than the process group's timeout (DPO's main process waits for every rank's share of the
+    samples before it pairs them). The main process's return value is given to it alone (others get
+    None). If the main process fails, the launcher ends the job's other processes.
+    """
     if state.num_processes == 1:
         return build()
     result = None
     if state.is_main_process:
         result = build()
     else:
-        while not done():
-            time.sleep(poll_s)
+        wait_until(done, poll_s=poll_s)
     state.wait_for_everyone()
     return result
 

@@ -16,8 +16,11 @@ advantage whitening and the logged metrics are computed over all of them. The ma
 :mod:`rlmt.train.ppo_math`, the sampling in :mod:`rlmt.train.rollout`, the critic in
 :mod:`rlmt.train.actor_critic`, the checkpoint layout in :mod:`rlmt.train.checkpoints`.
 
-A checkpoint ``OUT/step-<N>/`` is the policy's model dir plus ``trainer_state.json``, the
-optimizer state (``optimizer.pt``) and ``critic/`` (safetensors). After a crash (even ``kill -9``)
+A checkpoint ``OUT/step-<N>/`` is the policy's model dir (in its compute dtype: bf16 on GPUs) plus
+``trainer_state.json``, ``critic/`` (its kind and head) and ``training_state/``: the fp32 policy,
+critic and AdamW state, each rank's shard in its own file (:mod:`rlmt.train.ppo_checkpoint`).
+Under FSDP2 the models are built empty on every rank and only the main process reads the initial
+weights (:mod:`rlmt.train.ppo_models`). After a crash (even ``kill -9``)
 the run resumes from the newest complete checkpoint and continues the global step; each step's
 sampling is seeded from ``(seed, step, rank)``, so the resumed run draws what the uninterrupted one would.
 """
@@ -33,18 +36,28 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from rlmt.algorithms.ppo import ALGORITHM as ppo_algorithm
 from rlmt.config import PPOConfig, RewardModelSpec
 from rlmt.rewards import RewardBatch
 from rlmt.thinking import ThinkingFormat, extract
 from rlmt.train import checkpoints as ckpt
 from rlmt.train import ppo_math as pm
-from rlmt.train.actor_critic import CRITIC_DIR, ActorCritic, is_sharded, load_critic, save_critic, shard
+from rlmt.train.actor_critic import CRITIC_DIR, ActorCritic, critic_head, is_sharded, save_critic
 from rlmt.train.job import answer_scorer, finish, note_loaded, rank_device, report_rank
-from rlmt.train.rollout import Rollout, sample
+from rlmt.train.ppo_checkpoint import (
+    TRAINING_STATE_DIR,
+    export_dtype,
+    gathered_state,
+    load_training_state,
+    save_training_state,
+    write_policy,
+)
+from rlmt.train.ppo_models import full_actor_critic, sharded_actor_critic
+from rlmt.train.rollout import Rollout, RolloutEngine, response_logprobs, sample
+from rlmt.train.vllm_rollout import rollout_engine
 from rlmt.train.runtime import TrainingSetupError
 
 TRAINER_STATE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
 
 
 class Scorer(Protocol):
@@ -80,14 +93,12 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
     Launchers: DDP (``config/accelerate/ddp.yaml``) or FSDP2 (``config/accelerate/fsdp2.yaml``,
     actor and critic parameters, gradients and optimizer state sharded over the processes).
     """
-    from accelerate import Accelerator
-
     from rlmt.models.loading import load_causal_lm, load_tokenizer
     from rlmt.train.runtime import read_prompt_table, use_bf16
 
     out = Path(out)
     policy_dir = Path(policy_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16(settings.bf16) else "no")
+    accelerator = make_accelerator(settings)
     sharded = check_launcher(accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     _check_geometry(settings, world)
@@ -98,6 +109,8 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
     accelerator.print(f"ppo: {world} processes ({accelerator.distributed_type.value}"
                       f"{', actor and critic sharded by FSDP2' if sharded else ''}), {total_steps} steps of "
                       f"{settings.prompts_per_step} prompts")
+    if (timeout_min := process_group_timeout_min()) is not None:
+        accelerator.print(f"ppo: collectives time out after {timeout_min:g} min")
 
     # -- resume: the newest complete checkpoint, else the initial policy with a fresh critic head
     if accelerator.is_main_process:
@@ -105,28 +118,24 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
         ckpt.discard_incomplete(out)
     accelerator.wait_for_everyone()
     resume = ckpt.latest_checkpoint(out)
-    start_dir = resume or policy_dir
     tokenizer = load_tokenizer(policy_dir, padding_side="left")
-    policy = load_causal_lm(start_dir, device="cpu", dtype="float32")
-    critic = load_critic(resume / CRITIC_DIR if resume else policy_dir, settings.critic, fresh_head=resume is None)
-    model = ActorCritic(policy, critic)
-    if sharded:
-        model = shard(model, device_type=accelerator.device.type, world=world, bf16=use_bf16(settings.bf16))
+    if sharded:  # built empty on every rank; the main process alone reads the initial weights (rlmt.train.ppo_models)
+        model = sharded_actor_critic(policy_dir, settings.critic, device=accelerator.device, world=world,
+                                     bf16=use_bf16(settings.bf16), initial_weights=resume is None,
+                                     is_main=accelerator.is_main_process)
+    else:
+        model = full_actor_critic(policy_dir, settings.critic)
     optimizer = torch.optim.AdamW(model.param_groups(settings.learning_rate, settings.critic_lr, settings.weight_decay))
     state = {"global_step": 0, "log_history": []}
-    if resume:
-        if not sharded:
-            optimizer.load_state_dict(torch.load(resume / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+    if resume:  # weights and optimizer state from the checkpoint, each rank its own shard
+        load_training_state(resume / TRAINING_STATE_DIR, model, optimizer)
         state = json.loads((resume / TRAINER_STATE).read_text())
         accelerator.print(f"resuming from {resume} at step {state['global_step']}")
     reference = None
     if settings.kl_coef:
         # The KL penalty compares with the *initial* policy, also after a resume.
         reference = load_causal_lm(policy_dir, device=rank_device(accelerator), dtype="float32").eval().requires_grad_(False)
-    if sharded:  # each rank holds its shard on its device already; the optimizer steps the shards
-        if resume:
-            load_sharded_optimizer(accelerator, model, optimizer, resume / OPTIMIZER_FILE)
-    else:  # DDP: each rank's full copy moves to its device
+    if not sharded:  # DDP: each rank's full copy moves to its device (FSDP2: each shard is on its device already)
         model, optimizer = accelerator.prepare(model, optimizer)
     if scorer is None:
         if reward_model_dir is None:
@@ -138,6 +147,8 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
     devices = {"policy": _device_name(next(core.policy.parameters()).device),
                "critic": _device_name(next(core.critic.parameters()).device),
                "reward": str(getattr(scorer, "device", "none"))}
+    # rollouts through a colocated vLLM engine per rank where vLLM is wanted, else the policy's generate
+    engine = rollout_engine(settings, policy_dir, accelerator)
 
     from tqdm.auto import tqdm
 
@@ -146,7 +157,7 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
     for step in range(state["global_step"] + 1, total_steps + 1):
         prompts = _prompts_for_step(train_rows, step, settings, world, rank)
         _seed_step(settings.seed, step, rank)
-        batch = make_experience(accelerator, model, reference, tokenizer, scorer, prompts, fmt, settings)
+        batch = make_experience(accelerator, model, reference, tokenizer, scorer, prompts, fmt, settings, engine)
         metrics = ppo_update(accelerator, model, optimizer, batch, settings)
         metrics.update(_rollout_metrics(accelerator, batch))
         state["global_step"] = step
@@ -155,7 +166,8 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
         if settings.log_samples_every and step % settings.log_samples_every == 0:
             _log_samples(accelerator, prompts, batch, fmt, settings.strict, step)
         if step % settings.checkpoints.save_steps == 0 or step == total_steps:
-            val_reward = validate(accelerator, model, tokenizer, scorer, val_rows, fmt, settings) if val_rows else None
+            val_reward = (validate(accelerator, model, tokenizer, scorer, val_rows, fmt, settings, engine)
+                          if val_rows else None)
             save_checkpoint(accelerator, model, optimizer, tokenizer, state, out, fmt, settings, val_reward)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
@@ -172,14 +184,22 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
 
 @torch.no_grad()
 def make_experience(accelerator, model, reference, tokenizer, scorer: Scorer, prompts: list[list[dict]],
-                    fmt: ThinkingFormat, settings: PPOConfig) -> PPOBatch:
-    """Steps 1-5: rollout, answer-only reward, values, token-level rewards, GAE and whitening."""
+                    fmt: ThinkingFormat, settings: PPOConfig, engine: RolloutEngine | None = None) -> PPOBatch:
+    """Steps 1-5: rollout, answer-only reward, values, token-level rewards, GAE and whitening.
+
+    `engine`: where the rollout's tokens come from (the colocated vLLM engine); None: the policy's
+    ``generate``. Old and reference log-probs are computed ``micro_batch_size`` rows per forward and
+    ``logprob_chunk_tokens`` positions per LM-head piece; the values come from the critic alone.
+    Everything runs under the update's autocast, so the old log-probs are computed as the update's are.
+    """
     core: ActorCritic = accelerator.unwrap_model(model)
     ro = settings.rollout
-    rollout = sample(core.policy, tokenizer, prompts, max_prompt_length=ro.max_prompt_length,
-                     max_new_tokens=ro.max_completion_length, temperature=ro.temperature, top_p=ro.top_p,
-                     stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size,
-                     synced=is_sharded(core))
+    with accelerator.autocast():
+        rollout = sample(core.policy, tokenizer, prompts, max_prompt_length=ro.max_prompt_length,
+                         max_new_tokens=ro.max_completion_length, temperature=ro.temperature, top_p=ro.top_p,
+                         stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size,
+                         synced=is_sharded(core), logprob_batch_size=settings.micro_batch_size,
+                         logprob_chunk_tokens=settings.logprob_chunk_tokens, engine=engine)
     rewarded = scorer.score(prompts, rollout.texts)
     scores = torch.tensor(rewarded.scores, dtype=torch.float32)
     rollout.malformed_fraction = rewarded.malformed_fraction
@@ -193,13 +213,10 @@ def make_experience(accelerator, model, reference, tokenizer, scorer: Scorer, pr
         ids = rollout.input_ids[i:i + settings.micro_batch_size].to(device)
         att = rollout.attention_mask[i:i + settings.micro_batch_size].to(device)
         with accelerator.autocast():
-            _, v = core(ids, att, rollout.prompt_width)
-            values.append(v.float().cpu())
+            values.append(core.values(ids, att, rollout.prompt_width).float().cpu())
             if reference is not None:
-                from rlmt.train.rollout import response_logprobs
-
-                ref_logprobs.append(response_logprobs(reference, ids, att, rollout.prompt_width,
-                                                      ro.temperature).float().cpu())
+                ref_logprobs.append(response_logprobs(reference, ids, att, rollout.prompt_width, ro.temperature,
+                                                      chunk_tokens=settings.logprob_chunk_tokens).float().cpu())
     values = torch.cat(values) * mask
     # log pi_old - log pi_ref per token: the sampled estimate of KL(pi_old || pi_ref)
     kl = (rollout.old_logprobs - torch.cat(ref_logprobs)) * mask if reference is not None else torch.zeros_like(mask)
@@ -212,13 +229,19 @@ def make_experience(accelerator, model, reference, tokenizer, scorer: Scorer, pr
 
 
 def ppo_update(accelerator, model, optimizer, batch: PPOBatch, settings: PPOConfig) -> dict[str, float]:
-    """Step 6: ``ppo_epochs`` passes of clipped policy + value updates over shuffled mini-batches."""
+    """Step 6: ``ppo_epochs`` passes of clipped policy + value updates over shuffled mini-batches.
+
+    Memory: the policy's log-probs and entropies come ``logprob_chunk_tokens`` positions at a time, each
+    chunk's full-vocabulary logits recomputed in the backward pass rather than kept; with
+    ``gradient_checkpointing`` actor and critic keep only each layer's input for the backward.
+    """
     rollout = batch.rollout
     n = len(rollout)
     mini = settings.mini_batch_size // accelerator.num_processes
     micro = min(settings.micro_batch_size, mini)
     temperature = settings.rollout.temperature
     stats: dict[str, list[float]] = {}
+    accelerator.unwrap_model(model).set_gradient_checkpointing(settings.gradient_checkpointing)
     model.train()
     for _ in range(settings.ppo_epochs):
         order = torch.randperm(n).tolist()
@@ -229,17 +252,17 @@ def ppo_update(accelerator, model, optimizer, batch: PPOBatch, settings: PPOConf
                 rows = idx[m0:m0 + micro]
                 mask = rollout.response_mask[rows].to(accelerator.device)
                 with accelerator.autocast():
-                    logits, values = model(rollout.input_ids[rows].to(accelerator.device),
-                                           rollout.attention_mask[rows].to(accelerator.device), rollout.prompt_width)
-                logits = logits.float() / temperature
-                logprobs = pm.logprobs_from_logits(logits, rollout.response_ids[rows].to(accelerator.device))
+                    scores, values = model(rollout.input_ids[rows].to(accelerator.device),
+                                           rollout.attention_mask[rows].to(accelerator.device), rollout.prompt_width,
+                                           temperature=temperature, chunk_tokens=settings.logprob_chunk_tokens)
+                logprobs = scores.logprobs.float()
                 p_loss, p_stats = pm.policy_loss(logprobs, rollout.old_logprobs[rows].to(accelerator.device),
                                                  batch.advantages[rows].to(accelerator.device), mask,
                                                  settings.clip_ratio)
                 v_loss, v_stats = pm.value_loss(values.float(), batch.values[rows].to(accelerator.device),
                                                 batch.returns[rows].to(accelerator.device), mask,
                                                 settings.cliprange_value)
-                entropy = pm.masked_mean(pm.entropy_from_logits(logits), mask)
+                entropy = pm.masked_mean(scores.entropy.float(), mask)
                 loss = p_loss - settings.entropy_coef * entropy + v_loss
                 # token-mean over the whole mini-batch: weigh each micro-batch by its share of tokens
                 accelerator.backward(loss * mask.sum() / tokens_in_minibatch)
@@ -274,6 +297,43 @@ def clip_per_group(accelerator, optimizer, max_norm: float) -> dict[str, float]:
     return norms
 
 
+def make_accelerator(settings: PPOConfig):
+    """The job's Accelerator, its process group's collectives timing out after ``process_group_timeout_min``.
+
+    NCCL's watchdog aborts a collective after 10 minutes by default; a checkpoint or a validation
+    that keeps one rank busy longer while the others wait in a barrier would kill the job. The
+    timeout reaches the group when this Accelerator creates it (``InitProcessGroupKwargs``); a group
+    some earlier code created gets it set afterwards.
+    """
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from rlmt.train.runtime import use_bf16
+
+    timeout = timedelta(minutes=settings.process_group_timeout_min)
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16(settings.bf16) else "no",
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+    if dist.is_available() and dist.is_initialized() and process_group_timeout_min() != timeout / timedelta(minutes=1):
+        dist.distributed_c10d._set_pg_timeout(timeout)
+    return accelerator
+
+
+def process_group_timeout_min() -> float | None:
+    """The default process group's collective timeout in minutes, as its backend holds it (None: no group)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = dist.distributed_c10d._get_default_group()
+    backend = group._get_backend(torch.device("cuda" if torch.device("cuda") in group._device_types else "cpu"))
+    return backend.options._timeout / timedelta(minutes=1)
+
+
 def check_launcher(accelerator) -> bool:
     """PPO runs plain, under DDP, or sharded with FSDP2 (``config/accelerate/fsdp2.yaml``); True: sharded.
 
@@ -301,8 +361,10 @@ def check_launcher(accelerator) -> bool:
 
 @torch.no_grad()
 def validate(accelerator, model, tokenizer, scorer: Scorer, val_rows: list[dict], fmt: ThinkingFormat,
-             settings: PPOConfig) -> float:
-    """Mean answer-only reward of one sampled response per validation prompt (for best_val_reward)."""
+             settings: PPOConfig, engine: RolloutEngine | None = None) -> float:
+    """Mean answer-only reward of one sampled response per validation prompt (for best_val_reward).
+
+    `engine`: as in :func:`make_experience`."""
     core: ActorCritic = accelerator.unwrap_model(model)
     mine = [r["messages"] for r in val_rows[accelerator.process_index::accelerator.num_processes]]
     counted = len(mine)
@@ -315,9 +377,12 @@ def validate(accelerator, model, tokenizer, scorer: Scorer, val_rows: list[dict]
     total, count = 0.0, 0
     if mine:
         ro = settings.rollout
-        rollout = sample(core.policy, tokenizer, mine, max_prompt_length=ro.max_prompt_length,
-                         max_new_tokens=ro.max_completion_length, temperature=ro.temperature, top_p=ro.top_p,
-                         stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size, synced=synced)
+        with accelerator.autocast():
+            rollout = sample(core.policy, tokenizer, mine, max_prompt_length=ro.max_prompt_length,
+                             max_new_tokens=ro.max_completion_length, temperature=ro.temperature, top_p=ro.top_p,
+                             stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size,
+                             synced=synced, logprob_batch_size=settings.micro_batch_size,
+                             logprob_chunk_tokens=settings.logprob_chunk_tokens, engine=engine)
         scores = scorer.score(mine[:counted], rollout.texts[:counted]).scores
         total, count = float(sum(scores)), len(scores)
     sums = accelerator.reduce(torch.tensor([total, count], device=accelerator.device, dtype=torch.float64), "sum")
@@ -342,26 +407,26 @@ def save_checkpoint(accelerator, model, optimizer, tokenizer, state: dict, out: 
                     settings: PPOConfig, val_reward: float | None) -> Path | None:
     """Write ``OUT/checkpoint-<N>/`` (staging), then let :mod:`checkpoints` rename it to ``step-<N>``.
 
-    Every rank calls it: under FSDP2 the full weights and optimizer state are gathered (a
-    collective) and the main process writes them.
+    Every rank calls it. Every rank writes its own shard of the fp32 training state (policy, critic,
+    AdamW: :mod:`rlmt.train.ppo_checkpoint`); no rank gathers it. The policy export and the critic's
+    head are gathered one tensor at a time, in the policy's compute dtype, and the main process writes
+    them, the trainer state, and renames the staging dir once all of it is on disk.
     """
-    accelerator.wait_for_everyone()
-    if is_sharded(model):  # gather the full parameters and optimizer state (collectives)
-        weights, optim_state = full_model_state(model), full_optimizer_state(model, optimizer)
-    else:
-        weights, optim_state = accelerator.get_state_dict(model), optimizer.state_dict()
+    from rlmt.train.runtime import use_bf16
+
+    step = state["global_step"]
+    staging = out / f"{ckpt.STAGING_PREFIX}{step}"
+    core: ActorCritic = accelerator.unwrap_model(model)
+    save_training_state(staging / TRAINING_STATE_DIR, core, getattr(optimizer, "optimizer", optimizer))
+    dtype = export_dtype(use_bf16(settings.bf16))
+    main = accelerator.is_main_process
+    weights = gathered_state(core.policy, dtype, keep=main)
+    head = gathered_state(critic_head(core.critic), torch.float32, keep=main)
     path = None
-    if accelerator.is_main_process:
-        step = state["global_step"]
-        staging = out / f"{ckpt.STAGING_PREFIX}{step}"
-        core: ActorCritic = accelerator.unwrap_model(model)
-        core.policy.save_pretrained(str(staging), safe_serialization=True,
-                                    state_dict={k[len("policy."):]: v for k, v in weights.items()
-                                                if k.startswith("policy.")})
+    if main:
+        write_policy(core.policy, weights, staging, dtype)
         tokenizer.save_pretrained(str(staging))
-        save_critic(core.critic, staging / CRITIC_DIR, settings.critic,
-                    state_dict={k[len("critic."):]: v for k, v in weights.items() if k.startswith("critic.")})
-        torch.save(optim_state, staging / OPTIMIZER_FILE)
+        save_critic(staging / CRITIC_DIR, settings.critic, head)
         (staging / TRAINER_STATE).write_text(json.dumps({**state, "val_reward": val_reward}, indent=1) + "\n")
         path = ckpt.finalize_checkpoint(staging, out, step, fmt, val_reward)
         ckpt.prune(out, settings.checkpoints.save_total_limit,
@@ -371,47 +436,20 @@ def save_checkpoint(accelerator, model, optimizer, tokenizer, state: dict, out: 
     return path
 
 
-def full_model_state(model) -> dict:
-    """The FSDP2 parameters gathered whole on the main process (CPU tensors, keyed by name)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def full_optimizer_state(model, optimizer) -> dict:
-    """The FSDP2 optimizer state gathered whole (keyed by parameter name) on the main process."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def load_sharded_optimizer(accelerator, model, optimizer, path: Path) -> None:
-    """Resume an FSDP2 optimizer: the main process reads the full state, every rank takes its shard."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    full = torch.load(path, map_location="cpu", weights_only=True) if accelerator.is_main_process else {}
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=full,
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-
-
 # ----------------------------------------------------------------------------- data, seeds, metrics
 
 
 def _total_steps(settings: PPOConfig, n_prompts: int) -> int:
-    if settings.max_steps > 0:
-        return settings.max_steps
-    return max(1, math.ceil(settings.num_train_epochs * n_prompts / settings.prompts_per_step))
+    """The run's steps as rlmt.algorithms.ppo counts them (the same count the preflight checks select_step with)."""
+    return ppo_algorithm.total_steps(settings, n_prompts)
 
 
 def _check_geometry(settings: PPOConfig, world: int) -> None:
-    from rlmt.train.runtime import TrainingSetupError
-
-    if settings.prompts_per_step % world or settings.mini_batch_size % world:
-        raise TrainingSetupError(f"prompts_per_step ({settings.prompts_per_step}) and mini_batch_size "
-                                 f"({settings.mini_batch_size}) must be divisible by the number of processes ({world})")
-    if settings.mini_batch_size > settings.prompts_per_step:
-        raise TrainingSetupError(f"mini_batch_size ({settings.mini_batch_size}) exceeds prompts_per_step "
-                                 f"({settings.prompts_per_step}): one response per prompt makes a step's batch")
+    """The batch geometry rlmt.algorithms.ppo requires (the rule the preflight checks before any job)."""
+    problem = ppo_algorithm.geometry_problem(settings, world)
+    if problem:
+        key, message = problem
+        raise TrainingSetupError(f"{key}: {message}")
 
 
 def _prompts_for_step(rows: list[dict], step: int, settings: PPOConfig, world: int, rank: int) -> list[list[dict]]:

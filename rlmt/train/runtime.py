@@ -59,14 +59,26 @@ def accumulation_steps(global_batch: int, per_device: int, what: str = "global_b
 
 
 def vllm_wanted(use_vllm: bool | None) -> bool:
-    """None: vLLM when it is installed and a GPU is present."""
+    """Whether rollouts sample with vLLM. None: on a GPU machine yes, on a CPU machine no.
+
+    On a GPU machine without vllm, None is an error, not a quiet fall-back to transformers'
+    ``generate``: that decodes an 8B policy token by token through the sharded model, many times
+    slower, and a run sized for vLLM would overrun its time limit hours in. Asking for it
+    explicitly (``rollout.use_vllm: false``) is allowed.
+    """
     import importlib.util
 
     import torch
 
     installed = importlib.util.find_spec("vllm") is not None
     if use_vllm is None:
-        return installed and torch.cuda.is_available()
+        if not torch.cuda.is_available():
+            return False
+        if not installed:
+            raise TrainingSetupError("rollout.use_vllm is unset (auto) and this machine has a GPU, but vllm is not "
+                                     "installed: install it (pip install 'rlmt[vllm]'), or set rollout.use_vllm: "
+                                     "false to roll out with transformers' generate (far slower)")
+        return True
     if use_vllm and not installed:
         raise TrainingSetupError("rollout.use_vllm: true, but vllm is not installed (pip install 'rlmt[vllm]')")
     return use_vllm

@@ -35,7 +35,7 @@ envvars:
 shell.prefix("set -euo pipefail; export PYTHONPATH=" + shlex.quote(workflow.basedir) + '${{PYTHONPATH:+:$PYTHONPATH}}; ')
 CONFIG = PLAN.write_config_snapshot()
 
-# `rlmt preflight` (rlmt/preflight.py) gates every SFT and training job: it runs here, in the Snakemake
+# `rlmt preflight` (rlmt/preflight/) gates every SFT and training job: it runs here, in the Snakemake
 # process, before the DAG is built (also in a dry run; never again inside cluster jobs), and a blocker stops
 # Snakemake before any job starts. The marker it writes is an input of those jobs; see rlmt.preflight.gate for
 # why it is not a rule.

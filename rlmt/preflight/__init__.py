@@ -16,24 +16,25 @@ launcher       the algorithm cannot run under the rule's launcher and sharding (
 schedule       the selected step is never saved by the schedule (dataset size, epochs, prompts
                per rollout and per update, save steps)
 remote-code    a model whose repository ships modelling code lacks trust_remote_code
-memory         the per-GPU estimate exceeds the rule's ``gpu_mem_gb`` (warning above 90%)
-resources      a rule's resources are incomplete (GPU jobs without gpu_mem_gb, a cluster config
-               where some rule has no partition, non-positive runtime/memory/CPUs)
+memory         the job's per-GPU peak, traced on fake tensors through the real model code and sharded by
+               the launcher's rule, plus vLLM's share and the named terms the trace cannot see, exceeds
+               the GPU's usable memory (warning above 90%; :mod:`rlmt.preflight.gpu_job`)
+vllm-kv        one sequence of the colocated engine's max_model_len does not fit vLLM's KV budget
+               (vLLM refuses to start); a warning when fewer than half of a rollout's sequences fit at
+               once (:mod:`rlmt.preflight.vllm_kv`)
+runtime        the job's estimated wall time (rollout decoding, traced FLOPs at the configured MFU,
+               checkpoint writes; :mod:`rlmt.preflight.runtime_estimate`) exceeds the rule's Slurm runtime
+disk           the grid's checkpoints (size x kept + the selected one) exceed preflight.disk_quota_gb
+               (:mod:`rlmt.preflight.disk`); the cells that keep every checkpoint are named
+host-memory    the node's ranks load more into host memory than the rule's mem_mb
+resources      a rule's resources are incomplete (a cluster config where some rule has no partition,
+               non-positive runtime/memory/CPUs)
+tracking       (warning) a Slurm config with no MLflow server: one SQLite file on a shared filesystem
 =============  ==================================================================================
 
-The memory model (per GPU, bytes; P = parameters, N = processes of the job):
-
-- trained model states: DeepSpeed ZeRO with bf16 keeps bf16 weights and gradients and fp32
-  master weights + Adam moments (2P + 2P + 12P): ZeRO-2 shards the last two, ZeRO-3 all three;
-  a TRL trainer under DDP holds bf16 weights, gradients and AdamW moments (8P); rlmt's PPO holds
-  fp32 weights, gradients and moments (16P) per model, sharded by FSDP2;
-- reference model (GRPO with beta > 0, DPO): bf16 weights (2P), sharded under ZeRO-3/FSDP;
-- reward model (GRPO, PPO): bf16 weights on every rank (2P_rm), never sharded;
-- critic (PPO): as the actor;
-- vLLM (GRPO): ``rollout.vllm_gpu_memory_utilization`` of the GPU, colocated;
-- activations of one micro-batch of T tokens (Korthikanti et al. 2022): 34·T·h bytes per layer
-  without recomputation; with gradient checkpointing 2·T·h per layer plus one layer's 34·T·h;
-- logits: the positions a loss reads, x vocabulary, x 6 bytes (bf16 logits and an fp32 copy).
+Each GPU job's work per rank comes from its algorithm's ``job_shape`` (:mod:`rlmt.algorithms`), the same settings
+its trainer reads; traces are cached by their inputs' digest (``preflight.cache_dir``), so a rerun takes
+milliseconds per job. ``--no-trace`` (``preflight.trace: false``) skips the traces and says what was not checked.
 
 In the workflow the check is not a job: `gate` runs in the Snakemake process while it reads the Snakefile,
 before the DAG is built (and in a dry run), and writes ``results/.rlmt/preflight.ok``, which every SFT and
@@ -46,12 +47,14 @@ changed training setting reran nothing. The marker's text never changes, so it n
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rlmt import algorithms
 from rlmt.config import Cell, ConfigError, RLMTConfig, Resources, parse_config, select_step_problem, training_schedule
 from rlmt.files import replace_if_changed
 from rlmt.launch import SOURCE_ROOT, accelerate_config_files
@@ -59,15 +62,6 @@ from rlmt.launch import SOURCE_ROOT, accelerate_config_files
 GB = 1e9
 WARN_FRACTION = 0.9
 BLOCKER, WARNING, OK = "BLOCKER", "warning", "ok"
-
-# Launchers and sharding each algorithm's trainer runs under ("single": one process, no launcher).
-SUPPORTED = {
-    "sft": {"single", "ddp", "zero2", "zero3", "fsdp"},
-    "grpo": {"single", "ddp", "zero2", "zero3", "fsdp"},
-    "dpo": {"single", "ddp", "zero2", "zero3", "fsdp"},
-    "ppo": {"single", "ddp", "fsdp2"},  # rlmt's own loop: plain torch semantics under FSDP2, no DeepSpeed engine
-}
-
 
 @dataclass
 class Finding:
@@ -82,6 +76,7 @@ class Finding:
 class Report:
     findings: list[Finding] = field(default_factory=list)
     cells: list[str] = field(default_factory=list)
+    budgets: list[tuple[str, Any]] = field(default_factory=list)  # (cell, gpu_job.JobBudget) per GPU job
 
     def add(self, cell: str, check: str, level: str, key: str, message: str) -> None:
         self.findings.append(Finding(cell, check, level, key, message))
@@ -99,6 +94,21 @@ class Report:
         n_w = sum(f.level == WARNING for f in self.findings)
         lines.append(f"{len(self.cells)} cells: {n_b} blocker(s), {n_w} warning(s)")
         return "\n".join(lines)
+
+    def budget_table(self) -> str:
+        """One row per GPU job: memory per GPU, vLLM's KV headroom, hours against the limit, disk (GiB, h, TB)."""
+        if not self.budgets:
+            return ""
+        rows = [("cell", "job", "GPU memory", "peak at", "vLLM KV", "hours", "disk")]
+        for cell, b in self.budgets:
+            mem = f"{b.memory / 2**30:.1f}/{b.usable / 2**30:.1f} GiB" if b.memory_parts else "not traced"
+            kv = "-" if b.kv is None else ("does not fit" if not b.kv.fits_one_request else
+                                          f"{b.kv.kv_budget / 2**30:.1f} GiB, {b.kv.sequences_at_once} seqs")
+            hours = f"{b.estimate.hours:.1f}/{b.limit_hours:g}" if b.estimate is not None and b.estimate.parts else "-"
+            disk = f"{b.disk.total / 1e12:.2f} TB" if b.disk is not None else "-"
+            rows.append((cell, b.job, mem, b.memory_phase or "-", kv, hours, disk))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(len(r))).rstrip() for r in rows)
 
 
 # ----------------------------------------------------------------------------- facts
@@ -181,62 +191,7 @@ def sharding_of(res: Resources, root: Path) -> tuple[str, str | None]:
     return ("single" if procs == 1 else "ddp"), None
 
 
-def _supported(algo: str, sharding: str) -> bool:
-    allowed = SUPPORTED[algo]
-    return sharding in allowed or (sharding == "fsdp2" and "fsdp" in allowed)
-
-
 # ----------------------------------------------------------------------------- memory
-
-
-def memory_estimate(cfg: RLMTConfig, cell: Cell, algo: str, sharding: str, world: int, gpu_mem_gb: float | None,
-                    facts: dict[str, Any]) -> dict[str, float] | None:
-    """Per-GPU bytes by component (see the module docstring), or None if the model shapes are unknown."""
-    policy = model_shape(cfg.models[cell.base].source, facts)
-    if policy is None:
-        return None
-    p, n = policy.params, max(world, 1)
-    s = cfg.settings(algo, cell if algo != "sft" else {"base": cell.base, "start": cell.start, "think": cell.think,
-                                                        "sft_data": cell.sft_data})
-    sharded = sharding in ("zero3", "fsdp", "fsdp2")
-    if algo == "ppo":
-        states = 16 * p / (n if sharded else 1)
-    elif sharding in ("zero2", "zero3"):
-        states = 2 * p / (n if sharding == "zero3" else 1) + 14 * p / n
-    else:
-        states = 8 * p / (n if sharded else 1)
-    est = {"weights+grads+optimizer": states}
-    if (algo == "grpo" and s.beta > 0) or algo == "dpo":
-        est["reference model"] = 2 * p / (n if sharded else 1)
-    if algo == "ppo" and s.kl_coef > 0:
-        est["reference model"] = 4 * p
-    if algo in ("grpo", "ppo"):
-        rm_source = cfg.reward_models[cell.rm].source  # None: trained by the pipeline, shape unknown before it runs
-        rm = model_shape(rm_source, facts) if rm_source else None
-        if rm is not None:
-            est["reward model"] = 2 * rm.params
-    if algo == "ppo":
-        est["critic"] = states
-    if algo == "grpo" and s.rollout.use_vllm is not False and gpu_mem_gb:
-        est["vLLM share"] = s.rollout.vllm_gpu_memory_utilization * gpu_mem_gb * GB
-    h, layers, vocab = policy.hidden, policy.layers, policy.vocab
-    if algo == "grpo":
-        seqs, per_seq = s.per_device_train_batch_size, s.rollout.max_prompt_length + s.rollout.max_completion_length
-        loss_positions, ckpt = seqs * s.rollout.max_completion_length, s.gradient_checkpointing
-    elif algo == "ppo":
-        seqs = min(s.micro_batch_size, max(s.mini_batch_size // n, 1))
-        per_seq = s.rollout.max_prompt_length + s.rollout.max_completion_length
-        loss_positions, ckpt = seqs * per_seq, False
-    elif algo == "dpo":
-        seqs, per_seq = 2 * s.per_device_train_batch_size, s.max_length
-        loss_positions, ckpt = seqs * per_seq, False
-    else:
-        seqs, per_seq = s.per_device_train_batch_size, s.max_length
-        loss_positions, ckpt = seqs * per_seq, s.gradient_checkpointing
-    tokens = seqs * per_seq
-    est["activations"] = (2 * tokens * h * layers + 34 * tokens * h) if ckpt else 34 * tokens * h * layers
-    est["logits"] = 6 * loss_positions * vocab
-    return est
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -311,7 +266,7 @@ def _chat_template_text(source: str, facts: dict[str, Any]) -> tuple[str | None,
 
 
 def _launcher_check(cfg: RLMTConfig, cell: Cell, rule: str, algo: str, report: Report, root: Path,
-                    facts: dict[str, Any]) -> None:
+                    options: "Options") -> None:
     from rlmt.workflow import Plan
 
     plan = Plan(cfg)
@@ -323,55 +278,119 @@ def _launcher_check(cfg: RLMTConfig, cell: Cell, rule: str, algo: str, report: R
     if problem:
         report.add(cell.name, "launcher", BLOCKER, f"{res_key}.accelerate_config", f"{label}: {problem}")
         return
-    if not _supported(algo, sharding):
+    algorithm = algorithms.get(algo)
+    if not algorithm.supports(sharding):
         report.add(cell.name, "launcher", BLOCKER, f"{res_key}.accelerate_config",
-                   f"{label} does not run under {sharding} ({res.accelerate_config}); supported: {sorted(SUPPORTED[algo])}")
+                   f"{label} does not run under {sharding} ({res.accelerate_config}); "
+                   f"supported: {sorted(algorithm.supported_sharding)}")
         return
     world = max(res.gpus, 1) * res.nodes
-    geometry = _geometry_problem(cfg, cell, algo, world)
+    geometry = algorithm.geometry_problem(_settings(cfg, cell, algorithm), world)
     if geometry:
         report.add(cell.name, "launcher", BLOCKER, geometry[0], f"{label} on {world} processes: {geometry[1]}")
         return
     report.add(cell.name, "launcher", OK, f"{res_key}.accelerate_config", f"{label}: {sharding} on {world} process(es)")
-    if res.gpus > 0 and res.gpu_mem_gb:
-        est = memory_estimate(cfg, cell, algo, sharding, world, res.gpu_mem_gb, facts)
-        mkey = f"{res_key}.gpu_mem_gb"
-        if est is None:
-            report.add(cell.name, "memory", WARNING, mkey, f"{label}: model shapes unknown, memory not estimated")
-            return
-        total = sum(est.values()) / GB
-        parts = ", ".join(f"{k} {v / GB:.1f}" for k, v in est.items())
-        level = BLOCKER if total > res.gpu_mem_gb else WARNING if total > WARN_FRACTION * res.gpu_mem_gb else OK
-        report.add(cell.name, "memory", level, mkey,
-                   f"{label}: ~{total:.1f} of {res.gpu_mem_gb:g} GB per GPU ({parts})")
+    if res.gpus > 0:
+        _gpu_job_check(cfg, cell, rule, algorithm, res, res_key, sharding, world, report, options)
 
 
-def _geometry_problem(cfg: RLMTConfig, cell: Cell, algo: str, world: int) -> tuple[str, str] | None:
-    if algo == "sft":
-        s = cfg.settings("sft", {"base": cell.base, "start": cell.start, "think": cell.think, "sft_data": cell.sft_data})
-        if s.global_batch_size % (s.per_device_train_batch_size * world):
-            return ("algorithms.sft.global_batch_size", f"{s.global_batch_size} is not divisible by "
-                    f"per_device_train_batch_size {s.per_device_train_batch_size} x {world}")
-        return None
-    s = cfg.settings(algo, cell)
-    if algo == "grpo":
-        per_update = (s.prompts_per_update or s.prompts_per_step) * s.num_generations
-        micro = min(s.per_device_train_batch_size, per_update) * world
-        if per_update % micro:
-            return ("algorithms.grpo.prompts_per_update", f"{per_update} completions per update are not divisible by "
-                    f"per_device_train_batch_size x {world}")
-        if (s.prompts_per_step * s.num_generations) % micro:
-            return ("algorithms.grpo.prompts_per_step", f"{s.prompts_per_step * s.num_generations} completions per "
-                    f"rollout are not divisible by per_device_train_batch_size x {world}")
-    elif algo == "ppo":
-        if s.prompts_per_step % world or s.mini_batch_size % world:
-            return ("algorithms.ppo.mini_batch_size", f"prompts_per_step {s.prompts_per_step} and mini_batch_size "
-                    f"{s.mini_batch_size} must be divisible by {world}")
-    elif algo == "dpo":
-        if s.global_batch_size % (s.per_device_train_batch_size * world):
-            return ("algorithms.dpo.global_batch_size", f"{s.global_batch_size} is not divisible by "
-                    f"per_device_train_batch_size {s.per_device_train_batch_size} x {world}")
-    return None
+def _gpu_job_check(cfg: RLMTConfig, cell: Cell, rule: str, algorithm: algorithms.Algorithm, res: Resources,
+                   res_key: str, sharding: str, world: int, report: Report, options: "Options") -> None:
+    """Memory per GPU (traced), vLLM's KV budget, wall time against the Slurm limit, disk and host memory."""
+    from rlmt.preflight import gpu_job
+
+    label = algorithm.name
+    settings = _settings(cfg, cell, algorithm)
+    if algorithm.job_shape is None:
+        report.add(cell.name, "memory", WARNING, f"algorithms.{label}", f"{label}: no job shape registered: memory, "
+                   "KV cache and runtime not checked")
+        return
+    mixture = cfg.mixtures[cell.mixture]
+    if algorithm.trains_cell:
+        n_prompts = mixture.n_train or 0
+    else:
+        n_prompts = (cfg.sft_data[cell.sft_data].n_prompts or 0) if cell.sft_data else 0
+    shape = algorithm.job_shape(settings, world, n_prompts, mixture.n_val)
+    gpus = gpu_job.load_gpus()
+    gpu = gpus.get(cfg.preflight.gpu)
+    if gpu is None:
+        report.add(cell.name, "runtime", BLOCKER, "preflight.gpu", f"unknown GPU {cfg.preflight.gpu!r}; known: "
+                   f"{sorted(gpus)} (rlmt/resources/gpu_facts.yaml)")
+        return
+    usable = gpu.usable_gib * gpu_job.GIB if res.gpu_mem_gb is None or res.gpu_mem_gb >= gpu.usable_gib \
+        else res.gpu_mem_gb * GB
+    sched = algorithm.schedule(settings, n_prompts) if algorithm.trains_cell and n_prompts else None
+    reward = None
+    if algorithm.reward_model_in_training:
+        rm = cfg.reward_models[cell.rm]
+        if rm.source is not None:
+            length = min(rm.max_length, shape.tokens_per_sequence)
+            reward = (rm.source, max(1, rm.max_tokens_per_batch // length), length)
+    checkpoints = getattr(settings, "checkpoints", None)
+    limit = checkpoints.save_total_limit if checkpoints is not None else getattr(settings, "save_total_limit", None)
+    saved = len(sched.saved_steps) if sched else max(1, (shape.updates_upper_bound or 1) // max(
+        getattr(checkpoints, "save_steps", None) or getattr(settings, "save_steps", 1), 1))
+    fixed = checkpoints is not None and isinstance(checkpoints.select_step, int) and \
+        not isinstance(checkpoints.select_step, bool)
+    b = gpu_job.budget(job=label, shape=shape, settings=settings, policy_source=cfg.models[cell.base].source,
+                       reward=reward, sharding=sharding, world=world, gpus_per_node=max(res.gpus, 1), gpu=gpu,
+                       usable=usable, preflight=cfg.preflight,
+                       schedule_updates=sched.total_steps if sched else None,
+                       schedule_rollouts=sched.rollouts if sched else None, saved_steps=saved,
+                       save_total_limit=limit, select_is_fixed=fixed, runtime_min=res.runtime, mem_mb=res.mem_mb,
+                       cache_dir=options.cache_dir, trace=options.trace)
+    report.budgets.append((cell.name, b))
+    for what in b.unchecked:
+        report.add(cell.name, "memory", WARNING, f"{res_key}", f"{label}: {what}")
+    if b.memory_parts:
+        total, usable_gib = b.memory / gpu_job.GIB, b.usable / gpu_job.GIB
+        level = BLOCKER if b.memory > b.usable else WARNING if b.memory > WARN_FRACTION * b.usable else OK
+        parts = ", ".join(f"{k} {v / gpu_job.GIB:.1f}" for k, v in b.memory_parts.items() if v >= 0.05 * gpu_job.GIB)
+        report.add(cell.name, "memory", level, _memory_key(b, shape, label, res_key) if level != OK else
+                   f"{res_key}.gpu_mem_gb", f"{label}: {total:.1f} of {usable_gib:.1f} GiB per GPU at the "
+                   f"{b.memory_phase} peak ({parts})")
+    if b.kv is not None:
+        key = f"{shape.vllm.key}.vllm_max_model_length"
+        if not b.kv.fits_one_request:
+            report.add(cell.name, "vllm-kv", BLOCKER, key, f"{label}: {b.kv.describe()}")
+        else:
+            waves = b.kv.waves
+            level = WARNING if b.kv.sequences_at_once < shape.rollout_sequences // 2 else OK
+            report.add(cell.name, "vllm-kv", level, f"{shape.vllm.key}.vllm_gpu_memory_utilization",
+                       f"{label}: {b.kv.describe()}" + (f" (up to {waves} waves of full-length sequences)"
+                                                          if waves > 1 else ""))
+    if b.estimate is not None and b.estimate.parts:
+        hours = b.estimate.hours
+        level = BLOCKER if hours > b.limit_hours else WARNING if hours > WARN_FRACTION * b.limit_hours else OK
+        report.add(cell.name, "runtime", level, f"{res_key}.runtime",
+                   f"{label}: ~{hours:.1f} h of {b.limit_hours:g} h ({b.estimate.describe()}; {gpu.name}, mfu "
+                   f"{cfg.preflight.mfu:g}){'; ' + '; '.join(b.estimate.notes) if b.estimate.notes else ''}")
+    if b.host_bytes:
+        level = BLOCKER if b.host_bytes > b.host_limit else WARNING if b.host_bytes > WARN_FRACTION * b.host_limit \
+            else OK
+        report.add(cell.name, "host-memory", level, f"{res_key}.mem_mb",
+                   f"{label}: ~{b.host_bytes / GB:.0f} of {b.host_limit / GB:.0f} GB host memory per node while the "
+                   f"{max(res.gpus, 1)} ranks load their models")
+
+
+def _memory_key(b, shape, label: str, res_key: str) -> str:
+    """The setting that shrinks an over-budget job the most."""
+    parts = b.memory_parts
+    if "vLLM" in parts and shape.vllm is not None and not shape.vllm.sleeps:
+        return f"{shape.vllm.key}.vllm_enable_sleep_mode"
+    if b.memory_phase == "rollout_logprobs":
+        return f"algorithms.{label}.logprob_chunk_tokens"
+    if not shape.checkpointing and parts.get("activations", 0) >= max(parts.values()) * 0.5:
+        return f"algorithms.{label}.gradient_checkpointing"
+    return shape.memory_keys[0] if shape.memory_keys else f"{res_key}.gpu_mem_gb"
+
+
+def _settings(cfg: RLMTConfig, cell: Cell, algorithm: algorithms.Algorithm):
+    """The settings `algorithm` runs with for `cell`: SFT's overrides match the warm-start policy's axes alone."""
+    if algorithm.trains_cell:
+        return cfg.settings(algorithm.name, cell)
+    return cfg.settings(algorithm.name, {"base": cell.base, "start": cell.start, "think": cell.think,
+                                         "sft_data": cell.sft_data})
 
 
 def _schedule_check(cfg: RLMTConfig, cell: Cell, report: Report) -> None:
@@ -415,6 +434,11 @@ def _resources_check(cfg: RLMTConfig, report: Report) -> None:
                        "do: its jobs would land on the cluster's default partition")
         if res.launcher == "accelerate" and not res.accelerate_config and max(res.gpus, 1) * res.nodes > 1:
             report.add("(all)", "resources", WARNING, f"{key}.accelerate_config", "no accelerate config: plain DDP")
+    if cluster and not cfg.tracking.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        report.add("(all)", "tracking", WARNING, "tracking.tracking_uri",
+                   "a Slurm config without an MLflow server: every job would write one SQLite file (mlruns.db) on the "
+                   "shared filesystem, where concurrent writers lock each other out; set tracking.tracking_uri or "
+                   "MLFLOW_TRACKING_URI to a server (`mlflow server` on a login node)")
 
 
 DONE_TEXT = "preflight: no blockers\n"
@@ -430,15 +454,16 @@ class PreflightBlocked(RuntimeError):
 
 
 def gate(config: str | Path, done: str | Path, *, root: str | Path | None = None,
-         log: str | Path | None = None) -> Report:
+         log: str | Path | None = None, trace: bool | None = None, cache_dir: str | Path | None = None) -> Report:
     """Check `config`; with no blocker, write the marker `done` (the same text every time, rewritten only when
     absent or different, so it never makes a job rerun); with blockers, remove it and raise PreflightBlocked.
-    `log` receives the report's table and its blockers."""
-    report = run(config, root=root)
+    `log` receives the report's budget table, its findings and its blockers."""
+    report = run(config, root=root, trace=trace, cache_dir=cache_dir)
     lines = blocker_lines(report)
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
-        Path(log).write_text(report.table() + "\n" + "".join(line + "\n" for line in lines))
+        Path(log).write_text((report.budget_table() + "\n\n" if report.budgets else "") + report.table() + "\n"
+                             + "".join(line + "\n" for line in lines))
     if report.blockers:
         Path(done).unlink(missing_ok=True)
         raise PreflightBlocked(f"rlmt preflight: {len(lines)} blocker(s) in {config}, nothing started:\n"
@@ -447,9 +472,20 @@ def gate(config: str | Path, done: str | Path, *, root: str | Path | None = None
     return report
 
 
-def run(config: str | Path, *, root: str | Path | None = None) -> Report:
+@dataclass(frozen=True)
+class Options:
+    """How much the preflight measures: `trace` the GPU jobs on fake tensors (cached in `cache_dir`)."""
+
+    trace: bool = True
+    cache_dir: Path = Path("results/.rlmt/preflight-cache")
+
+
+def run(config: str | Path, *, root: str | Path | None = None, trace: bool | None = None,
+        cache_dir: str | Path | None = None) -> Report:
     """Check every cell of the config at `config`; relative paths (accelerate configs) resolve against `root`
-    (default: the workflow's source tree, as the launcher resolves them)."""
+    (default: the workflow's source tree, as the launcher resolves them). `trace`: trace GPU jobs (None: the
+    config's preflight.trace); `cache_dir`: where traces are cached (None: $RLMT_PREFLIGHT_CACHE, else the config's
+    preflight.cache_dir)."""
     report = Report()
     config = Path(config)
     root = Path(root) if root else SOURCE_ROOT
@@ -460,13 +496,49 @@ def run(config: str | Path, *, root: str | Path | None = None) -> Report:
         report.add("(config)", "config", BLOCKER, str(config), str(err).replace("\n", " "))
         return report
     facts = load_facts()
+    cache_dir = cache_dir or os.environ.get("RLMT_PREFLIGHT_CACHE") or cfg.preflight.cache_dir
+    options = Options(trace=cfg.preflight.trace if trace is None else trace, cache_dir=Path(cache_dir))
     _resources_check(cfg, report)
     for cell in cfg.cells():
         report.cells.append(cell.name)
         if cell.start == "warm-start":
             _template_check(cfg, cell, report, facts)
-            _launcher_check(cfg, cell, "sft", "sft", report, root, facts)
-        _launcher_check(cfg, cell, "train", cell.algo, report, root, facts)
+            _launcher_check(cfg, cell, "sft", "sft", report, root, options)
+        _launcher_check(cfg, cell, "train", cell.algo, report, root, options)
         _schedule_check(cfg, cell, report)
         _remote_code_check(cfg, cell, report, facts)
+    _disk_check(cfg, report)
     return report
+
+
+def _disk_check(cfg: RLMTConfig, report: Report) -> None:
+    """The grid's checkpoints against preflight.disk_quota_gb: an unlimited cell is the key to change."""
+    seen: dict[tuple[str, str], float] = {}
+    for cell, b in report.budgets:
+        if b.disk is not None:
+            seen[(cell, b.job)] = b.disk.total
+    total = sum(seen.values())
+    quota = cfg.preflight.disk_quota_gb
+    if not seen:
+        return
+    if quota is None:
+        report.add("(all)", "disk", OK, "preflight.disk_quota_gb", f"checkpoints at their peak: ~{total / 1e12:.1f} TB "
+                   "over the grid (no quota set)")
+        return
+    if total <= quota * GB:
+        report.add("(all)", "disk", OK, "preflight.disk_quota_gb", f"~{total / 1e12:.1f} of {quota / 1e3:g} TB")
+        return
+    unlimited = [(cell, job) for (cell, job) in seen if _save_limit(cfg, cell, job) is None]
+    for cell, job in unlimited:
+        report.add(cell, "disk", BLOCKER, f"algorithms.{job}.checkpoints.save_total_limit",
+                   f"{job} keeps every checkpoint (~{seen[(cell, job)] / 1e12:.2f} TB); the grid needs ~{total / 1e12:.1f}"
+                   f" TB of a {quota / 1e3:g} TB quota")
+    if not unlimited:
+        report.add("(all)", "disk", BLOCKER, "preflight.disk_quota_gb", f"checkpoints need ~{total / 1e12:.1f} TB of a "
+                   f"{quota / 1e3:g} TB quota")
+
+
+def _save_limit(cfg: RLMTConfig, cell_name: str, job: str) -> int | None:
+    settings = _settings(cfg, cfg.cell(cell_name), algorithms.get(job))
+    checkpoints = getattr(settings, "checkpoints", None)
+    return checkpoints.save_total_limit if checkpoints is not None else settings.save_total_limit

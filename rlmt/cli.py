@@ -11,9 +11,19 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
+
+
+class _RootCommand(TyperGroup):
+    """The ``rlmt`` group: keeps the command line (``ctx.meta["rlmt.args"]``) for the job log's first line."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["rlmt.args"] = list(args)
+        return super().parse_args(ctx, args)
+
 
 app = typer.Typer(help="rlmt: train language models that think before they chat (RLMT).", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=_RootCommand)
 config_app = typer.Typer(help="Validate and inspect configs.", no_args_is_help=True)
 models_app = typer.Typer(help="Build, prepare and convert models.", no_args_is_help=True)
 data_app = typer.Typer(help="Prompt mixtures, SFT data and benchmark data.", no_args_is_help=True)
@@ -30,14 +40,38 @@ app.add_typer(report_app, name="report")
 ConfigOpt = typer.Option(Path("config/config.yaml"), "--config", "-c", help="rlmt config file.")
 
 
+@app.callback()
+def _job_log(ctx: typer.Context,
+             log_level: Optional[str] = typer.Option(None, "--log-level", metavar="LEVEL",
+                                                     help="debug | info | warning | error (default: the config's "
+                                                     "tracking.log_level, else info).")) -> None:
+    """Every command passes here first: its job log (rlmt.joblog) opens, and closes when the command ends."""
+    from rlmt import joblog
+
+    if ctx.resilient_parsing:  # shell completion: nothing runs
+        return
+    line, sub = ctx.meta.get("rlmt.args", []), ctx.invoked_subcommand or ""
+    words, args = ["rlmt", sub], line[line.index(sub) + 1:] if sub in line else []
+    if isinstance(ctx.command.get_command(ctx, sub), TyperGroup) and args[:1] and not args[0].startswith("-"):
+        words.append(args.pop(0))
+    try:
+        joblog.begin(" ".join(words), args, log_level)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--log-level") from None
+    ctx.call_on_close(lambda: joblog.finish(sys.exc_info()[1]))
+
+
 def _load(config: Path):
+    from rlmt import joblog
     from rlmt.config import ConfigError, load_config
 
     try:
-        return load_config(config)
+        cfg = load_config(config)
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
+    joblog.level_from_config(getattr(cfg.tracking, "log_level", None))  # the field: coordinator's (issue 32)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- config

@@ -363,6 +363,10 @@ class PreflightConfig(Strict):
     nccl_buffers_gb: float = Field(default=1.0, ge=0, description="NCCL communication buffers per process (GiB).")
     fragmentation: float = Field(default=0.05, ge=0, lt=1, description="Allocator fragmentation margin: this share of "
                                  "the traced peak is added.")
+    memory_limit_fraction: float = Field(
+        default=0.9, gt=0, le=1, description="A GPU job whose estimated peak exceeds this share of the GPU's usable "
+        "memory blocks (a warning above 0.9 x this share): the rest is the margin for what no trace sees (the "
+        "allocator's cached blocks between phases, DeepSpeed's communication buckets, vLLM waking up).")
     disk_quota_gb: float | None = Field(default=None, gt=0, description="Space for results/ (checkpoints dominate); "
                                         "None: disk is reported, not checked.")
 

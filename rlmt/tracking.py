@@ -21,6 +21,10 @@ checkpoints as external logged models (:func:`log_checkpoint_model`: the directo
 :func:`model_digest`, no copy of the weights; ``eval collect`` links a model's scores to it), and,
 on training and generation runs, system metrics (``stage_run(system_metrics=<seconds>)``).
 
+The job's log tells the same story (:mod:`rlmt.joblog`): :func:`stage_run` logs the run it opened
+with its inputs' digests, :func:`log_params` the settings, :func:`log_outputs` records what the job
+wrote for the log's last line, and the run's end is logged with its status and duration.
+
 Secrets never reach MLflow: :func:`redact` drops parameters whose name looks like a credential and
 masks any value equal to a credential found in the environment.
 """
@@ -31,6 +35,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -39,6 +44,10 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from rlmt import joblog
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlruns.db"
 DEFAULT_EXPERIMENT = "rlmt"
@@ -292,6 +301,11 @@ def stage_run(
         end_orphaned_runs(uri=uri, experiment=experiment)
         run = _retry(mlflow.start_run, experiment_id=exp_id, run_name=run_name or stage,
                      parent_run_id=parent, nested=parent is not None, tags=all_tags, log_system_metrics=False)
+    started = time.monotonic()
+    joblog.adopt_library_loggers()
+    log.info("stage %s, cell %s: MLflow run %s (%s) in experiment %s of %s; inputs: %s", stage, cell or "-",
+             run_name or stage, run.info.run_id, experiment, uri,
+             ", ".join(f"{n}={all_tags[f'rlmt.input.{n}']}" for n in (inputs or {})) or "none")
     monitor = _start_system_metrics(run.info.run_id, system_metrics, uri) if system_metrics else None
     try:
         if params:
@@ -301,11 +315,13 @@ def stage_run(
         _stop_system_metrics(monitor)
         _retry(mlflow.end_run, "FAILED")
         _extend_parent(uri, parent)
+        log.info("MLflow run %s ended FAILED after %.1f s", run.info.run_id, time.monotonic() - started)
         raise
     else:
         _stop_system_metrics(monitor)
         _retry(mlflow.end_run, "FINISHED")
         _extend_parent(uri, parent)
+        log.info("MLflow run %s ended FINISHED after %.1f s", run.info.run_id, time.monotonic() - started)
 
 
 def _start_system_metrics(run_id: str, interval: float, uri: str):
@@ -313,15 +329,13 @@ def _start_system_metrics(run_id: str, interval: float, uri: str):
 
     ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``, when set, overrides `interval` (MLflow's rule).
     """
-    import logging
-
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         monitor = SystemMetricsMonitor(run_id, sampling_interval=float(interval), tracking_uri=uri)
         monitor.start()
     except Exception as err:  # psutil missing, a monitor failing to initialise: the job runs on without
-        logging.getLogger(__name__).warning("system metrics not logged for run %s: %s", run_id, err)
+        log.warning("system metrics not logged for run %s: %s", run_id, err)
         return None
     return monitor
 
@@ -330,8 +344,6 @@ def _stop_system_metrics(monitor) -> None:
     """Stop the sampler and flush what it buffered, while the run is still open (joins the thread)."""
     if monitor is None:
         return
-    import logging
-
     try:
         monitor.finish()
         # MLflow publishes only whole sampling intervals: what the sampler collected in the last, cut-short one
@@ -345,7 +357,7 @@ def _stop_system_metrics(monitor) -> None:
             monitor.publish_metrics(rest)
             monitor.mlflow_logger.flush()
     except Exception as err:
-        logging.getLogger(__name__).warning("system metrics: stopping the sampler failed: %s", err)
+        log.warning("system metrics: stopping the sampler failed: %s", err)
 
 
 def _extend_parent(uri: str, parent: str | None) -> None:
@@ -458,6 +470,8 @@ def log_params(params: Mapping[str, Any]) -> None:
     flat = redact(flatten(params))
     clean = {k: (json.dumps(v) if isinstance(v, (list, tuple)) else v) for k, v in flat.items()}
     clean = {k: str(v)[:MAX_PARAM_LEN] for k, v in clean.items()}
+    log.info("settings: %s", ", ".join(f"{k}={v}" for k, v in clean.items() if flat[k] is not None) or "none")
+    log.debug("settings left unset: %s", ", ".join(k for k in clean if flat[k] is None) or "none")
     items = list(clean.items())
     for i in range(0, len(items), 90):  # MLflow accepts at most 100 params per batch
         _retry(mlflow.log_params, dict(items[i:i + 90]))
@@ -472,7 +486,9 @@ def log_outputs(outputs: Mapping[str, str | Path]) -> None:
 
     if mlflow.active_run() is None:
         return
-    _retry(mlflow.set_tags, {f"rlmt.output.{n}": f"{p}@{model_digest(p)[:16]}" for n, p in outputs.items()})
+    tags = {f"rlmt.output.{n}": f"{p}@{model_digest(p)[:16]}" for n, p in outputs.items()}
+    _retry(mlflow.set_tags, tags)
+    joblog.record_outputs({n: tags[f"rlmt.output.{n}"] for n in outputs})
 
 
 # ---------------------------------------------------------------------- datasets and checkpoints
@@ -483,9 +499,7 @@ CHECKPOINT_MODEL_TYPE = "rlmt-checkpoint"
 
 
 def _warn(msg: str, *args) -> None:
-    import logging
-
-    logging.getLogger(__name__).warning(msg, *args)
+    log.warning(msg, *args)
 
 
 def dataset_profile(path: str | Path) -> dict[str, Any]:

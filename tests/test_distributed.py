@@ -15,20 +15,90 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_check_runs_its_tiny_path_on_cpu():
-    done = subprocess.run(["bash", str(ROOT / "bench/gpu_check.sh"), "--steps", "2"], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+def run_gpu_check(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run(["bash", str(ROOT / "bench/gpu_check.sh"), "--workdir", str(tmp_path / "work"), "--out",
+                           str(out), *args], capture_output=True, text=True, timeout=900, env=env)
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    return done, report
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_tiny_path_on_cpu(tmp_path):
+    """Without CUDA the acceptance script runs the tiny shape of all three parts through the real trainers, with
+    HF generate, and reports rates, MFU and the traced estimates; vLLM is reported as skipped."""
+    done, report = run_gpu_check(tmp_path, "--steps", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "no GPU: tiny CPU run" in done.stdout and "measured matmul" in done.stdout
-    for algo in ("grpo", "ppo"):
-        m = re.search(rf"{algo} summary: params ([\d.]+)M  rollout ([\d,]+) tok/s  update ([\d,]+) tok/s  MFU ([\d.]+)%",
-                      done.stdout)
+    for algo in ("grpo", "ppo", "dpo"):
+        m = re.search(rf"{algo} summary: params ([\d.]+)M  rollout ([\d,]+) tok/s  update ([\d,]+) tok/s  "
+                      rf"MFU ([\d.]+)% of measured matmul", done.stdout)
         assert m, done.stdout
         assert float(m.group(1)) > 0 and int(m.group(2).replace(",", "")) > 0 and int(m.group(3).replace(",", "")) > 0
         assert 0 < float(m.group(4)) < 100
     # PPO also trains the critic: more parameters than GRPO's policy alone
-    params = [float(x) for x in re.findall(r"summary: params ([\d.]+)M", done.stdout)]
-    assert params[1] > params[0]
+    params = dict(re.findall(r"(\w+) summary: params ([\d.]+)M", done.stdout))
+    assert float(params["ppo"]) > float(params["grpo"])
+    assert re.search(r"skipped: vLLM rollouts .*no CUDA device", done.stdout)
+
+    parts = report["parts"]
+    assert {p: parts[p]["status"] for p in parts} == {"grpo": "ran", "ppo": "ran", "dpo": "ran"}
+    steps = {p: [r for r in parts[p]["records"] if r["kind"] == "step"] for p in parts}
+    assert [len(s) for s in steps.values()] == [2, 2, 2]
+    # bench/gpu_check.py TINY_SHAPE, by hand: every completion runs to the 8-token cap (the policy's EOS is
+    # suppressed) and every prompt is longer than the limits, so each step has the configured widths.
+    # GRPO: 2 prompts x 4 completions = 8 rows, prompts cut to 32 tokens: 8 x 8 = 64 tokens generated,
+    # 8 x (32 + 8) = 320 update tokens
+    for r in steps["grpo"]:
+        assert (r["rows"], r["prompt_width"], r["completion_width"], r["generated"], r["update_tokens"]) == \
+            (8, 32, 8, 64, 320)
+    # PPO: 4 prompts, cut to 28 tokens: 4 x 8 = 32 generated, 4 x (28 + 8) = 144 update tokens (1 PPO epoch)
+    for r in steps["ppo"]:
+        assert (r["rows"], r["prompt_width"], r["completion_width"], r["generated"], r["update_tokens"]) == \
+            (4, 28, 8, 32, 144)
+    # DPO: 2 prompts x 4 samples x 8 tokens = 64 generated; then one pair per step, chosen + rejected cut at
+    # max_length 48: 2 rows x 48 = 96 tokens
+    sampling = [r for r in parts["dpo"]["records"] if r["kind"] == "sampling"]
+    assert len(sampling) == 1 and sampling[0]["generated"] == 64 and sampling[0]["rows"] == 8
+    for r in steps["dpo"]:
+        assert (r["rows"], r["completion_width"], r["update_tokens"]) == (2, 48, 96)
+    # every phase was timed, and the preflight's tracer estimated the update of each part
+    for p in parts:
+        assert all(r["phases"]["update"]["seconds"] > 0 for r in steps[p])
+        assert parts[p]["summary"]["memory"]["update"]["estimate"]["bytes"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_without_trl_vllm_deepspeed_mlflow_runs_what_it_can(tmp_path):
+    """A bare CUDA image (PyTorch, transformers, accelerate) lacks TRL, vLLM, DeepSpeed and mlflow: the script
+    still runs PPO and DPO's pair sampling, skips GRPO and the DPO update, and says so (simulated here by making
+    those imports fail in every process, as if they were not installed)."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "for name in ('trl', 'vllm', 'deepspeed', 'mlflow'):\n"
+        "    # a stand-in mlflow the script puts on the path stays importable, as it would where none is installed\n"
+        "    if name == 'mlflow' and any(os.path.isfile(os.path.join(p, 'mlflow', '__init__.py'))\n"
+        "                                for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p):\n"
+        "        continue\n"
+        "    sys.modules[name] = None  # import fails and importlib.util.find_spec answers None\n")
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(hide)}
+    done, report = run_gpu_check(tmp_path, "--steps", "1", env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "installed: trl no, vllm no, deepspeed no, mlflow no" in done.stdout
+    parts = report["parts"]
+    assert parts["grpo"]["status"] == "skipped" and "trl" in parts["grpo"]["reason"]
+    assert parts["ppo"]["status"] == "ran"  # through the mlflow stand-in
+    assert [r["kind"] for r in parts["ppo"]["records"]] == ["step"]
+    assert parts["dpo"]["status"] == "partial"
+    assert [r["kind"] for r in parts["dpo"]["records"]] == ["sampling"]
+    for line in ("skipped: grpo: trl is not installed", "skipped: dpo update: TRL's DPOTrainer: trl is not installed",
+                 "skipped: vLLM rollouts"):
+        assert line in done.stdout, done.stdout
+    assert "not traced: rlmt.memtrace needs trl" in done.stdout
 
 
 # ----------------------------------------------------------------------------- ranks and devices (issue 14)

@@ -220,7 +220,7 @@ def test_report_joint_fit_over_every_cell_gives_the_official_leaderboard(arena, 
                     label = g["score"] if g else None
                     fh.write(json.dumps({**common, "game": game, "parsed": label, "ok": label is not None}) + "\n")
     # models in the official run's order (its float32 L-BFGS stop depends on the row order)
-    boards = joint_leaderboards(official["hard_prompt"]["model_order"], tmp_path, official_rounds=10, our_rounds=10)
+    boards = joint_leaderboards(official["hard_prompt"]["model_order"], tmp_path, official_rounds=100, our_rounds=10)
     assert set(boards) == {"hard_prompt", "creative_writing"}
     for category, board in boards.items():
         assert board.baseline == meta["baselines"][category]
@@ -230,8 +230,9 @@ def test_report_joint_fit_over_every_cell_gives_the_official_leaderboard(arena, 
     table = joint_table(boards)
     assert table.height == 8 and "| creative_writing | plain-short |" in "\n".join(markdown(table))
 
-    # The main table's AH2: the joint hard_prompt number for a model judged under the official
-    # protocol; a paper-protocol row keeps its pooled cell-alone headline.
+    # The main table's AH2: the number the official leaderboard shows -- the median of the official
+    # bootstrap of the joint hard_prompt fit -- for a model judged under the official protocol, the
+    # point estimate kept beside it, labelled; a paper-protocol row keeps its pooled cell-alone headline.
     from rlmt.report.arena_joint import with_joint_headline
     from rlmt.report.tables import Row, main_table
 
@@ -241,8 +242,18 @@ def test_report_joint_fit_over_every_cell_gives_the_official_leaderboard(arena, 
             for m, protocol in ((official_model, "official"), (paper_model, "paper"))]
     got = main_table(with_joint_headline(rows, table), ["arenahard-v2"])
     by_model = {r["model"]: r["AH2"] for r in got.iter_rows(named=True)}
-    assert by_model[official_model] == pytest.approx(100 * official["hard_prompt"]["style_point"][official_model], abs=0.1)
+    median, p05, p95 = (100 * x for x in official["hard_prompt"]["style_bootstrap"][official_model])
+    point = 100 * official["hard_prompt"]["style_point"][official_model]
+    # 0.15: our replica's medians came within 0.11 point of the official ones on this fixture (measured,
+    # every model, both categories; float32 L-BFGS paths differ by rounding between torch and numpy). This
+    # model's official median and point estimate are 0.31 apart, more than twice that: the test tells them apart.
+    assert abs(median - point) > 2 * 0.15
+    assert by_model[official_model] == pytest.approx(median, abs=0.15)
+    shown = rows[0].scores["arenahard-v2"]
+    assert (shown["ci_low"], shown["ci_high"]) == pytest.approx((p05, p95), abs=0.5)
+    assert shown["point_estimate"] == pytest.approx(point, abs=0.1)
     assert by_model[paper_model] == 1.0
+    assert "official score [5, 95]" in "\n".join(markdown(table)) and "point estimate (not official)" in "\n".join(markdown(table))
 
 
 # ---------------------------------------------------------------------- Creative Writing v3

@@ -41,7 +41,7 @@ def test_paper_config_passes_with_exit_0_and_a_table():
     # first the budget of every GPU job (one row each: SFT per warm-start cell, and each cell's training job)
     assert lines[0].split() == ["cell", "job", "GPU", "memory", "peak", "at", "vLLM", "KV", "hours", "disk"]
     budget_rows = lines[1:lines.index("")]
-    assert len(budget_rows) == 45 + 36  # 36 of the 45 cells start warm
+    assert len(budget_rows) == 45 + 32  # 32 of the 45 cells start warm
     # then the findings
     findings = lines[lines.index("") + 1:]
     assert findings[0].split()[:4] == ["cell", "check", "status", "key"]

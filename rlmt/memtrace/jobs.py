@@ -7,25 +7,25 @@ tensors (the trace) and on real ones (the tests that check the trace against a r
 ====================  =========================================================================
 job                   phases, in order (what runs in each)
 ====================  =========================================================================
-sft                   ``forward_backward``: TRL's fused-head forward (``model(..., labels,
-                      fused_lm_head=True)``), the NLL over the sequence, backward;
+sft                   ``forward``: TRL's fused-head forward (``model(..., labels,
+                      fused_lm_head=True)``), the NLL over the sequence; ``backward``;
                       ``optimizer_step``: gradient clipping, AdamW
 grpo                  ``reward``: the reward model's no-grad forward (sequence classifier);
                       ``reference`` (beta > 0): the reference's no-grad log-probs through TRL's
-                      ``GRPOTrainer._get_per_token_logps_and_entropies``; ``forward_backward``: the
-                      same method on the policy with entropies, the clipped token loss (+ beta x
-                      k3 KL, - entropy_coef x entropy), backward; ``optimizer_step``
-dpo                   ``forward_backward``: chosen and rejected stacked, the policy's fused-head
-                      forward, the reference's no-grad forward *while the policy's activations are
-                      alive* (TRL's ``_compute_loss`` order), the sigmoid loss, backward; ``optimizer_step``
+                      ``GRPOTrainer._get_per_token_logps_and_entropies``; ``forward``: the same
+                      method on the policy with entropies, the clipped token loss (+ beta x k3 KL,
+                      - entropy_coef x entropy); ``backward``; ``optimizer_step``
+dpo                   ``forward``: chosen and rejected stacked, the policy's fused-head forward, the
+                      reference's no-grad forward *while the policy's activations are alive* (TRL's
+                      ``_compute_loss`` order), the sigmoid loss; ``backward``; ``optimizer_step``
 ppo                   ``rollout_logprobs``: ``rlmt.train.rollout.response_logprobs`` on the policy in
                       eval mode, no grad, under autocast (as ``rollout.sample`` runs it inside
                       ``make_experience``); ``reward``; ``values``: ``ActorCritic.values`` (+ the
                       reference's ``response_logprobs`` when kl_coef > 0), no grad, as
-                      ``make_experience`` runs them; ``forward_backward``: ``ActorCritic.forward`` with
-                      the temperature (chunked log-probs and entropies), the ``ppo_math`` policy and
+                      ``make_experience`` runs them; ``forward``: ``ActorCritic.forward`` with the
+                      temperature (chunked log-probs and entropies), the ``ppo_math`` policy and
                       value losses and the entropy term (always in the graph: ``ppo_update`` subtracts
-                      ``entropy_coef x entropy`` whatever the coefficient), backward;
+                      ``entropy_coef x entropy`` whatever the coefficient); ``backward``;
                       ``optimizer_step``: per-group clipping, AdamW
 ====================  =========================================================================
 
@@ -57,6 +57,8 @@ CLIPRANGE_VALUE = 0.5
 
 
 class Recorder(Protocol):
+    """:class:`rlmt.memtrace.tracer.PhaseRecorder`: ``phase()`` yields a phase whose ``then(name)`` starts the next."""
+
     def phase(self, name: str, computing: tuple[str, ...]) -> contextlib.AbstractContextManager: ...
 
 
@@ -151,10 +153,11 @@ def sft_step(spec: JobSpec, models: JobModels, recorder: Recorder) -> None:
     """TRL's SFTTrainer.compute_loss (no label smoothing, loss_type nll): fused-head NLL over the tokens."""
     ids, _ = token_batch(spec.sequences, spec.sequence_length, vocab_size(models.policy), padded=False)
     accumulated_gradients(spec, models)
-    with recorder.phase("forward_backward", ("policy",)):
+    with recorder.phase("forward", ("policy",)) as phase:
         with autocast(spec):
             outputs = models.policy(input_ids=ids, labels=ids, fused_lm_head=True)
             loss = -outputs.log_probs.sum() / outputs.label_mask.sum().clamp(min=1)
+        phase.then("backward")
         loss.backward()
     optimizer_phase(models, recorder)
 
@@ -168,7 +171,7 @@ def grpo_step(spec: JobSpec, models: JobModels, recorder: Recorder) -> None:
         with recorder.phase("reference", ("reference",)), torch.no_grad():
             ref_logps, _, _ = trl_per_token_logps(spec, models.reference, ids, mask, compute_entropy=False)
     accumulated_gradients(spec, models)
-    with recorder.phase("forward_backward", ("policy",)):
+    with recorder.phase("forward", ("policy",)) as phase:
         with autocast(spec):
             logps, entropies, _ = trl_per_token_logps(spec, models.policy, ids, mask, compute_entropy=True)
             completion_mask = mask[:, spec.prompt_length:].float()
@@ -183,6 +186,7 @@ def grpo_step(spec: JobSpec, models: JobModels, recorder: Recorder) -> None:
             if spec.entropy_coef:
                 loss = loss - spec.entropy_coef * (entropies * completion_mask).sum() / completion_mask.sum().clamp(
                     min=1.0)
+        phase.then("backward")
         loss.backward()
     optimizer_phase(models, recorder)
 
@@ -194,7 +198,7 @@ def dpo_step(spec: JobSpec, models: JobModels, recorder: Recorder, beta: float =
     completion_mask = torch.zeros_like(mask)
     completion_mask[:, spec.prompt_length:] = 1
     accumulated_gradients(spec, models)
-    with recorder.phase("forward_backward", ("policy", "reference")):
+    with recorder.phase("forward", ("policy", "reference")) as phase:
         with autocast(spec):
             labels = ids.masked_fill(completion_mask == 0, -100)
             seq_len = spec.sequence_length - 1
@@ -208,6 +212,7 @@ def dpo_step(spec: JobSpec, models: JobModels, recorder: Recorder, beta: float =
             chosen, rejected = logps.chunk(2)
             ref_chosen, ref_rejected = ref_logps.chunk(2)
             loss = -F.logsigmoid(beta * ((chosen - rejected) - (ref_chosen - ref_rejected))).mean()
+        phase.then("backward", ("policy",))
         loss.backward()
     optimizer_phase(models, recorder)
 
@@ -237,7 +242,7 @@ def ppo_step(spec: JobSpec, models: JobModels, recorder: Recorder) -> None:
             response_logprobs(models.reference, ids, mask, p, spec.temperature, **chunking(spec, response_logprobs))
 
     accumulated_gradients(spec, models)
-    with recorder.phase("forward_backward", ("policy", "critic")):
+    with recorder.phase("forward", ("policy", "critic")) as phase:
         response_mask = torch.ones(spec.sequences, r)
         old_logprobs = torch.zeros(spec.sequences, r)
         advantages, returns = torch.ones(spec.sequences, r), torch.ones(spec.sequences, r)
@@ -249,6 +254,7 @@ def ppo_step(spec: JobSpec, models: JobModels, recorder: Recorder) -> None:
         v_loss, _ = pm.value_loss(values.float(), old_values, returns, response_mask, CLIPRANGE_VALUE)
         entropy = pm.masked_mean(scores.entropy.float(), response_mask)
         loss = p_loss - spec.entropy_coef * entropy + v_loss
+        phase.then("backward")
         (loss * response_mask.sum() / response_mask.sum().clamp(min=1)).backward()
     optimizer_phase(models, recorder, per_group=True)
 

@@ -103,6 +103,9 @@ def build_models(spec: JobSpec, policy_config, reward_config=None, *, policy_lay
         rm_dtype = dtype_of(spec.reward_dtype)
         with no_init_weights(), default_dtype(rm_dtype):
             reward = AutoModelForSequenceClassification.from_config(reward_config, dtype=rm_dtype)
+    for model in (policy, reference, reward):
+        if model is not None:
+            model.tie_weights()  # no_init_weights skips init_weights, which ties a tied head to the embeddings
     return prepare(spec, policy, critic=critic, reference=reference, reward=reward)
 
 

@@ -5,8 +5,8 @@ How: the job's models are built from their configs inside ``torch._subclasses.fa
 step through the real modelling code. Each phase runs under ``torch.distributed._tools.mem_tracker.MemTracker``
 (which sees every allocation and free, and sorts storages into parameters, buffers, gradients, optimizer
 state, activations and temporaries) and counts FLOPs with ``torch.utils.flop_counter``'s formulas
-(:mod:`rlmt.memtrace.flops`: not through ``FlopCounterMode`` itself, whose module hooks keep tensors alive). Every model and the
-optimizer state are resident in every phase, as on the GPU.
+(:mod:`rlmt.memtrace.flops`; not through ``FlopCounterMode`` itself, whose module hooks keep tensors
+alive). Every model and the optimizer state are resident in every phase, as on the GPU.
 
 Mixed precision: the trace holds the models in the spec's ``weights_dtype`` and runs AdamW on them, so
 the optimizer state it reports is AdamW's moments (and step counters) in that dtype, *traced*. The fp32
@@ -14,8 +14,12 @@ master weights and fp32 moments of DeepSpeed ZeRO and FSDP are not traced: :mod:
 computes them as named terms from the traced parameter counts.
 
 Depth: the memory of every category at a phase's peak is affine in the number of (identical) decoder
-layers once the peak falls at the same point of the step at both depths, and the FLOPs are affine too.
-Unless the spec fixes ``layers``, each model group (the policy with its critic and reference; the reward
+layers when the peak falls at the same point of the step at every depth, and the FLOPs are affine too.
+Phases are cut so that it does: a training pass is a forward phase and a backward phase, and the
+backward cuts itself in three (:class:`Phase`), because candidate peaks that grow at different rates
+with depth (the end of the forward with all its saved activations, the head's backward, the last
+layer's backward with all the gradients) would otherwise trade places between a shallow and a deep
+model. Extrapolated apart, the largest of them is found at any depth. Unless the spec fixes ``layers``, each model group (the policy with its critic and reference; the reward
 model) is traced at 2 layers and at 3, the other group held at 2, and every number is extrapolated
 linearly to the models' own depths: ``v(L) = v(2) + sum_g (v(g at 3) - v(2)) * (L_g - 2)``. Not 1 and 2:
 a no-grad forward of one layer peaks elsewhere than one of several (its peak is inside a layer, where the
@@ -64,8 +68,9 @@ def _memtracker_class():
     from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _UpdateType
 
     class PhaseTracker(MemTracker):
-        """MemTracker that lets a root module run more than once in one phase, tracks frozen models, and
-        labels a gradient allocated at the peak as a gradient.
+        """MemTracker for one phase: it lets a root module run more than once, tracks frozen models, labels a
+        gradient allocated at the peak as a gradient, keeps the device-wide peak only (which can be restarted),
+        and reports the start of each module's backward (``on_backward``).
 
         MemTracker refuses a second forward of a module whose only parent is the global scope, taking it
         for the next iteration; inside one phase it is a loop (e.g. log-probs computed in chunks of rows).
@@ -78,6 +83,26 @@ def _memtracker_class():
                 if set(self._mod_tracker.parents) - {name} == {"Global"}:
                     del self.memory_tracking[module]
             super()._pre_fw_hook(module, inputs)
+
+        on_backward = None  # called with each module whose backward starts (see Phase)
+
+        def _pre_bw_hook(self, module, args):
+            if self.on_backward is not None and module is not None:
+                self.on_backward(module)
+            super()._pre_bw_hook(module, args)
+
+        def _update_peak_stats(self, peak_state):
+            # Only the device-wide peak is read here; MemTracker would also walk every module's statistics after
+            # every op (a third of a trace's time).
+            for device, snapshot in self._curr_mem_snap.items():
+                if self._peak_mem.get(device, 0) < snapshot[_TOTAL_KEY]:
+                    self._peak_mem[device] = snapshot[_TOTAL_KEY]
+                    self._peak_mem_snap[device] = deepcopy(snapshot)
+
+        def restart_peak(self) -> None:
+            """From now on, the peak is the highest point reached after this moment."""
+            self._peak_mem_snap = deepcopy(self._curr_mem_snap)
+            self._peak_mem = {device: snap[_TOTAL_KEY] for device, snap in self._curr_mem_snap.items()}
 
         def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None):
             # A gradient is allocated as a temporary and relabelled by a hook right after; when that happens at
@@ -99,7 +124,13 @@ def _memtracker_class():
 
 
 class PhaseRecorder:
-    """Runs phases under MemTracker and a FLOP count and keeps one :class:`PhaseMemory` per phase."""
+    """Runs phases under MemTracker and a FLOP count and keeps one :class:`PhaseMemory` per phase.
+
+    ``phase(name, computing)`` is a context manager; the :class:`Phase` it yields can end the current
+    phase and start the next one under the same tracker (``phase.then("backward")``), so that the
+    forward and the backward pass of one training pass are two phases, each with its own peak (their
+    peaks grow at different rates with depth: extrapolated apart, the larger one is found at any depth).
+    """
 
     def __init__(self, models: JobModels):
         self.models = models
@@ -118,14 +149,76 @@ class PhaseRecorder:
         resident = [m for _, m, _ in self.models.roles() if m is not self.models.policy] + [self.models.trained]
         tracker.track_external(*resident, self.models.optimizer)
         with tracker, FlopCount() as flops:
-            yield
-        peak = tracker.get_tracker_snapshot("peak")
-        counts = _categories(peak)
+            current = Phase(self, tracker, flops, name, tuple(computing), self._backward_marks())
+            tracker.on_backward = current.backward_reached
+            yield current
+        current.record()
+
+    def _backward_marks(self) -> dict[int, str]:
+        """Modules whose backward starts a new part of a backward pass: the trained models' decoder layers
+        (``.layers``) and input embeddings (``.embeddings``), by ``id``."""
+        marks: dict[int, str] = {}
+        for _, module, trainable in self.models.roles():
+            if not trainable:
+                continue
+            layers = decoder_layers(module)
+            marks.update({id(layer): ".layers" for layer in (layers if layers is not None else [])})
+            for sub in module.modules():
+                if hasattr(sub, "get_input_embeddings") and sub.get_input_embeddings() is not None:
+                    marks[id(sub.get_input_embeddings())] = ".embeddings"
+        return marks
+
+    def add(self, name: str, computing: tuple[str, ...], peak_snapshot: dict, flops: int) -> None:
+        counts = _categories(peak_snapshot)
         persistent = self.optimizer_state_bytes()
         if counts["optimizer"] > persistent:  # the optimizer step's own temporaries
             counts["temporaries"] += counts["optimizer"] - persistent
             counts["optimizer"] = persistent
-        self.phases.append(PhaseMemory(name, counts, flops.total, tuple(computing)))
+        self.phases.append(PhaseMemory(name, counts, flops, computing))
+
+
+class Phase:
+    """The phase being recorded; :meth:`then` ends it and starts the next under the same tracker.
+
+    A backward pass (a phase named ``backward...``) splits itself where its memory changes course: at
+    the first decoder layer's backward (``<name>.layers``) and at the first input embedding's
+    (``<name>.embeddings``). Up to the layers, the loss and the head's backward; in the layers, the
+    gradients grow while the saved activations shrink, so that part peaks at its first or its last layer
+    whatever the depth; after them, the embeddings' gradients. Each part's peak is then affine in depth,
+    where the whole backward's need not be (without gradient accumulation a deep model peaks at the end,
+    a shallow one at the head).
+    """
+
+    def __init__(self, recorder: PhaseRecorder, tracker, flops, name: str, computing: tuple[str, ...],
+                 marks: dict[int, str]):
+        self._recorder, self._tracker, self._flops = recorder, tracker, flops
+        self.name, self.computing = name, computing
+        self._marks = marks
+        self._base = None  # the backward phase's own name, once one started
+
+    def backward_reached(self, module) -> None:
+        """Called as each module's backward starts: split a backward phase at the marked modules, in order."""
+        if self._base is None:
+            return
+        suffix = self._marks.get(id(module))
+        order = ("", ".layers", ".embeddings")
+        if suffix is not None and order.index(suffix) > order.index(self.name[len(self._base):]):
+            self.then(self._base + suffix)
+
+    def record(self) -> None:
+        self._recorder.add(self.name, self.computing, self._tracker.get_tracker_snapshot("peak"), self._flops.total)
+
+    def then(self, name: str, computing: tuple[str, ...] | None = None) -> None:
+        """Record this phase up to now and go on as phase `name` (its peak starts from the present), with the
+        models in `computing` running in it (default: the same as now)."""
+        self.record()
+        self._tracker.restart_peak()
+        self._flops.total = 0
+        self.name = name
+        if computing is not None:
+            self.computing = tuple(computing)
+        if self._base is None and name.startswith("backward"):
+            self._base = name
 
 
 def _categories(snapshot: dict) -> dict[str, int]:

@@ -344,11 +344,12 @@ def _gpu_job_check(cfg: RLMTConfig, cell: Cell, rule: str, algorithm: algorithms
         report.add(cell.name, "memory", WARNING, f"{res_key}", f"{label}: {what}")
     if b.memory_parts:
         total, usable_gib = b.memory / gpu_job.GIB, b.usable / gpu_job.GIB
-        level = BLOCKER if b.memory > b.usable else WARNING if b.memory > WARN_FRACTION * b.usable else OK
+        limit = cfg.preflight.memory_limit_fraction * b.usable
+        level = BLOCKER if b.memory > limit else WARNING if b.memory > WARN_FRACTION * limit else OK
         parts = ", ".join(f"{k} {v / gpu_job.GIB:.1f}" for k, v in b.memory_parts.items() if v >= 0.05 * gpu_job.GIB)
         report.add(cell.name, "memory", level, _memory_key(b, shape, label, res_key) if level != OK else
                    f"{res_key}.gpu_mem_gb", f"{label}: {total:.1f} of {usable_gib:.1f} GiB per GPU at the "
-                   f"{b.memory_phase} peak ({parts})")
+                   f"{b.memory_phase} peak ({parts}); limit {cfg.preflight.memory_limit_fraction:.0%}")
     if b.kv is not None:
         key = f"{shape.vllm.key}.vllm_max_model_length"
         if not b.kv.fits_one_request:
@@ -514,9 +515,16 @@ def run(config: str | Path, *, root: str | Path | None = None, trace: bool | Non
 def _disk_check(cfg: RLMTConfig, report: Report) -> None:
     """The grid's checkpoints against preflight.disk_quota_gb: an unlimited cell is the key to change."""
     seen: dict[tuple[str, str], float] = {}
+    policies: dict[str, str] = {}  # one SFT job per warm-start policy, however many cells start from it
     for cell, b in report.budgets:
-        if b.disk is not None:
-            seen[(cell, b.job)] = b.disk.total
+        if b.disk is None:
+            continue
+        if b.job == "sft":
+            policy = cfg.cell(cell).policy_name
+            if policy in policies:
+                continue
+            policies[policy] = cell
+        seen[(cell, b.job)] = b.disk.total
     total = sum(seen.values())
     quota = cfg.preflight.disk_quota_gb
     if not seen:

@@ -25,6 +25,7 @@ that stays resident while vLLM samples).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -85,25 +86,45 @@ def load_gpus() -> dict[str, Gpu]:
     return {name: Gpu(name=name, **facts) for name, facts in raw.items()}
 
 
+@lru_cache(maxsize=None)
 def gpu_model(source: str) -> GpuModel | None:
-    """The shapes of `source` from its configuration found offline (None: unknown)."""
-    from rlmt.memtrace import context_length, model_config
+    """The shapes of `source` from its configuration found offline (None: unknown).
 
-    found = model_config(source)
-    if found is None:
-        return None
-    config, _origin = found
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    A config.json (a local dir, the Hugging Face cache, rlmt/resources/model_configs) is read as JSON, so a warm
+    preflight never imports transformers; a tiny-zoo or GGUF source goes through :func:`rlmt.memtrace.model_config`.
+    """
+    import json
+
+    from rlmt.memtrace.model_config import CONFIG_DIR, hf_cache_config_file, shipped_config_name
+
+    data = None
+    local = Path(source).expanduser() / "config.json"
+    if not source.startswith(("tiny:", "gguf:")) and local.is_file():
+        data = json.loads(local.read_text())
+    elif (cached := hf_cache_config_file(source)) is not None:
+        data = json.loads(cached.read_text())
+    elif (shipped := shipped_config_name(source)) is not None:
+        from importlib import resources
+
+        data = json.loads(resources.files("rlmt.resources").joinpath(CONFIG_DIR, f"{shipped}.json").read_text())
+    else:
+        from rlmt.memtrace import model_config
+
+        found = model_config(source)
+        if found is None:
+            return None
+        data = found[0].get_text_config().to_dict()
+    data = data.get("text_config") or data
     from rlmt.preflight import Shape
 
-    shape = Shape(hidden=config.hidden_size, intermediate=config.intermediate_size, layers=config.num_hidden_layers,
-                  heads=heads, kv_heads=getattr(config, "num_key_value_heads", None) or heads, vocab=config.vocab_size,
-                  qkv_bias=getattr(config, "model_type", "") == "qwen2",
-                  tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
-    return GpuModel(params=shape.params, layers=shape.layers, kv_heads=shape.kv_heads, head_dim=head_dim,
-                    hidden=shape.hidden, intermediate=shape.intermediate, vocab=shape.vocab,
-                    context=context_length(source))
+    heads = data["num_attention_heads"]
+    shape = Shape(hidden=data["hidden_size"], intermediate=data["intermediate_size"], layers=data["num_hidden_layers"],
+                  heads=heads, kv_heads=data.get("num_key_value_heads") or heads, vocab=data["vocab_size"],
+                  qkv_bias=data.get("model_type") == "qwen2", tied_embeddings=bool(data.get("tie_word_embeddings")))
+    context = data.get("max_position_embeddings")
+    return GpuModel(params=shape.params, layers=shape.layers, kv_heads=shape.kv_heads,
+                    head_dim=data.get("head_dim") or shape.hidden // heads, hidden=shape.hidden,
+                    intermediate=shape.intermediate, vocab=shape.vocab, context=int(context) if context else None)
 
 
 # ----------------------------------------------------------------------------- the trace

@@ -10,12 +10,15 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 
 from rlmt.report.arena_joint import joint_leaderboards, joint_table, with_joint_headline
 from rlmt.report.arena_joint import markdown as arena_markdown
+from rlmt.report.banner import banner_text
+from rlmt.report.banner import markdown_lines as banner_markdown
 from rlmt.report.figures import plot_benchmark_bars, plot_deltas, plot_training_curves, training_histories
 from rlmt.report.tables import COLUMNS, load_rows, main_table, think_deltas, to_markdown
 from rlmt.workflow import Plan
@@ -140,7 +143,7 @@ def _fmt(v) -> str:
 
 
 def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections: list[str] = (), *, store: str = "") -> str:
-    lines = ["# RLMT report", "",
+    lines = ["# RLMT report", "", *banner_markdown(plan.cfg),
              f"{len(plan.cells)} cells; benchmarks: {', '.join(plan.benchmarks)}. "
              "Scores are in points (0–100; WildBench −100..100) with 95 % bootstrap CIs in `main_table.csv`. "
              "Averages use only the benchmarks a row has (`avg_over`).", "",
@@ -164,6 +167,16 @@ def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections:
     return "\n".join(lines)
 
 
+def _html_banner(cfg) -> list[str]:
+    """The plumbing-demo banner as an HTML paragraph (its `code` spans and bold kept), or nothing."""
+    text = banner_text(cfg)
+    if text is None:
+        return []
+    body = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+    body = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", body)
+    return [f"<p style='border:2px solid #c00;padding:6px'>{body}</p>"]
+
+
 def _html(plan, table, deltas, shown, fig_paths, links, out: Path, *, store: str = "") -> str:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>RLMT report</title>",
@@ -171,6 +184,7 @@ def _html(plan, table, deltas, shown, fig_paths, links, out: Path, *, store: str
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
              "img{max-width:100%}</style></head><body>",
              "<h1>RLMT report</h1>",
+             *_html_banner(plan.cfg),
              f"<p>{len(plan.cells)} cells; benchmarks: {esc(', '.join(plan.benchmarks))}. Each number links to its MLflow run "
              f"(tracking URI <code>{esc(store)}</code>"
              + (f"; serve it with <code>{esc(browse_command(store))}</code>" if browse_command(store) else "")

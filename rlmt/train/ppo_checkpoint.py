@@ -64,6 +64,11 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
     """
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    path = Path(path)
+    if not (path / DCP_METADATA_FILE).is_file():
+        raise FileNotFoundError(f"{path.parent}: no sharded training state ({path.name}/{DCP_METADATA_FILE}); a PPO "
+                                "checkpoint from before sharded checkpoints (optimizer.pt) cannot be resumed: move "
+                                "the run's step-* dirs away to start it over")
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
     dcp.load(state, storage_reader=_CheckedReader(str(path)), planner=_CheckedLoadPlanner())

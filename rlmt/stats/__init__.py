@@ -1,0 +1,6 @@
+"""Statistics shared by stages that must not import each other (benchmarks and report).
+
+A module here reads plain numbers and returns numbers: no files, no MLflow, no model code, and
+never an ``rlmt`` stage package. :mod:`rlmt.stats.arena_bt`: Arena-Hard's battle rows, the
+style-controlled Bradley-Terry fit and its bootstraps.
+"""

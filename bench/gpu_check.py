@@ -23,10 +23,12 @@ peak of the card's used memory (NVML, polled; vLLM's memory and the CUDA context
 estimate of the same job on one GPU (:mod:`gpu_check_estimates`); what it skipped and why. The same numbers go to
 a JSON file (``--out``, else ``$OUT/gpu_check.json`` where ``$OUT`` is set, else the work dir).
 
-Budget: ``--budget-s`` (600) for everything. Each part gets a share of what is left when it starts (GRPO and PPO
-35 %, DPO 30 %), stops after ``--steps`` steps or earlier when another step would pass its share (then it says
-so), and is killed 30 s after its share (its finished steps still count). The first step includes warm-up: the
-rates are the mean of the later steps where there are any.
+Budget: ``--budget-s`` for everything (570 s, so that the script with its start-up ends inside 10 minutes). Each
+part gets a share of what is left when it starts (GRPO and PPO 35 %, DPO 30 %), stops after ``--steps`` steps or
+earlier when another step would pass its share (then it says so), and is killed 30 s after its share (the steps
+and phases it finished still count). The first step includes warm-up: the rates are the mean of the later steps
+where there are any. Where HF generate is too slow for the budget at 4,096 tokens, ``--completion`` shortens the
+completions (the widths that ran are printed and the estimates follow them).
 
 Where things are missing it runs what it can and says what it skipped: without CUDA (or ``--tiny``) the tiny zoo
 model at a few tokens; without vLLM the rollouts use transformers' ``generate`` (``rollout.use_vllm: false``, named
@@ -35,6 +37,7 @@ run); without mlflow a stand-in module with no active run is put on the parts' p
 check ``mlflow.active_run()`` first). Wheels beyond a CUDA PyTorch image: ``bench/gpu_check_wheels.txt``.
 
     bash bench/gpu_check.sh                  # GPU: the paper's lengths
+    bash bench/gpu_check.sh --wheels DIR     # first install the carried wheels in DIR (bench/gpu_check_wheels.txt)
     bash bench/gpu_check.sh --tiny           # any machine: the tiny zoo shape
 """
 
@@ -65,8 +68,9 @@ KILL_GRACE_S = 30
 RESERVE_S = 15  # kept back for the estimates' last seconds and the report
 EOS_SUPPRESSION = 100.0
 REQUIRED = ("torch", "transformers", "accelerate", "pydantic", "yaml", "polars", "safetensors")
-MLFLOW_STAND_IN = '''"""Stand-in for mlflow written by bench/gpu_check.py where mlflow is not installed: no run is ever active,
-so rlmt's tracking code (which checks mlflow.active_run() before any call) logs nothing. Any other use fails."""
+MLFLOW_STAND_IN = '''"""Stand-in for mlflow written by bench/gpu_check.py where mlflow is not installed: no run is
+ever active, so rlmt's tracking code (which checks mlflow.active_run() before any call) logs nothing. Any other use
+fails."""
 
 
 def active_run():
@@ -80,11 +84,11 @@ def active_run():
 def write_policy(zoo_policy: Path, out: Path, tiny: bool) -> Path:
     """The policy dir: the zoo's Qwen tokenizer with the zoo's tiny weights or the 0.5B body's random ones.
 
-    End-of-sequence suppression: every embedding gets a large constant in dimension 0 and each EOS token's output
-    row -1 there, so after the final norm each EOS logit sits ~24 below the rest (p(EOS) < 1e-18 measured on the
-    0.5B body at temperature 0.7) while the other tokens stay near uniform. A random model would otherwise end
-    most completions early, at random widths; this one samples the full 4,096 tokens as a long reasoning rollout
-    does, so the memory and speed measured are those of the paper's widths.
+    End-of-sequence suppression: every embedding gets a large constant in dimension 0 and the output rows of the
+    EOS and pad tokens -1 there, so after the final norm their logits sit ~24 below the rest (p(EOS) < 1e-18
+    measured on the 0.5B body at temperature 0.7) while the other tokens stay near uniform. A random model would
+    otherwise end most completions early, at random widths; this one samples the full 4,096 tokens as a long
+    reasoning rollout does, so the memory and speed measured are those of the paper's widths.
     """
     import shutil
 
@@ -105,10 +109,12 @@ def write_policy(zoo_policy: Path, out: Path, tiny: bool) -> Path:
         model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
     if model.config.tie_word_embeddings:
         raise ValueError("the EOS suppression needs separate input and output embeddings")
-    eos = sorted(eos_ids(model, load_tokenizer(out)))
+    tokenizer = load_tokenizer(out)
+    # the pad token too: a sampled pad at the end of a row would be trimmed by the pair sampler's HF backend
+    ends = sorted(eos_ids(model, tokenizer) | ({tokenizer.pad_token_id} - {None}))
     with torch.no_grad():
         model.get_input_embeddings().weight[:, 0] = EOS_SUPPRESSION
-        model.get_output_embeddings().weight[eos, 0] = -1.0
+        model.get_output_embeddings().weight[ends, 0] = -1.0
     model.save_pretrained(str(out), safe_serialization=True)
     return out
 
@@ -319,7 +325,8 @@ def main() -> int:
     parser.add_argument("--completion", type=int, default=None,
                         help="completion tokens instead of the paper's 4,096 (e.g. where HF generate is too slow for "
                              "the budget; the widths are reported)")
-    parser.add_argument("--budget-s", type=float, default=600.0, help="wall-clock budget for everything (default 600)")
+    parser.add_argument("--budget-s", type=float, default=570.0,
+                        help="wall-clock budget for everything after start-up (default 570)")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of grpo,ppo,dpo")
     parser.add_argument("--workdir", type=Path, default=None, help="keep inputs and logs here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="the JSON results (default $OUT/gpu_check.json)")
@@ -349,8 +356,8 @@ def main() -> int:
     print("installed: " + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in have.items()), flush=True)
 
     # the device's facts in a process of their own: this one never makes a CUDA context beside the parts'
-    code, _ = run_process([str(HERE / "gpu_check_parts.py"), "device", "--work", str(work)], logs / "gpu_check-device.log",
-                          env, 120)
+    code, _ = run_process([str(HERE / "gpu_check_parts.py"), "device", "--work", str(work)],
+                          logs / "gpu_check-device.log", env, 120)
     if code != 0:
         print("device check failed:\n" + tail(logs / "gpu_check-device.log"))
         return 1
@@ -367,7 +374,8 @@ def main() -> int:
                        + ("no CUDA device" if not cuda else "vllm is not installed")
                        + "; the parts that ran sampled with transformers' generate")
     if not have["deepspeed"]:
-        skipped.append("nothing for DeepSpeed: a one-GPU run uses none (ZeRO runs only under the multi-GPU launchers)")
+        skipped.append("nothing for want of DeepSpeed (not installed): a one-GPU run uses none; ZeRO runs only under "
+                       "the multi-GPU launchers")
     trl_ok, trl_why_not = trl_usable()
     runnable = [p for p in wanted if p != "grpo" or trl_ok]
 
@@ -382,7 +390,7 @@ def main() -> int:
                                  start_new_session=True)
 
     parts: dict[str, dict[str, Any]] = {}
-    for i, part in enumerate(wanted):
+    for part in wanted:
         if part not in runnable:
             parts[part] = {"status": "skipped", "reason": f"needs TRL's GRPOTrainer: {trl_why_not}"}
             skipped.append(f"{part}: {trl_why_not}")
@@ -429,10 +437,10 @@ def main() -> int:
             est = None
         result["summary"] = summarize(result, est, device)
         result["params"] = max((r.get("params", 0) for r in result.get("records", [])), default=0)
-        if est and result["summary"]["widths"] and any(w != (est["widths"]["prompt"], est["widths"]["completion"])
-                                                       for w in result["summary"]["widths"] if part != "dpo"):
-            result.setdefault("notes", []).append(
-                f"ran at widths {result['summary']['widths']}, estimated at {est['widths']}: MFU is approximate")
+        traced_width = (est["widths"]["prompt"], est["widths"]["completion"]) if est else None
+        if traced_width and any(w != traced_width for w in result["summary"]["widths"]):
+            result.setdefault("notes", []).append(f"ran at widths {result['summary']['widths']}, estimated at "
+                                                  f"{traced_width}: the MFU and the estimates are approximate")
     report = {"device": device, "datasheet": datasheet(device["name"]) if cuda else None, "tiny": tiny,
               "steps": args.steps, "budget_s": args.budget_s, "environment": have, "parts": parts,
               "skipped": skipped, "estimates": estimates, "work": str(work), "json": str(out_json),

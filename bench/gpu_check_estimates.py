@@ -8,7 +8,7 @@ fake tensors through the real model code. Per measured phase the estimate is:
 =========  =========================================================================================================
 phase      estimate
 =========  =========================================================================================================
-update     the largest traced phase of ``forward``, ``backward*`` and ``optimizer_step`` (one micro-batch, per-GPU parts)
+update     the largest traced phase of ``forward``, ``backward*`` and ``optimizer_step`` (one micro-batch, per GPU)
 score      the larger of the traced ``reward``, ``reference``, ``rollout_logprobs`` and ``values`` phases
 generate   what the preflight keeps resident while vLLM samples (parameters, optimizer state, gradients unless the
            trainer frees them) plus vLLM's share (``vllm_gpu_memory_utilization`` x the GPU's memory; DPO's pair

@@ -197,7 +197,11 @@ class DevicePeak:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.used())
+            try:
+                self.peak = max(self.peak, self.used())
+            except Exception as err:  # NVML gone (driver reset, teardown): keep the peak so far, stop polling
+                print(f"device memory polling stopped: {type(err).__name__}: {err}", flush=True)
+                return
             time.sleep(self.interval_s)
 
     def reset(self) -> None:
@@ -261,11 +265,6 @@ class Recorder:
         self.meter = PhaseMeter(on_switch=self._unfinished)
         self.write()
 
-    def note(self, text: str) -> None:
-        self.result["notes"].append(text)
-        print(f"[{self.part}] {text}", flush=True)
-        self.write()
-
     def set(self, **fields: Any) -> None:
         self.result.update(fields)
         self.write()
@@ -304,9 +303,6 @@ class Recorder:
             raise StopAfterMeasuring(f"stopped after {len(done)} of {self.steps_wanted} steps: another would pass "
                                      f"the part's {self.deadline_s:.0f} s cap")
 
-    def time_left(self) -> float:
-        return self.deadline_s - (time.monotonic() - self.begun)
-
 
 @contextlib.contextmanager
 def wrapped(owner: Any, name: str, make: Callable[[Callable], Callable]):
@@ -339,10 +335,8 @@ def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def rollout_label(use_vllm: bool, why_not: str) -> str:
-    if use_vllm:
-        return "vLLM colocated, sleep mode"
-    return f"HF generate, not the production path ({why_not})"
+def rollout_label(use_vllm: bool, why_not: str, engine: str = "vLLM colocated, sleep mode") -> str:
+    return engine if use_vllm else f"HF generate, not the production path ({why_not})"
 
 
 # ----------------------------------------------------------------------------- the parts
@@ -434,7 +428,7 @@ def run_dpo(b: Bench, rec: Recorder) -> None:
     use_vllm, why_not = vllm_usable()
     settings = settings_for("dpo", b, use_vllm)
     backend = "vllm" if use_vllm else "transformers"
-    rec.set(rollout=rollout_label(use_vllm, why_not).replace("vLLM colocated, sleep mode", "vLLM engine"),
+    rec.set(rollout=rollout_label(use_vllm, why_not, engine="vLLM engine (the pair sampler's)"),
             production_rollout=use_vllm,
             geometry=f"{b.dpo_prompts} prompts x {settings.samples_per_prompt} samples; one pair per step")
     meter, counted = rec.meter, {"generated": 0, "rows": 0}

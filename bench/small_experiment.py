@@ -123,6 +123,8 @@ def _metric(scores: dict | None, name: str) -> str:
     if not scores or name not in scores.get("metrics", {}):
         return "n/a"
     m = scores["metrics"][name]
+    if m.get("value") is None:  # e.g. win_rate_both_answered with no item both answered (n = 0)
+        return "n/a"
     ci = f" [{m['ci_low']:.1f}, {m['ci_high']:.1f}]" if m.get("ci_low") is not None else ""
     return f"{m['value']:.1f}{ci}"
 

@@ -68,29 +68,41 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class ProgressLines:
-    """A stderr for a log file: each progress-bar redraw becomes a line of its own.
+    """A stderr for a log file: progress-bar redraws become periodic lines.
 
     A terminal redraws a bar in place: tqdm writes a carriage return, then the bar's new state. In a
     file those states pile up on one line. Here a write that starts with a carriage return is one
-    redraw: it is written as a line (cursor-movement escapes and padding removed); a redraw that only
-    clears the line is dropped, and so is the newline a finished bar writes after its last redraw.
-    Every other write passes through unchanged, and everything else (``fileno``, ``buffer``,
-    ``isatty``...) is the wrapped stream's.
+    redraw, and becomes a line of its own (cursor-movement escapes and padding removed) when it is a
+    bar's first or at least `interval` seconds after that bar's last line (a bar is known by the text
+    before its first digit, its description); the redraws between are held back, and the last one
+    held is written when the bar finishes (the newline a finished bar writes). A redraw that only
+    clears the line is dropped. Every other write passes through unchanged, and everything else
+    (``fileno``, ``buffer``, ``isatty``...) is the wrapped stream's.
     """
 
-    def __init__(self, stream):
-        self._stream = stream
-        self._after_redraw = False  # the last write was a redraw, already ended with its own newline
+    def __init__(self, stream, interval: float = PROGRESS_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+        self._stream, self._interval, self._clock = stream, interval, clock
+        self._last: dict[str, float] = {}  # bar -> when its last line was written
+        self._held: str | None = None  # the latest redraw not written
+        self._after_redraw = False  # the last write was a redraw (written or held)
 
     def write(self, text: str) -> int:
         if text.startswith("\r") or (text and not _ANSI.sub("", text)):
             line = _ANSI.sub("", text).replace("\r", "").rstrip()
             if line:
-                self._stream.write(line + "\n")
-                self._after_redraw = True
+                bar, now = re.split(r"\d", line, maxsplit=1)[0].strip(), self._clock()
+                if bar in self._last and now - self._last[bar] < self._interval:
+                    self._held = line
+                else:
+                    self._stream.write(line + "\n")
+                    self._last[bar], self._held = now, None
+            self._after_redraw = bool(line)
             return len(text)
         after_redraw, self._after_redraw = self._after_redraw, False
-        if after_redraw and text == "\n":  # a finished bar's closing newline: its line has one
+        if after_redraw and text == "\n":  # a finished bar's closing newline: write its last state
+            if self._held is not None:
+                self._stream.write(self._held + "\n")
+                self._held = None
             return len(text)
         return self._stream.write(text)
 

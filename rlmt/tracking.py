@@ -115,6 +115,9 @@ MODEL_DIGEST_WHOLE = 4 << 20  # files up to this size are hashed whole (configs,
 MODEL_DIGEST_SAMPLE = 1 << 20  # of a larger file (a weight shard): its first and last MiB
 
 
+SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
+
+
 def model_digest(path: str | Path) -> str:
     """sha256 of a model directory that does not read its weights whole; 'missing' if absent.
 
@@ -129,7 +132,8 @@ def model_digest(path: str | Path) -> str:
     if not path.is_dir():
         return "missing"
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    # Snakemake marks a finished directory() output with .snakemake_timestamp after the job: not the model's
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and q.name != SNAKEMAKE_TIMESTAMP):
         size = p.stat().st_size
         h.update(f"{p.relative_to(path)}\0{size}\0".encode())
         if size <= MODEL_DIGEST_WHOLE:

@@ -29,10 +29,17 @@ def cache_key(spec: JobSpec) -> str:
         "spec": spec.to_dict(),
         "configs": {"policy": config_fingerprint(spec.model),
                     "reward": config_fingerprint(spec.reward_model) if spec.reward_model else None},
-        "versions": {name: metadata.version(name) for name in VERSIONED},
+        "versions": {name: _version(name) for name in VERSIONED},
         "tracer": TRACER_VERSION,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:  # TRL is optional for a PPO trace (bench/gpu_check on a bare machine)
+        return None
 
 
 def cached_trace(spec: JobSpec, cache_dir: str | Path) -> TraceResult:

@@ -29,10 +29,23 @@ ppo                   ``rollout_logprobs``: ``rlmt.train.rollout.response_logpro
                       ``optimizer_step``: per-group clipping, AdamW
 ====================  =========================================================================
 
+Each ``backward`` cuts itself into ``backward`` (the loss and the head), ``backward.layers`` and
+``backward.embeddings`` (:class:`rlmt.memtrace.tracer.Phase`). Not traced: GRPO's no-grad pass for the
+old log-probs, which TRL runs only when ``gradient_accumulation_steps`` is not a multiple of
+``steps_per_generation x num_iterations`` or with vLLM's importance-sampling correction (the paper's
+configs have neither); it would cost what ``reference`` costs.
+
 What is mirrored rather than called: TRL's loss arithmetic after the log-probs (``[rows, tokens]``
 tensors, small beside the head) and rlmt's ``ppo_update`` loop body (it reads loss values back with
 ``float()``, which fake tensors cannot answer). The models, TRL's log-prob paths and rlmt's rollout,
 critic and loss functions are the real ones.
+
+The trace runs on CPU fake tensors (fake CUDA tensors need a CUDA build of torch). Where a CPU and a
+GPU allocate differently: TRL's log-prob head (:mod:`rlmt.memtrace.gpu_kernels` gives its GPU kernels'
+memory), autocast (torch's CPU rules; the ops CUDA's autocast runs in fp32, softmax and log-softmax
+among them, get fp32 inputs in these models and heads anyway), attention (CPU flash attention, which
+like the GPU's flash and memory-efficient kernels keeps no S x S scores) and AdamW (the spec names the
+implementation the GPU runs).
 
 Inputs: every row is full length. Rows of an RL or DPO batch carry a padding mask (one left-padded
 token), as padded batches do, so the attention runs the masked path a padded batch runs; SFT's single
@@ -71,6 +84,7 @@ def run_step(spec: JobSpec, models: JobModels, recorder: Recorder) -> None:
 
 
 def autocast(spec: JobSpec):
+    """The trainer's autocast (CPU rules: see the module docstring), or nothing when the spec has none."""
     if spec.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast("cpu", dtype=dtype_of(spec.autocast_dtype))

@@ -198,7 +198,8 @@ def _with_head(config, source: str):
         return config
     body = (config.architectures or ["LlamaForCausalLM"])[0].replace("ForCausalLM", "")
     fields = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
-    return config.__class__.from_dict({**fields, "architectures": [f"{body}ForSequenceClassification"], "num_labels": 1})
+    return config.__class__.from_dict({**fields, "architectures": [f"{body}ForSequenceClassification"],
+                                       "num_labels": 1})
 
 
 def tiny_config(name: str):

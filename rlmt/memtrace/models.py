@@ -5,14 +5,15 @@ depth, with the constructors the trainers load through: ``AutoModelForCausalLM``
 the reference, ``AutoModelForSequenceClassification`` for the reward model, and rlmt's own critics
 (:class:`rlmt.train.actor_critic.ValueHeadCritic` over ``AutoModel``, :class:`TokenClassificationCritic`
 over ``AutoModelForTokenClassification`` with one label and no dropout, as ``load_critic`` makes them).
-Inside a ``FakeTensorMode`` that costs no memory; outside one it makes real models (tests).
+The tracer calls it inside a ``FakeTensorMode``, where a model of any size costs nothing.
 
-:func:`prepare` then does what the trainer does before its first step, so real and fake models go
-through one path: train/eval modes, frozen models without gradients, gradient checkpointing as the
-Trainer enables it (``activation_checkpointing_enable``, non-reentrant; PPO: ``ActorCritic.set_gradient_checkpointing``
-as ``ppo_update`` calls it), TRL's fused LM head on the
-models TRL patches (``add_fused_lm_head``: SFT, GRPO and DPO, policy and reference), and the AdamW
-optimizer with its state already allocated (one step on zero gradients), as in any step after the first.
+:func:`prepare` then does what the trainer does before its first step; real models loaded with
+``from_pretrained`` go through it too (the tests that compare a trace with a real step), so both take
+one path: train/eval modes, frozen models without gradients, gradient checkpointing as the Trainer
+enables it (``activation_checkpointing_enable``, non-reentrant; PPO: ``ActorCritic.set_gradient_checkpointing``,
+as ``ppo_update`` calls it), TRL's fused LM head on the models TRL patches (``add_fused_lm_head``: SFT,
+GRPO and DPO, policy and reference), and the AdamW optimizer with its state already allocated (one step
+on zero gradients), as in any step after the first.
 """
 
 from __future__ import annotations
@@ -55,8 +56,6 @@ def with_depth(config, layers: int):
     fields["num_hidden_layers"] = layers
     if isinstance(fields.get("layer_types"), list):
         fields["layer_types"] = fields["layer_types"][:layers]
-    if "max_window_layers" in fields:
-        fields["max_window_layers"] = min(fields["max_window_layers"], layers)
     return config.__class__.from_dict(fields)
 
 

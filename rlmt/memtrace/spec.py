@@ -109,7 +109,8 @@ class JobSpec:
 
     @property
     def has_reference(self) -> bool:
-        return self.kind == "dpo" or (self.kind == "grpo" and self.beta > 0) or (self.kind == "ppo" and self.kl_coef > 0)
+        return (self.kind == "dpo" or (self.kind == "grpo" and self.beta > 0)
+                or (self.kind == "ppo" and self.kl_coef > 0))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,15 +19,19 @@ Phases are cut so that it does: a training pass is a forward phase and a backwar
 backward cuts itself in three (:class:`Phase`), because candidate peaks that grow at different rates
 with depth (the end of the forward with all its saved activations, the head's backward, the last
 layer's backward with all the gradients) would otherwise trade places between a shallow and a deep
-model. Extrapolated apart, the largest of them is found at any depth. Unless the spec fixes ``layers``, each model group (the policy with its critic and reference; the reward
-model) is traced at 2 layers and at 3, the other group held at 2, and every number is extrapolated
-linearly to the models' own depths: ``v(L) = v(2) + sum_g (v(g at 3) - v(2)) * (L_g - 2)``. Not 1 and 2:
-a no-grad forward of one layer peaks elsewhere than one of several (its peak is inside a layer, where the
-previous layer's output is still alive), so 1 layer is off the line. A trace of Llama-3.1-8B at 2 or 3
-layers takes about a second; at its 32 layers, minutes.
+model. Extrapolated apart, the largest of them is found at any depth.
+
+Unless the spec fixes ``layers``, each model group (the policy with its critic and reference; the
+reward model) is traced at 2 layers and at 3, the other group held at 2, and every number is
+extrapolated linearly to the models' own depths: ``v(L) = v(2) + sum_g (v(g at 3) - v(2)) * (L_g - 2)``.
+Not 1 and 2: a no-grad forward of one layer peaks elsewhere than one of several (its peak is inside a
+layer, where the previous layer's output is still alive), so 1 layer is off the line. A trace of
+Llama-3.1-8B at 2 or 3 layers takes about a second here; at its 32 layers, about 10 (a test checks that
+the two agree).
 
 :func:`trace_at_depth` counts the traces it runs in :func:`trace_count` (the cache's tests check that a warm
-cache traces nothing).
+cache traces nothing). One trace at a time per process: a trace patches a few library functions while it
+runs (weight initialisation, TRL's CPU kernels, transformers' packed-sequence check), never across threads.
 """
 
 from __future__ import annotations
@@ -365,10 +369,15 @@ def extrapolate(base: TraceResult, deeper: dict[str, TraceResult], extra_layers:
 
 
 def _finish(result: TraceResult, origins: dict[str, str], seconds: float) -> TraceResult:
-    import transformers
-    import trl
+    from importlib import metadata
 
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+    def version(name: str) -> str | None:  # TRL is needed by the TRL jobs only (a PPO trace runs without it)
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    versions = {"torch": torch.__version__, "transformers": version("transformers"), "trl": version("trl"),
                 "tracer": TRACER_VERSION}
     return TraceResult(spec=result.spec, phases=result.phases, models=result.models,
                        traced_depths=result.traced_depths, config_origins=origins, seconds=seconds, versions=versions)

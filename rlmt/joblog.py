@@ -82,7 +82,7 @@ class ProgressLines:
 
     def __init__(self, stream, interval: float = PROGRESS_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
         self._stream, self._interval, self._clock = stream, interval, clock
-        self._last: dict[str, float] = {}  # bar -> when its last line was written
+        self._last: dict[str, tuple[float, str]] = {}  # bar -> when its last line was written, and that line
         self._held: str | None = None  # the latest redraw not written
         self._after_redraw = False  # the last write was a redraw (written or held)
 
@@ -91,11 +91,11 @@ class ProgressLines:
             line = _ANSI.sub("", text).replace("\r", "").rstrip()
             if line:
                 bar, now = re.split(r"\d", line, maxsplit=1)[0].strip(), self._clock()
-                if bar in self._last and now - self._last[bar] < self._interval:
-                    self._held = line
+                if bar in self._last and now - self._last[bar][0] < self._interval:
+                    self._held = line if line != self._last[bar][1] else None
                 else:
                     self._stream.write(line + "\n")
-                    self._last[bar], self._held = now, None
+                    self._last[bar], self._held = (now, line), None
             self._after_redraw = bool(line)
             return len(text)
         after_redraw, self._after_redraw = self._after_redraw, False
@@ -125,6 +125,15 @@ class _RouteToRoot(logging.Filter):
             if record.levelno >= handler.level:
                 handler.handle(record)
         return False
+
+
+class _TrailingNewline(logging.Filter):
+    """Drop the newline a formatted Python warning ends with (the handler adds one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = record.msg.rstrip("\n")
+        return True
 
 
 def parse_level(name: str | None) -> int:
@@ -194,11 +203,15 @@ class JobLog:
             library, route = logging.getLogger(name), _RouteToRoot(pattern, self)
             library.addFilter(route)
             self._undo.append(lambda lib=library, r=route: lib.removeFilter(r))
-        saved_filters = warnings.filters[:]
-        self._undo.append(lambda: (warnings.filters.clear(), warnings.filters.extend(saved_filters)))
+        saved = warnings.catch_warnings()  # the filters and showwarning, put back (and their cache reset) on exit
+        saved.__enter__()
+        self._undo.append(lambda: saved.__exit__(None, None, None))
         if not _capturing_warnings():
             logging.captureWarnings(True)
             self._undo.append(lambda: logging.captureWarnings(False))
+        warned, trim = logging.getLogger("py.warnings"), _TrailingNewline()
+        warned.addFilter(trim)  # a formatted warning ends with a newline of its own
+        self._undo.append(lambda: warned.removeFilter(trim))
         self.set_level(self.level)
 
     def set_level(self, level: int) -> None:

@@ -22,7 +22,6 @@ import pytest
 from tqdm import tqdm
 from typer.testing import CliRunner
 
-from rlmt import joblog
 from rlmt.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +113,8 @@ def test_the_configs_log_level_applies_unless_the_command_line_sets_one(tmp_path
 
 def test_progress_bars_become_periodic_lines_in_a_file():
     """A real tqdm bar drawn into a log file: its first state, one line per interval, its last state."""
+    from rlmt import joblog
+
     now = [0.0]
     out = io.StringIO()
     stream = joblog.ProgressLines(out, interval=30, clock=lambda: now[0])
@@ -132,6 +133,8 @@ def test_progress_bars_become_periodic_lines_in_a_file():
 
 
 def test_other_writes_pass_through_the_progress_stream_unchanged():
+    from rlmt import joblog
+
     out = io.StringIO()
     stream = joblog.ProgressLines(out, interval=30, clock=lambda: 0.0)
     stream.write("a plain line\n")
@@ -139,6 +142,21 @@ def test_other_writes_pass_through_the_progress_stream_unchanged():
     stream.write("partial ")
     stream.write("\n")  # print()'s separate newline is kept
     assert out.getvalue() == "a plain line\npartial \n"
+
+
+def test_a_finished_bar_is_not_written_twice():
+    """A bar whose last state was already a line (tqdm redraws it on close) ends with that one line."""
+    from rlmt import joblog
+
+    now = [0.0]
+    out = io.StringIO()
+    stream = joblog.ProgressLines(out, interval=30, clock=lambda: now[0])
+    stream.write("\rreward:   0%|   | 0/8")
+    now[0] = 31.0
+    stream.write("\rreward: 100%|###| 8/8")  # 31 s after the first line: written
+    stream.write("\rreward: 100%|###| 8/8")  # the close's redraw, the same state: held back
+    stream.write("\n")  # the bar finishes
+    assert out.getvalue() == "reward:   0%|   | 0/8\nreward: 100%|###| 8/8\n"
 
 
 def test_a_command_run_in_process_puts_back_what_it_changed():

@@ -163,3 +163,16 @@ def test_template_of_a_local_model_dir_is_read_from_its_tokenizer_config(tmp_pat
     found = _blockers(_seed(tmp_path, local))
     cell = ("grpo__llama-instruct__warm-start__think__skywork-v1__wildchat-if", "algorithms.sft.chat_template_path")
     assert (cell in found) == (case == "no_template_path")
+
+
+def test_no_trace_says_what_it_did_not_check(tmp_path):
+    # without traces nothing is measured: every GPU job says so (a warning), nothing blocks for want of a trace,
+    # and the checks that need no trace (vLLM's KV budget, disk, host memory) still run
+    proc = subprocess.run([sys.executable, "-m", "rlmt.cli", "preflight", "-c", str(PAPER), "--no-trace",
+                           "--cache-dir", str(tmp_path / "empty")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    not_traced = [line for line in proc.stdout.splitlines() if "memory not traced (--no-trace)" in line]
+    assert len(not_traced) == 45 + 32 and all(" warning " in line for line in not_traced)
+    assert not (tmp_path / "empty").exists()  # nothing traced, nothing cached
+    assert " vllm-kv " in proc.stdout and " host-memory " in proc.stdout

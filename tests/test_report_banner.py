@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from rlmt.cli import app
 from rlmt.config import load_config
-from rlmt.report.banner import is_plumbing_demo, model_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +28,8 @@ def _with_real_policy(tmp_path: Path) -> Path:
 
 
 def test_the_banner_is_decided_by_the_model_sources(tmp_path):
+    from rlmt.report.banner import is_plumbing_demo, model_sources
+
     default = load_config(ROOT / "config" / "config.yaml")
     # config.yaml: four tiny policies and the tiny reward model (read by hand from the file)
     assert model_sources(default) == {

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rlmt.algorithms.base import Algorithm, GeometryProblem
-from rlmt.algorithms.job_shape import JobShape, VllmUse
+from rlmt.algorithms.job_shape import JobShape
 from rlmt.algorithms.schedule import Schedule, build_schedule, last_step
 from rlmt.algorithms.settings import CheckpointConfig, RolloutConfig, Strict, check_validation
 
@@ -118,8 +118,7 @@ def job_shape(s: GRPOConfig, world: int, n_prompts: int, n_val: int) -> JobShape
         checkpointing=s.gradient_checkpointing, reference=s.beta > 0, entropy=s.entropy_coef > 0,
         rollout_sequences=s.prompts_per_step * s.num_generations // world, updates_per_rollout=s.updates_per_rollout,
         validation_sequences=val * s.num_generations // world,
-        vllm=None if ro.use_vllm is False else VllmUse(ro.vllm_gpu_memory_utilization, ro.context_length,
-                                                        ro.vllm_enable_sleep_mode, "algorithms.grpo.rollout"),
+        vllm=ro.colocated_vllm("algorithms.grpo.rollout"),
         reward_model_in_training=True,
         memory_keys=("algorithms.grpo.per_device_train_batch_size", "algorithms.grpo.gradient_checkpointing",
                      "algorithms.grpo.rollout.vllm_enable_sleep_mode"),

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rlmt.algorithms.base import Algorithm, GeometryProblem
-from rlmt.algorithms.job_shape import JobShape, VllmUse
+from rlmt.algorithms.job_shape import JobShape
 from rlmt.algorithms.schedule import Schedule, build_schedule, last_step
 from rlmt.algorithms.settings import CheckpointConfig, RolloutConfig, Strict, check_validation
 
@@ -108,8 +108,7 @@ def job_shape(s: PPOConfig, world: int, n_prompts: int, n_val: int) -> JobShape:
         logprob_rows=micro, logprob_chunk_tokens=s.logprob_chunk_tokens,
         rollout_sequences=s.prompts_per_step // world, updates_per_rollout=s.updates_per_rollout,
         validation_sequences=-(-val // world),
-        vllm=None if ro.use_vllm is False else VllmUse(ro.vllm_gpu_memory_utilization, ro.context_length,
-                                                        ro.vllm_enable_sleep_mode, "algorithms.ppo.rollout"),
+        vllm=ro.colocated_vllm("algorithms.ppo.rollout"),
         reward_model_in_training=True, frees_grads=True,  # ppo_update: optimizer.zero_grad(set_to_none=True)
         memory_keys=("algorithms.ppo.micro_batch_size", "algorithms.ppo.gradient_checkpointing",
                      "algorithms.ppo.logprob_chunk_tokens"),

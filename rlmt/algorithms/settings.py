@@ -39,6 +39,15 @@ class RolloutConfig(Strict):
         "None: max_prompt_length + max_completion_length. Never leave it to vLLM: it takes the model's own context "
         "(131,072 tokens for Llama-3.1), whose cache does not fit a 0.4 share of an 80 GB GPU.")
 
+    def colocated_vllm(self, key: str):
+        """The colocated vLLM engine these settings start (a JobShape's ``vllm``), or None when vLLM is off.
+        `key`: the config block that holds them, e.g. ``algorithms.grpo.rollout``."""
+        from rlmt.algorithms.job_shape import VllmUse
+
+        if self.use_vllm is False:
+            return None
+        return VllmUse(self.vllm_gpu_memory_utilization, self.context_length, self.vllm_enable_sleep_mode, key)
+
     @property
     def context_length(self) -> int:
         """Tokens one sequence can hold: vllm_max_model_length, else prompt plus completion (never the model's own)."""

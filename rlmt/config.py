@@ -344,6 +344,8 @@ class TrackingConfig(Strict):
         default=5.0, gt=0, description="Seconds between samples of MLflow's system metrics (system/*: CPU, memory, "
         "disk, network, GPU) on training and generation runs; null: none. Short jobs get few samples; a run shorter "
         "than one interval gets none.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Level of rlmt's job logs (results/logs/**); `rlmt --log-level` overrides it.")
 
 
 class PreflightConfig(Strict):

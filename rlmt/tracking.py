@@ -319,7 +319,7 @@ def stage_run(
         _stop_system_metrics(monitor)
         _retry(mlflow.end_run, "FAILED")
         _extend_parent(uri, parent)
-        log.info("MLflow run %s ended FAILED after %.1f s", run.info.run_id, time.monotonic() - started)
+        log.error("MLflow run %s ended FAILED after %.1f s", run.info.run_id, time.monotonic() - started)
         raise
     else:
         _stop_system_metrics(monitor)

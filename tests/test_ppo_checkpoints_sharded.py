@@ -222,12 +222,20 @@ def test_a_bf16_run_exports_its_policy_in_bf16(tiny_zoo, tmp_path):
     from rlmt.config import PPOConfig
     from rlmt.train.ppo import train_ppo
 
+    from accelerate.state import AcceleratorState
+
+    # an fp32 PPO run earlier in this process fixed accelerate's process-wide mixed precision: start afresh, as the
+    # job's own process does
+    AcceleratorState._reset_state(True)
     write_prompts(tmp_path / "train.parquet", 4)
     settings = PPOConfig(learning_rate=1e-3, critic_lr=1e-3, prompts_per_step=2, mini_batch_size=2,
                          micro_batch_size=2, max_steps=1, val_prompts=0, bf16=True, checkpoints={"save_steps": 1},
                          rollout={"max_prompt_length": 128, "max_completion_length": 4})
-    final = train_ppo(tiny_zoo["llama-instruct"], None, tmp_path / "train.parquet", None, tmp_path / "out", settings,
-                      scorer=LetterShareReward(WARM_NOTHINK))
+    try:
+        final = train_ppo(tiny_zoo["llama-instruct"], None, tmp_path / "train.parquet", None, tmp_path / "out",
+                          settings, scorer=LetterShareReward(WARM_NOTHINK))
+    finally:
+        AcceleratorState._reset_state(True)  # leave no bf16 state to the tests after this one
     exported = load_file(str(final / "model.safetensors"))
     assert {v.dtype for v in exported.values()} == {torch.bfloat16}
     assert json.loads((final / "config.json").read_text())["dtype"] == "bfloat16"

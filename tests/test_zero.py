@@ -71,7 +71,7 @@ def test_cli_zero(tiny_zoo, tmp_path, mlflow_uri):
     out = tmp_path / "cli-zero"
     res = runner.invoke(app, ["models", "zero", "--base", str(tiny_zoo["llama-base"]), "--out", str(out), "--nothink"])
     assert res.exit_code == 0, res.output
-    assert res.output.strip().endswith(str(out))
+    assert res.stdout.strip().endswith(str(out))  # stdout: the path; rlmt's log lines go to stderr
     assert ThinkingFormat.load(out) == ZERO_NOTHINK and read_stop_strings(out) == ["</response>"]
     import mlflow
 

@@ -92,8 +92,6 @@ def test_an_unknown_log_level_is_refused(tmp_path):
     assert result.exit_code == 2 and "log level 'loud': allowed debug, info, warning, error" in words
 
 
-@pytest.mark.skipif(not hasattr(__import__("rlmt.config", fromlist=["TrackingConfig"]).TrackingConfig(),
-                                "log_level"), reason="rlmt.config has no tracking.log_level field yet")
 def test_the_configs_log_level_applies_unless_the_command_line_sets_one(tmp_path):
     import yaml
 

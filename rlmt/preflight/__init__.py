@@ -297,6 +297,7 @@ def _launcher_check(cfg: RLMTConfig, cell: Cell, rule: str, algo: str, report: R
 def _gpu_job_check(cfg: RLMTConfig, cell: Cell, rule: str, algorithm: algorithms.Algorithm, res: Resources,
                    res_key: str, sharding: str, world: int, report: Report, options: "Options") -> None:
     """Memory per GPU (traced), vLLM's KV budget, wall time against the Slurm limit, disk and host memory."""
+    from rlmt.algorithms.schedule import is_step
     from rlmt.preflight import gpu_job
 
     label = algorithm.name
@@ -330,8 +331,7 @@ def _gpu_job_check(cfg: RLMTConfig, cell: Cell, rule: str, algorithm: algorithms
     limit = checkpoints.save_total_limit if checkpoints is not None else getattr(settings, "save_total_limit", None)
     saved = len(sched.saved_steps) if sched else max(1, (shape.updates_upper_bound or 1) // max(
         getattr(checkpoints, "save_steps", None) or getattr(settings, "save_steps", 1), 1))
-    fixed = checkpoints is not None and isinstance(checkpoints.select_step, int) and \
-        not isinstance(checkpoints.select_step, bool)
+    fixed = checkpoints is not None and is_step(checkpoints.select_step)
     b = gpu_job.budget(job=label, shape=shape, settings=settings, policy_source=cfg.models[cell.base].source,
                        reward=reward, sharding=sharding, world=world, gpus_per_node=max(res.gpus, 1), gpu=gpu,
                        usable=usable, preflight=cfg.preflight,

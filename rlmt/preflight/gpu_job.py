@@ -33,7 +33,7 @@ from rlmt.algorithms.job_shape import JobShape
 from rlmt.preflight import disk as disk_rules
 from rlmt.preflight.runtime_estimate import (CHECKPOINT_WRITE_GB_S, Estimate, Gpu, compute_seconds, decode_seconds,
                                              forward_flops)
-from rlmt.preflight.vllm_kv import GIB, NON_TORCH_GIB, KVBudget, kv_budget
+from rlmt.preflight.vllm_kv import GIB, NON_TORCH_GIB, KVBudget, kv_budget, kv_bytes_per_token
 
 # rlmt's PPO loads the initial policy and its critic on the main process, one model at a time in fp32, and
 # broadcasts them into the other ranks' FSDP2 shards (rlmt.train.ppo_models); "every-rank" is the code path before
@@ -237,7 +237,7 @@ def _estimate(shape: JobShape, model: GpuModel, reward_model: GpuModel | None, r
     eff, mfu = preflight.decode_bandwidth_efficiency, preflight.mfu
     updates = updates if updates is not None else shape.updates_upper_bound
     rollouts = rollouts if rollouts is not None else 0
-    kv_per_token = model.layers * model.kv_heads * model.head_dim * 2 * 2
+    kv_per_token = kv_bytes_per_token(model.layers, model.kv_heads, model.head_dim)
     weights = 2.0 * model.params
 
     def decode(sequences: int, prompt: int, completion: int, at_once: int) -> float:

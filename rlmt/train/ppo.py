@@ -2,7 +2,8 @@
 
 TRL 1.x ships no PPO trainer, so this is ours. One training step:
 
-1. **rollout**   sample one response per prompt from the current policy (``rollout.sample``);
+1. **rollout**   sample one response per prompt from the current policy (``rollout.sample``: a colocated vLLM
+                 engine on GPU nodes, :mod:`rlmt.train.vllm_rollout`; transformers' ``generate`` on CPU);
 2. **reward**    the reward model scores only the extracted answer (``AnswerRewardScorer``);
 3. **values**    the critic's value of every response token; the old log-probs come with the rollout;
 4. **rewards**   token-level: the score on the last generated token, ``- kl_coef * KL`` per token;

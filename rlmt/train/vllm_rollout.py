@@ -22,7 +22,8 @@ KV cache. The pieces, in the order a step uses them:
 vLLM is imported only inside :meth:`VLLMRolloutEngine.start`: it exists on GPU nodes alone
 (``pip install 'rlmt[vllm]'``). :func:`rollout_engine` chooses: vLLM where
 :func:`rlmt.train.runtime.vllm_wanted` says so (``rollout.use_vllm``; None: installed and a GPU
-present), else None, and the rollout falls back to transformers' ``generate``.
+present; a GPU machine without vLLM is an error unless ``use_vllm: false``), else None: the rollout then
+samples with transformers' ``generate`` (CPU runs and tests).
 """
 
 from __future__ import annotations

@@ -18,6 +18,15 @@ from rlmt.algorithms.schedule import Schedule, is_step
 GeometryProblem = tuple[str, str]  # (the config key to change, why the batch does not divide)
 
 
+def global_batch_problem(algo: str, settings: Any, world: int) -> GeometryProblem | None:
+    """For TRL's trainers with a global batch: it splits into per-device batches over `world` processes (with
+    gradient accumulation)."""
+    if settings.global_batch_size % (settings.per_device_train_batch_size * world):
+        return (f"algorithms.{algo}.global_batch_size", f"{settings.global_batch_size} is not divisible by "
+                f"per_device_train_batch_size {settings.per_device_train_batch_size} x {world}")
+    return None
+
+
 def never(settings: Any) -> bool:
     """For a fact an algorithm never has, whatever its settings (e.g. SFT's reference model)."""
     return False

@@ -10,7 +10,7 @@ from pydantic import Field
 
 import math
 
-from rlmt.algorithms.base import Algorithm, GeometryProblem
+from rlmt.algorithms.base import Algorithm, GeometryProblem, global_batch_problem
 from rlmt.algorithms.job_shape import JobShape
 from rlmt.algorithms.settings import CheckpointConfig, RolloutConfig, Strict
 
@@ -46,10 +46,7 @@ class DPOConfig(Strict):
 
 def geometry_problem(s: DPOConfig, world: int) -> GeometryProblem | None:
     """The global batch splits into per-device batches over `world` processes (with gradient accumulation)."""
-    if s.global_batch_size % (s.per_device_train_batch_size * world):
-        return ("algorithms.dpo.global_batch_size", f"{s.global_batch_size} is not divisible by "
-                f"per_device_train_batch_size {s.per_device_train_batch_size} x {world}")
-    return None
+    return global_batch_problem("dpo", s, world)
 
 
 def job_shape(s: DPOConfig, world: int, n_prompts: int, n_val: int) -> JobShape:

@@ -9,7 +9,7 @@ from pydantic import Field
 
 import math
 
-from rlmt.algorithms.base import Algorithm, GeometryProblem
+from rlmt.algorithms.base import Algorithm, GeometryProblem, global_batch_problem
 from rlmt.algorithms.job_shape import JobShape
 from rlmt.algorithms.settings import Strict
 
@@ -43,10 +43,7 @@ class SFTConfig(Strict):
 
 def geometry_problem(s: SFTConfig, world: int) -> GeometryProblem | None:
     """The global batch splits into per-device batches over `world` processes (with gradient accumulation)."""
-    if s.global_batch_size % (s.per_device_train_batch_size * world):
-        return ("algorithms.sft.global_batch_size", f"{s.global_batch_size} is not divisible by "
-                f"per_device_train_batch_size {s.per_device_train_batch_size} x {world}")
-    return None
+    return global_batch_problem("sft", s, world)
 
 
 def job_shape(s: SFTConfig, world: int, n_prompts: int, n_val: int) -> JobShape:

@@ -154,7 +154,9 @@ class FilterSpec(Strict):
 class MixtureSpec(Strict):
     sources: list[SourceSpec]
     n_train: int | None = Field(default=7560, description="Prompts sampled for training (None: all kept).")
-    n_val: int = Field(default=250, ge=0)
+    n_val: int = Field(default=250, ge=0, description="Held-out prompts: the reward win rate's evaluation prompts.")
+    n_tune: int = Field(default=0, ge=0, description="Tuning prompts (tune.parquet), disjoint from train and val: "
+                        "choose hyperparameters on these, never on the evaluation prompts.")
     seed: int = 0
     tokenizer_model: str | None = Field(default=None, description="Model whose tokenizer measures prompt length.")
     filters: FilterSpec = Field(default_factory=FilterSpec)

@@ -208,7 +208,7 @@ def test_wildchat_if_real_prompts_reconcile(tmp_path, tiny_zoo, data_dir):
     assert stats["in"] == 7544
     assert stats["in"] == stats["kept"] + sum(stats["dropped"].values())
     assert stats["by_source"]["wildchat-if"]["in"] == 7544
-    assert stats["sampled"] == {"train": 5000, "val": 250, "shortfall": 0}
+    assert stats["sampled"] == {"train": 5000, "val": 250, "tune": 0, "shortfall": 0}
     # The tiny tokenizer is ~2.3 characters a token, so many long WildChat prompts pass 1024 tokens.
     assert 500 < stats["dropped"]["too_long"] < 2000
     assert stats["dropped"]["language"] > 0 and stats["kept"] > 5250
@@ -252,6 +252,26 @@ def test_same_seed_same_bytes_other_seed_other_sample(tmp_path, tiny_zoo):
     ids_a = pl.read_parquet(tmp_path / "a" / "train.parquet")["id"].to_list()
     ids_c = pl.read_parquet(tmp_path / "c" / "train.parquet")["id"].to_list()
     assert len(ids_a) == len(ids_c) == 40 and set(ids_a) != set(ids_c)
+
+
+def test_tuning_split_is_disjoint_and_leaves_val_unchanged(tmp_path, tiny_zoo):
+    """n_tune carves a third set from the seeded sample: the three sets are disjoint and sized as asked, and
+    without it (n_tune 0, the default) tune.parquet is empty and nothing else changes."""
+    spec = MixtureSpec(sources=[SourceSpec(path="package:demo_prompts", format="chat-jsonl", name="demo")],
+                       n_train=30, n_val=8, seed=5, filters=FilterSpec(keep_multi_turn=True, max_prompt_tokens=512))
+    tok = tiny_zoo["llama-instruct"]
+    curate_mixture(spec, tmp_path / "plain", name="demo", tokenizer_dir=tok)
+    tuned = spec.model_copy(update={"n_tune": 6})
+    result = curate_mixture(tuned, tmp_path / "tuned", name="demo", tokenizer_dir=tok)
+    ids = {split: pl.read_parquet(tmp_path / "tuned" / f"{split}.parquet")["id"].to_list()
+           for split in ("train", "val", "tune")}
+    plain = {split: pl.read_parquet(tmp_path / "plain" / f"{split}.parquet")["id"].to_list() for split in ("train", "val")}
+    assert (len(ids["train"]), len(ids["val"]), len(ids["tune"])) == (30, 8, 6)
+    assert result.stats["sampled"] == {"train": 30, "val": 8, "tune": 6, "shortfall": 0}
+    assert not (set(ids["train"]) & set(ids["val"]) or set(ids["train"]) & set(ids["tune"])
+                or set(ids["val"]) & set(ids["tune"]))
+    assert len(plain["val"]) == 8 and len(plain["train"]) == 30
+    assert pl.read_parquet(tmp_path / "plain" / "tune.parquet").height == 0
 
 
 def test_weighted_sources_and_formats(tmp_path):

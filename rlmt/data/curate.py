@@ -2,10 +2,13 @@
 
 :func:`curate_mixture` is the one stage function behind ``rlmt data curate``. It reads every source
 (:mod:`rlmt.data.sources`), applies the filters in the order of :data:`rlmt.data.filters.REASONS`
-(each row is counted under its first failing check), samples ``n_train + n_val`` prompts with the
-mixture's seed and source weights, and writes ``results/data/mixtures/<name>/``:
+(each row is counted under its first failing check), samples ``n_train + n_val + n_tune`` prompts
+with the mixture's seed and source weights, and writes ``results/data/mixtures/<name>/``:
 
-``train.parquet``/``val.parquet`` (``id``, ``messages``, ``source``, ``n_tokens``),
+``train.parquet``/``val.parquet``/``tune.parquet`` (``id``, ``messages``, ``source``, ``n_tokens``; in sample
+order the first ``n_val`` rows are val, the next ``n_tune`` tune, the rest train: three disjoint sets; the
+sample is drawn for the three sizes together, so setting ``n_tune`` resamples val and train, and the default
+``n_tune: 0`` writes an empty ``tune.parquet`` and the same train and val as before the split existed),
 ``quarantine.parquet`` (``source``, ``source_row``, ``raw`` row as JSON, ``reason``), ``stats.json``
 and ``lengths.png``. Nothing is dropped without a reason: ``in == kept + sum(dropped)`` is asserted
 here, overall and per source. The same inputs and seed give byte-identical files.
@@ -90,18 +93,21 @@ def curate_mixture(spec: MixtureSpec, out_dir: str | Path, *, name: str, tokeniz
         order, shortfall = _sample(kept, sources, spec)
         picked = _read_rows(sources, frame, order, fs.keep_multi_turn)
         n_val = min(spec.n_val, picked.height)
-        train, val = (_finish(part, counter) for part in (picked.slice(n_val), picked.head(n_val)))
+        n_tune = min(spec.n_tune, picked.height - n_val)
+        train, val, tune = (_finish(part, counter) for part in
+                            (picked.slice(n_val + n_tune), picked.head(n_val), picked.slice(n_val, n_tune)))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"train": out_dir / "train.parquet", "val": out_dir / "val.parquet",
+    files = {"train": out_dir / "train.parquet", "val": out_dir / "val.parquet", "tune": out_dir / "tune.parquet",
              "quarantine": out_dir / "quarantine.parquet", "stats": out_dir / "stats.json",
              "figure": out_dir / "lengths.png"}
     train.write_parquet(files["train"], statistics=False)
     val.write_parquet(files["val"], statistics=False)
+    tune.write_parquet(files["tune"], statistics=False)
     with clock("quarantine"):
         _write_quarantine(frame, sources, files["quarantine"])
     clock.log()
-    stats = _stats(name, spec, sources, frame, kept, train, val, shortfall, length_info)
+    stats = _stats(name, spec, sources, frame, kept, train, val, shortfall, length_info, tune)
     files["stats"].write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     _figure(kept, train, val, fs.max_prompt_tokens, files["figure"], name)
     sample = pl.concat([train, val]).head(20).to_dicts()
@@ -143,12 +149,13 @@ def _quotas(available: list[int], weights: list[float], total: int) -> list[int]
 
 
 def _sample(kept: pl.DataFrame, sources: list[ResolvedSource], spec: MixtureSpec) -> tuple[np.ndarray, int]:
-    """Seeded sample of n_train + n_val kept rows by source weight: their ``_i`` in sample order
-    (the first n_val are the validation rows), and how many were wanted but not available."""
+    """Seeded sample of n_train + n_val + n_tune kept rows by source weight: their ``_i`` in sample order
+    (the first n_val are the validation rows, the next n_tune the tuning rows), and how many were wanted
+    but not available."""
     rng = np.random.default_rng(spec.seed)
     kept = kept.sort("_i")
     per_source = [kept.filter(pl.col("_src") == k)["_i"].to_numpy() for k in range(len(sources))]
-    wanted = sum(len(p) for p in per_source) if spec.n_train is None else spec.n_train + spec.n_val
+    wanted = sum(len(p) for p in per_source) if spec.n_train is None else spec.n_train + spec.n_val + spec.n_tune
     quota = _quotas([len(p) for p in per_source], [s.weight for s in sources], wanted)
     chosen = np.concatenate([rng.permutation(p)[:q] for p, q in zip(per_source, quota, strict=True)]
                             or [np.zeros(0, dtype=np.int64)])
@@ -245,20 +252,22 @@ def _counts(frame: pl.DataFrame) -> dict[str, Any]:
 
 
 def _stats(name: str, spec: MixtureSpec, sources: list[ResolvedSource], frame: pl.DataFrame, kept: pl.DataFrame,
-           train: pl.DataFrame, val: pl.DataFrame, shortfall: int, length_info: dict[str, Any]) -> dict[str, Any]:
+           train: pl.DataFrame, val: pl.DataFrame, shortfall: int, length_info: dict[str, Any],
+           tune: pl.DataFrame) -> dict[str, Any]:
     chars = kept["chars"].to_numpy()
-    out_tokens = pl.concat([train, val])["n_tokens"].drop_nulls().to_numpy()
+    out_tokens = pl.concat([train, val, tune])["n_tokens"].drop_nulls().to_numpy()
     by_source = {}
     for k, src in enumerate(sources):
         src_name = src.name
         counts = _counts(frame.filter(pl.col("_src") == k))
         counts["train"] = int((train["source"] == src_name).sum())
         counts["val"] = int((val["source"] == src_name).sum())
+        counts["tune"] = int((tune["source"] == src_name).sum())
         by_source[src_name] = counts
     return {
         "mixture": name,
         **_counts(frame),
-        "sampled": {"train": train.height, "val": val.height, "shortfall": shortfall},
+        "sampled": {"train": train.height, "val": val.height, "tune": tune.height, "shortfall": shortfall},
         "seed": spec.seed,
         "by_source": by_source,
         "length_quantiles": {"kept_chars": _quantiles(chars), "sampled_tokens": _quantiles(out_tokens)},
@@ -304,11 +313,11 @@ def log_curation(result: CurateResult, spec: MixtureSpec) -> None:
     # Whole blocks as JSON: rlmt.tracking.redact drops any key containing "token" (max_prompt_tokens).
     log_params({"sources": json.dumps([s.model_dump() for s in spec.sources]),
                 "filters": json.dumps(spec.filters.model_dump(), sort_keys=True),
-                "seed": spec.seed, "n_train": spec.n_train, "n_val": spec.n_val,
+                "seed": spec.seed, "n_train": spec.n_train, "n_val": spec.n_val, "n_tune": spec.n_tune,
                 "length_model": spec.tokenizer_model})
     stats = result.stats
     metrics = {"in": stats["in"], "kept": stats["kept"], "dropped_total": stats["dropped_total"],
-               "train": stats["sampled"]["train"], "val": stats["sampled"]["val"]}
+               "train": stats["sampled"]["train"], "val": stats["sampled"]["val"], "tune": stats["sampled"]["tune"]}
     metrics.update({f"dropped.{r}": n for r, n in stats["dropped"].items()})
     for kind, qs in stats["length_quantiles"].items():
         metrics.update({f"{kind}.{q}": v for q, v in qs.items()})

@@ -11,6 +11,7 @@ rule curate:
     output:
         train="results/data/mixtures/{mixture}/train.parquet",
         val="results/data/mixtures/{mixture}/val.parquet",
+        tune="results/data/mixtures/{mixture}/tune.parquet",
         quarantine="results/data/mixtures/{mixture}/quarantine.parquet",
         stats="results/data/mixtures/{mixture}/stats.json",
     params:

@@ -53,6 +53,8 @@ QUIET_LOGGERS = {
     "alembic": logging.WARNING,  # the MLflow store's schema migrations, on every new SQLite store
     "sqlalchemy": logging.WARNING,
     "huey": logging.WARNING,
+    "httpx2": logging.WARNING,  # one INFO line per request of the openai SDK: thousands in a judge job's log
+    "httpx": logging.WARNING,
 }
 # loggers too chatty even for debug (matplotlib's font search alone is hundreds of lines)
 ALWAYS_AT_LEAST = {"matplotlib": logging.INFO, "PIL": logging.INFO}

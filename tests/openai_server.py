@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from requests.structures import CaseInsensitiveDict
+
 
 def echo_responder(body: dict) -> str:
     """Default: echo the last user message."""
@@ -42,7 +44,7 @@ class LocalOpenAIServer:
         self.requests = 0
         self.ok_responses = 0
         self.log: list[dict] = []
-        self.headers_seen: list[dict] = []
+        self.headers_seen: list[CaseInsensitiveDict] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -91,7 +93,7 @@ class LocalOpenAIServer:
                 raw = self.rfile.read(length)
                 with server.lock:
                     server.requests += 1
-                    server.headers_seen.append(dict(self.headers))
+                    server.headers_seen.append(CaseInsensitiveDict(self.headers.items()))  # the SDK sends lower-case names
                     roll = server.rng.random()
                     roll2 = server.rng.random()
                 if server.required_key and self.headers.get("Authorization") != f"Bearer {server.required_key}":

@@ -1,11 +1,13 @@
 """The OpenAI-compatible HTTP backend against a real local server: concurrency, retries, the
-SQLite cache, resumable files and keeping the API key out of everything written."""
+SQLite cache, resumable files and keeping the API key out of everything written. Requests go through
+the ``openai`` SDK (rlmt.chat_endpoint; its retry waits are tested in tests/test_judge_client.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from scripted_server import ScriptedServer
 
 from rlmt.generation import GenerationError, SamplingParams, generate_file, make_generator, read_generations
 from rlmt.generation.cache import CompletionCache
@@ -85,27 +87,51 @@ def test_client_errors_are_not_retried(openai_server):
     assert server.requests == 1
 
 
-def test_api_key_is_sent_but_never_written_or_shown(openai_server, tmp_path, monkeypatch):
+def _authorization(headers: dict) -> str | None:
+    """The Authorization header whatever case the client wrote its name in (HTTP names are case-insensitive)."""
+    return next((v for k, v in headers.items() if k.lower() == "authorization"), None)
+
+
+def test_api_key_is_sent_but_never_written_or_shown(openai_server, tmp_path, monkeypatch, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     key = "sk-test-0123456789abcdef"
     server = openai_server(required_key=key)
     monkeypatch.setenv("RLMT_TEST_API_KEY", key)
     out = tmp_path / "gen.jsonl"
     generate_file("m", [("a", prompts(1)[0])], out, PARAMS, backend="openai", base_url=server.base_url,
                   api_key_env="RLMT_TEST_API_KEY", progress=False, **FAST_RETRY)
-    assert server.headers_seen[0]["Authorization"] == f"Bearer {key}"
+    assert _authorization(server.headers_seen[0]) == f"Bearer {key}"
     assert read_generations(out)[0]["output"] == "echo: question 0"
     for path in tmp_path.iterdir():
         assert key.encode() not in path.read_bytes(), path
 
-    monkeypatch.setenv("RLMT_TEST_API_KEY", "sk-wrong-key-99999999")
-    gen = make_generator("openai", "m", base_url=server.base_url, api_key_env="RLMT_TEST_API_KEY", **FAST_RETRY)
-    with pytest.raises(GenerationError) as err:
-        gen.generate(prompts(1), PARAMS)
-    assert "HTTP 401" in str(err.value) and "sk-wrong-key" not in str(err.value)
+    # A rejected key that the server echoes back (500s retried, then a final 401): masked in the error.
+    wrong = "sk-wrong-key-99999999"
+    monkeypatch.setenv("RLMT_TEST_API_KEY", wrong)
+    with ScriptedServer([{"status": 500, "echo_auth": True}], default={"status": 401, "echo_auth": True}) as echo:
+        gen = make_generator("openai", "m", base_url=echo.base_url, api_key_env="RLMT_TEST_API_KEY", **FAST_RETRY)
+        with pytest.raises(GenerationError) as err:
+            gen.generate(prompts(1), PARAMS)
+    assert echo.requests == 2 and {h["authorization"] for h in echo.headers} == {f"Bearer {wrong}"}
+    assert "HTTP 401: scripted 401 for Bearer ***" in str(err.value) and "sk-wrong-key" not in str(err.value)
+    assert "Retrying request" in caplog.text  # the SDK's records were captured (DEBUG and up) ...
+    assert key not in caplog.text and "sk-wrong-key" not in caplog.text  # ... and none holds a key
 
     monkeypatch.delenv("RLMT_TEST_API_KEY")
     with pytest.raises(GenerationError, match="environment variable RLMT_TEST_API_KEY is not set"):
         make_generator("openai", "m", base_url=server.base_url, api_key_env="RLMT_TEST_API_KEY")
+
+
+def test_a_keyless_server_gets_no_authorization_header(openai_server, monkeypatch):
+    """No api_key_env: no Authorization header at all. The SDK alone would send OPENAI_API_KEY from the
+    environment to whatever server the config names."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ambient-31415926535")
+    server = openai_server()
+    gen = make_generator("openai", "m", base_url=server.base_url, progress=False, **FAST_RETRY)
+    assert gen.generate(prompts(1), PARAMS)[0][0].text == "echo: question 0"
+    assert server.requests == 1 and _authorization(server.headers_seen[0]) is None
 
 
 def test_stop_strings_are_enforced_when_the_server_ignores_them(openai_server, tmp_path):

@@ -1,5 +1,8 @@
 """The judge client against a real local OpenAI-compatible HTTP server: retries under injected
-failures, the persistent cache across a kill -9, non-retryable errors, and no API key anywhere."""
+failures, the persistent cache across a kill -9, non-retryable errors, and no API key anywhere.
+The requests go through the ``openai`` SDK (rlmt.chat_endpoint): the scripted-server tests pin down
+what it is trusted with (Retry-After, timeouts) and what our own code adds (the configured backoff,
+asking again after a malformed 200, the key masked in errors and absent from logs)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scripted_server import ScriptedServer
 from test_judge_responders import judge_responder, marked_answers, write_generations
 from typer.testing import CliRunner
 
@@ -73,16 +77,84 @@ def test_parse_failures_are_counted_not_scored_as_losses(openai_server, data_dir
     assert result.metrics["win_rate"].n == 8 and result.n_failed == 3
 
 
-def test_client_errors_are_not_retried_and_never_echo_the_key(openai_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("RLMT_TEST_JUDGE_KEY", "sk-wrong-000000000000")
-    srv = openai_server(judge_responder, required_key="sk-right-111111111111")
-    judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "c.sqlite"), api_key_env="RLMT_TEST_JUDGE_KEY",
-                      max_retries=5, backoff_s=0.01)
-    replies = judge.complete_many([JudgePrompt([{"role": "user", "content": "hi"}])] * 3)
-    assert srv.requests == 3  # 401 is final: no retries
+def test_client_errors_are_not_retried_and_never_echo_the_key(tmp_path, monkeypatch, caplog):
+    """Two 500s are retried, a 401 is final; every error echoes the Authorization header it got (as some
+    proxies do): the replies' errors mask it, and no log record (SDK, httpx, ours, at DEBUG) holds it."""
+    import logging
+
+    secret = "sk-wrong-000000000000"
+    monkeypatch.setenv("RLMT_TEST_JUDGE_KEY", secret)
+    caplog.set_level(logging.DEBUG)
+    script = [{"status": 500, "echo_auth": True}] * 2
+    with ScriptedServer(script, default={"status": 401, "echo_auth": True}) as srv:
+        judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "c.sqlite"), api_key_env="RLMT_TEST_JUDGE_KEY",
+                          concurrency=1, max_retries=5, backoff_s=0.01, max_backoff_s=0.02)
+        replies = judge.complete_many([JudgePrompt([{"role": "user", "content": f"hi {i}"}]) for i in range(3)])
+    # prompt 0: 500, 500, then 401 (final); prompts 1 and 2: one 401 each, never retried
+    assert srv.requests == 5 and judge.usage.requests_sent == 5 and judge.usage.retries == 2
+    assert {h["authorization"] for h in srv.headers} == {f"Bearer {secret}"}  # the key was really sent ...
     assert all(r.text is None and "HTTP 401" in r.error for r in replies)
-    assert all("sk-wrong" not in r.error for r in replies)
+    assert all("***" in r.error and secret not in r.error and "sk-wrong" not in r.error for r in replies)  # ... masked
+    assert "gave up after 3 attempts" in replies[0].error
+    assert "Retrying request" in caplog.text  # the SDK's own retry notice: its records were captured ...
+    assert "sk-wrong" not in caplog.text  # ... and none holds the key
     assert judge.usage.failures == 3 and len(JudgeCache(tmp_path / "c.sqlite")) == 0
+
+
+def test_retry_after_is_honoured(tmp_path):
+    """A 429 with ``Retry-After: 1`` is retried after at least 1 s, although the configured backoff is 1-2 ms.
+
+    Timing: only a lower bound, which a slow machine cannot break (the client sleeps the hint before it resends)."""
+    with ScriptedServer([{"status": 429, "headers": {"Retry-After": "1"}}]) as srv:
+        judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "c.sqlite"), max_retries=3, backoff_s=0.002,
+                          max_backoff_s=0.002, timeout_s=120)
+        [reply] = judge.complete_many([JudgePrompt([{"role": "user", "content": "hi"}])])
+    assert reply.text == "ok" and reply.error is None
+    assert srv.requests == 2 and (judge.usage.requests_sent, judge.usage.retries) == (2, 1)
+    assert srv.arrivals[1] - srv.arrivals[0] >= 0.95
+
+
+def test_configured_backoff_replaces_the_sdk_default(tmp_path):
+    """A 500 without a hint waits backoff_s x U(0.5, 1) = at least 1 s with backoff_s = 2; the SDK's own first
+    delay would be at most 0.5 s. (Lower bound only, as above.)"""
+    with ScriptedServer([{"status": 500}]) as srv:
+        judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "c.sqlite"), max_retries=2, backoff_s=2.0,
+                          max_backoff_s=2.0, timeout_s=120)
+        [reply] = judge.complete_many([JudgePrompt([{"role": "user", "content": "hi"}])])
+    assert reply.text == "ok" and srv.requests == 2
+    assert srv.arrivals[1] - srv.arrivals[0] >= 0.95
+
+
+def test_timeouts_are_retried(tmp_path):
+    """The first request hangs past timeout_s: the SDK gives up on it and sends the prompt again."""
+    with ScriptedServer([{"hang_s": 5.0}]) as srv:
+        judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "c.sqlite"), max_retries=6, timeout_s=1.0,
+                          backoff_s=0.01, max_backoff_s=0.02)
+        [reply] = judge.complete_many([JudgePrompt([{"role": "user", "content": "hi"}])])
+        # (a loaded machine may time out a later attempt too: at least one retry, not exactly one)
+        assert reply.text == "ok" and srv.requests >= 2 and judge.usage.retries >= 1
+    with ScriptedServer([], default={"hang_s": 5.0}) as srv:
+        judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "d.sqlite"), max_retries=1, timeout_s=0.5,
+                          backoff_s=0.01, max_backoff_s=0.02)
+        [reply] = judge.complete_many([JudgePrompt([{"role": "user", "content": "hi"}])])
+        assert reply.text is None and reply.error == "gave up after 2 attempts: timed out after 0.5 s"
+        assert srv.requests == 2 and judge.usage.failures == 1
+
+
+def test_malformed_200_is_asked_again_within_the_retry_budget(tmp_path):
+    """The SDK does not retry a 200 whose body is not a completion; the endpoint asks again, at most
+    max_retries + 1 requests in all, then reports it as a failure."""
+    with ScriptedServer([{"malformed": True}]) as srv:
+        judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "c.sqlite"), max_retries=2, backoff_s=0.01,
+                          max_backoff_s=0.02, timeout_s=120)
+        [reply] = judge.complete_many([JudgePrompt([{"role": "user", "content": "hi"}])])
+    assert reply.text == "ok" and srv.requests == 2 and judge.usage.retries == 1
+    with ScriptedServer([], default={"malformed": True}) as srv:
+        judge = HTTPJudge(srv.base_url, "judge-x", JudgeCache(tmp_path / "d.sqlite"), max_retries=2, backoff_s=0.01,
+                          max_backoff_s=0.02, timeout_s=120)
+        [reply] = judge.complete_many([JudgePrompt([{"role": "user", "content": "hi"}])])
+    assert reply.text is None and reply.error.startswith("gave up after 3 attempts: malformed completion")
+    assert srv.requests == 3 and judge.usage.failures == 1 and len(JudgeCache(tmp_path / "d.sqlite")) == 0
 
 
 def test_rerun_after_kill_9_requests_only_missing_items(openai_server, data_dir, tmp_path):
@@ -158,7 +230,9 @@ def test_no_api_key_in_logs_mlflow_or_artifacts(openai_server, data_dir, tmp_pat
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "out" / "scores.json").read_text())["metrics"]["win_rate"]["value"] == pytest.approx(75.0)
     # the key did reach the server (so it was really used) ...
-    assert all(h.get("Authorization") == f"Bearer {secret}" for h in srv.headers_seen)
+    # (header names compared case-insensitively: the SDK writes "authorization")
+    assert all({k.lower(): v for k, v in h.items()}.get("authorization") == f"Bearer {secret}"
+               for h in srv.headers_seen)
     # ... but nothing written anywhere holds it: outputs, judge cache, MLflow store and artifacts, CLI output
     assert secret not in res.output
     written = [p for p in tmp_path.rglob("*") if p.is_file()]

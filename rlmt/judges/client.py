@@ -1,51 +1,56 @@
 """The judge client: one interface over an OpenAI-compatible endpoint or a local transformers model.
 
-``judge.complete_many(prompts)`` answers a list of chat prompts:
+The endpoint is any OpenAI-compatible server (OpenAI, a ``vllm serve`` on a cluster node, a local
+server), reached through the ``openai`` SDK (:mod:`rlmt.chat_endpoint`, which says what the SDK
+does and what little it lacks). ``judge.complete_many(prompts)`` answers a list of chat prompts:
 
 * every reply goes through the :class:`~rlmt.judges.cache.JudgeCache` first and is committed as
   soon as it arrives, so a rerun after a crash sends only what is missing;
-* at most ``concurrency`` requests are in flight (a thread pool: the work is network-bound);
-* timeouts, connection errors, HTTP 429, HTTP 5xx and malformed bodies are retried with
-  exponential backoff and jitter (a ``Retry-After`` header is honoured); other 4xx errors are not
-  retried, since asking again cannot fix a bad request or a bad key;
+* at most ``concurrency`` requests are in flight (a thread pool: the SDK has no batch call for
+  chat completions short of the offline Batch API, and the work is network-bound);
+* timeouts, connection errors, HTTP 408/409/429/5xx are retried by the SDK, honouring
+  ``Retry-After``, with this config's exponential backoff (``backoff_s`` doubling up to
+  ``max_backoff_s``); a 200 whose body is not a completion is asked again; other 4xx errors are
+  not retried, since asking again cannot fix a bad request or a bad key;
 * a prompt that still fails after ``max_retries`` retries yields a reply with ``error`` set: the
-  caller records it as a judge failure, never as a verdict.
+  caller records it as a judge failure, never as a verdict;
+* ``usage`` (:class:`~rlmt.judges.cost.Usage`) counts requests sent, retries, cache hits,
+  failures and the tokens the server reported (the cost of a run).
 
-The API key is read from the environment variable the config names (``api_key_env``) when a
-request is built; it is never stored on the object, in the cache, in logs or in errors.
+The API key is read from the environment variable the config names (``api_key_env``); it is held
+only by the in-memory SDK client, never in the cache, in logs, in ``describe()`` or in errors.
+
+Public API (stable: the benchmarks, the planning-traits report and the rubric rewards use it):
+
+* :func:`make_judge(spec, cache_path=None, device="auto") <make_judge>` builds an
+  :class:`HTTPJudge` or, with ``spec.local_model``, a :class:`LocalJudge`;
+* ``judge.complete_many(prompts: list[JudgePrompt], desc="judging") -> list[JudgeReply]``: one
+  reply per prompt, in order; thread-safe, so several callers may share one judge;
+* :class:`JudgePrompt` ``(messages, max_tokens=1024)``; :class:`JudgeReply` ``(text, error,
+  cached, key, prompt_tokens, completion_tokens)``: ``text`` is None exactly when ``error`` is
+  set, ``key`` is the cache key (model + messages + sampling parameters);
+* ``judge.key(prompt)`` is that cache key without sending anything; ``judge.usage``,
+  ``judge.describe()`` (loggable settings, no credentials) and ``judge.close()``.
 """
 
 from __future__ import annotations
 
-
 import logging
-import os
-import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlmt.chat_endpoint import ChatEndpoint, EndpointError
 from rlmt.judges.cache import JudgeCache, cache_key
 from rlmt.judges.cost import Usage, price_for
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {408, 409, 425, 429}
-
 
 class JudgeError(RuntimeError):
     """A judge request that cannot succeed (bad request, bad key, unknown model)."""
-
-
-class _Transient(Exception):
-    """A failure worth retrying; ``retry_after`` is the server's hint in seconds, if any."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -119,7 +124,7 @@ class _BaseJudge:
         key = self.key(prompt)
         try:
             text, p_tok, c_tok = self._complete(prompt)
-        except (JudgeError, _Transient) as err:
+        except (JudgeError, EndpointError) as err:
             self.usage.add(failures=1)
             return JudgeReply(None, error=str(err), key=key)
         self.cache.put(key, self.model, text, p_tok, c_tok)
@@ -133,6 +138,9 @@ class _BaseJudge:
         """Loggable settings (no credentials)."""
         return {"model": self.model, "temperature": self.temperature, "backend": type(self).__name__}
 
+    def close(self) -> None:
+        """Release connections (the cache belongs to the caller and stays open)."""
+
 
 class HTTPJudge(_BaseJudge):
     """An OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, any proxy)."""
@@ -142,15 +150,14 @@ class HTTPJudge(_BaseJudge):
                  max_tokens: int | None = None, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
                  price: tuple[float, float] | None = None):
         super().__init__(model, cache, temperature=temperature, max_tokens=max_tokens, price=price)
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.endpoint = ChatEndpoint(base_url, api_key_env=api_key_env, max_retries=max_retries, timeout_s=timeout_s,
+                                     backoff_s=backoff_s, max_backoff_s=max_backoff_s)
+        self.url = self.endpoint.url
         self.api_key_env = api_key_env
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max_retries
         self.timeout_s = timeout_s
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self._local = threading.local()
-        if api_key_env and not os.environ.get(api_key_env):
+        if api_key_env and not self.endpoint.has_key:
             log.warning("judge %s: environment variable %s is not set; sending requests without a key",
                         model, api_key_env)
 
@@ -158,69 +165,17 @@ class HTTPJudge(_BaseJudge):
         return {**super().describe(), "url": self.url, "api_key_env": self.api_key_env,
                 "concurrency": self.concurrency, "max_retries": self.max_retries, "timeout_s": self.timeout_s}
 
-    def _session(self):
-        import requests
-
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
     def _complete(self, prompt: JudgePrompt) -> tuple[str, int, int]:
-        body = {"model": self.model, "messages": prompt.messages, **self.params(prompt)}
-        last: _Transient | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.usage.add(retries=1)
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-                if last is not None and last.retry_after is not None:
-                    delay = max(delay, min(last.retry_after, self.max_backoff_s))
-                time.sleep(delay)
-            try:
-                return self._post(body)
-            except _Transient as err:
-                last = err
-        raise _Transient(f"gave up after {self.max_retries + 1} attempts; last error: {last}")
-
-    def _post(self, body: dict) -> tuple[str, int, int]:
-        import requests
-
-        self.usage.add(requests_sent=1)
         try:
-            resp = self._session().post(self.url, json=body, headers=self._headers(), timeout=self.timeout_s)
-        except (requests.Timeout, requests.ConnectionError) as err:
-            raise _Transient(f"{type(err).__name__} after {self.timeout_s}s") from None
-        if resp.status_code in RETRY_STATUS or resp.status_code >= 500:
-            retry_after = resp.headers.get("Retry-After")
-            try:
-                hint = float(retry_after) if retry_after else None
-            except ValueError:
-                hint = None
-            raise _Transient(f"HTTP {resp.status_code}: {_error_message(resp)}", hint)
-        if resp.status_code >= 400:
-            raise JudgeError(f"HTTP {resp.status_code} from {self.url}: {_error_message(resp)}")
-        try:
-            payload = resp.json()
-            text = payload["choices"][0]["message"]["content"]
-            if not isinstance(text, str):
-                raise TypeError("content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise _Transient(f"malformed completion body ({type(err).__name__}: {err})") from None
-        usage = payload.get("usage") or {}
-        return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            reply = self.endpoint.complete(self.model, prompt.messages, **self.params(prompt))
+        except EndpointError as err:
+            self.usage.add(requests_sent=err.requests, retries=max(0, err.requests - 1))
+            raise
+        self.usage.add(requests_sent=reply.requests, retries=reply.requests - 1)
+        return reply.text, reply.prompt_tokens, reply.completion_tokens
 
-
-def _error_message(resp) -> str:
-    try:
-        return str(resp.json()["error"]["message"])[:300]
-    except (ValueError, KeyError, TypeError):
-        return resp.text[:300]
+    def close(self) -> None:
+        self.endpoint.close()
 
 
 class LocalJudge(_BaseJudge):

@@ -139,7 +139,7 @@ def run_in_view(site: Path, args: list[str], cwd: Path, timeout: int = 600) -> s
 
 
 IMPORTS = {
-    "data": ["rlmt.data.curate", "rlmt.data.sft_data", "rlmt.data.teacher", "rlmt.tracking"],
+    "data": ["rlmt.data.curate", "rlmt.data.sft_data", "rlmt.data.teacher", "rlmt.tracking", "openai"],
     "train": ["rlmt.train.sft", "rlmt.train.grpo", "rlmt.train.dpo", "rlmt.train.ppo", "rlmt.models.prepare",
               "rlmt.models.zero", "rlmt.rewards", "deepspeed", "trl", "accelerate"],
     "eval": ["rlmt.generation", "rlmt.rewards", "rlmt.judges", "pkgutil-all:rlmt.benchmarks", "rlmt.generation.hf_backend"],

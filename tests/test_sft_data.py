@@ -187,3 +187,41 @@ def test_file_source_quarantines_lines_that_are_not_json_objects(tmp_path):
     assert [r["id"] for r in outs["n.jsonl"]] == ["1", "3", "4", "5"]
     assert [r["messages"][-1]["content"] for r in outs["n.jsonl"]][1:] == \
         ["Bright \U0001F600 moon.", "A short answer.", "Calm.\u2028Gulls call."]
+
+
+def test_a_prompt_the_teacher_keeps_failing_is_quarantined_and_a_rerun_asks_only_it(tmp_path, openai_server):
+    """A prompt whose every request dies (the server drops the connection) costs max_retries + 1 requests, is
+    quarantined as teacher_error with the reason, and never stops the others; a rerun asks only that prompt."""
+    sea_prompt = "Write a short poem about the sea at night and the moon."  # prompt b of _prompts_file
+    broken = {"sea": True}
+
+    def responder(body):
+        if broken["sea"] and "sea at night" in body["messages"][-1]["content"]:
+            raise ConnectionAbortedError("injected: connection dropped without a reply")
+        return GOOD
+
+    srv = openai_server(responder)
+    srv._server.handle_error = lambda request, address: None  # the dropped connections are on purpose
+    spec = SFTDataSpec(prompts=[SourceSpec(path=str(_prompts_file(tmp_path)), format="chat-jsonl")],
+                       teacher=TeacherSpec(base_url=srv.base_url, model="teacher-x", api_key_env=None, concurrency=2,
+                                           max_retries=2, backoff_s=0.001, timeout_s=30),
+                       n_prompts=None)
+    args = dict(stats_path=tmp_path / "stats.json", cache_path=tmp_path / "cache.sqlite")
+
+    counts = build_sft_data(spec, tmp_path / "t.jsonl", tmp_path / "n.jsonl", **args).stats["counts"]
+    assert counts["kept"] == 2 and counts["teacher_error"] == 1  # houseplants, sky kept; the sea poem failed for good
+    quarantine = [json.loads(line) for line in (tmp_path / "stats.quarantine.jsonl").read_text().splitlines()]
+    failed = [q for q in quarantine if q["reason"] == "teacher_error"]
+    assert [q["row"]["messages"][0]["content"] for q in failed] == [sea_prompt]
+    assert "connection failed" in failed[0]["detail"]
+    sea_asked = [b for b in srv.log if "sea at night" in b["messages"][-1]["content"]]
+    assert len(sea_asked) == 3  # 1 request + max_retries=2 retries, then given up: a bounded, finite cost
+
+    broken["sea"] = False
+    seen = len(srv.log)
+    counts = build_sft_data(spec, tmp_path / "t.jsonl", tmp_path / "n.jsonl", **args).stats["counts"]
+    assert counts["kept"] == 3 and counts.get("teacher_error", 0) == 0 and counts["cache_hits"] == 2
+    assert [b["messages"][-1]["content"] for b in srv.log[seen:]] == [f"{sea_prompt}\n\n{PLANNING_INSTRUCTION}"]
+    kept = [json.loads(line)["messages"][0]["content"] for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert sorted(kept) == sorted(["How can I keep my houseplants alive during a long holiday?", sea_prompt,
+                                   "Explain why the sky looks blue during the day to a child."])

@@ -1,13 +1,26 @@
 """A teacher model behind an OpenAI-compatible chat-completions endpoint, with a SQLite answer cache.
 
 Works with OpenAI, Gemini's OpenAI-compatible endpoint and a vLLM server alike: it only speaks
-``POST {base_url}/chat/completions``. The API key is read from the environment variable the
-config names (never from the config itself) and is never logged or cached.
+``POST {base_url}/chat/completions``, through the ``openai`` SDK (:mod:`rlmt.chat_endpoint`, which
+says what the SDK does and what little it lacks). The warm-start SFT data (:mod:`rlmt.data.sft_data`)
+and the rubric writer (:mod:`rlmt.data.rubrics`) ask through :class:`TeacherClient`.
 
-Every answer is cached under a key made of the endpoint's model, the messages, the sampling
-parameters and the try number, so a rerun asks only what is missing and an interrupted run loses
-at most the requests in flight. Requests run concurrently on a thread pool; 429, 5xx, timeouts
-and malformed bodies are retried with exponential backoff, other 4xx fail at once.
+- **Cached:** every answer is stored under a key made of the endpoint's model, the messages, the
+  sampling parameters and the try number (:meth:`TeacherClient.cache_key`) as soon as it arrives,
+  so a rerun asks only what is missing and an interrupted run loses at most the requests in flight.
+- **Concurrent:** at most ``concurrency`` requests in flight (a thread pool), with a progress bar.
+- **Retried:** by the SDK: timeouts, connection errors and HTTP 408/409/429/5xx, honouring
+  ``Retry-After``, with the spec's backoff (``backoff_s`` doubling, capped at ``max_backoff_s``:
+  60 s for a spec without one); a 200 whose body is not a completion is asked again; other 4xx
+  fail at once. ``max_retries`` bounds the HTTP retries of one request; the spec's ``max_tries``
+  (asking again when an answer fails the caller's format check) is the caller's, not these.
+- **Failures are per prompt:** :meth:`TeacherClient.complete_many` returns a :class:`TeacherError`
+  for a request that failed for good, which the caller quarantines with its reason; one failure
+  never aborts the batch.
+- **Secret-safe:** the API key is read only from the environment variable the config names
+  (``api_key_env``; never from the config itself, and the SDK's own fallback to ``OPENAI_API_KEY``
+  is off); it is held only by the in-memory SDK client, never logged, cached or put in an error
+  message. Without it a remote endpoint is refused at once; a local one is asked without a key.
 """
 
 from __future__ import annotations
@@ -22,9 +35,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlmt.chat_endpoint import ChatEndpoint, EndpointError
 from rlmt.config import TeacherSpec
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# The longest wait between two retries when the spec sets none (TeacherSpec has no max_backoff_s).
+MAX_BACKOFF_S = 60.0
 
 
 class TeacherError(RuntimeError):
@@ -67,22 +82,27 @@ class AnswerCache:
 
 
 class TeacherClient:
-    """Chat completions from one endpoint/model, cached and retried."""
+    """Chat completions from one endpoint/model, cached and retried.
+
+    ``spec`` is a :class:`~rlmt.config.TeacherSpec` or any spec with its fields (the rubric
+    writer's :class:`~rlmt.rewards.rubric.RubricTeacherSpec`). ``requests_sent`` counts the HTTP
+    requests sent (retries included) and ``cache_hits`` the answers taken from the cache.
+    """
 
     def __init__(self, spec: TeacherSpec, cache: AnswerCache):
         self.spec = spec
         self.cache = cache
-        self.url = spec.base_url.rstrip("/") + "/chat/completions"
+        if spec.api_key_env and not os.environ.get(spec.api_key_env) and not _is_local(spec.base_url):
+            raise TeacherError(f"teacher: environment variable {spec.api_key_env} is not set "
+                               f"(the API key for {spec.base_url})")
+        # A local server (vLLM on this machine) may need no key: without one, no Authorization header is sent.
+        self.endpoint = ChatEndpoint(spec.base_url, api_key_env=spec.api_key_env, max_retries=spec.max_retries,
+                                     timeout_s=spec.timeout_s, backoff_s=spec.backoff_s,
+                                     max_backoff_s=getattr(spec, "max_backoff_s", MAX_BACKOFF_S))
+        self.url = self.endpoint.url
         self.requests_sent = 0
         self.cache_hits = 0
         self._count_lock = threading.Lock()
-        key = None
-        if spec.api_key_env:
-            key = os.environ.get(spec.api_key_env)
-            if key is None and not _is_local(spec.base_url):
-                raise TeacherError(f"teacher: environment variable {spec.api_key_env} is not set "
-                                   f"(the API key for {spec.base_url})")
-        self._headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
 
     def cache_key(self, messages: list[dict], attempt: int) -> str:
         blob = json.dumps({"model": self.spec.model, "messages": messages, "temperature": self.spec.temperature,
@@ -105,7 +125,7 @@ class TeacherClient:
         if not todo:
             return results
         with ThreadPoolExecutor(max_workers=max(1, self.spec.concurrency)) as pool:
-            futures = {pool.submit(self._post, req.messages): req for req in todo}
+            futures = {pool.submit(self._ask, req.messages): req for req in todo}
             for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, leave=False):
                 req = futures[fut]
                 try:
@@ -117,33 +137,24 @@ class TeacherClient:
                 results[req.key] = text
         return results
 
-    def _post(self, messages: list[dict]) -> str:
-        import requests
+    def _ask(self, messages: list[dict]) -> str:
+        """One answer; the SDK and :class:`~rlmt.chat_endpoint.ChatEndpoint` do the retrying."""
+        try:
+            reply = self.endpoint.complete(self.spec.model, messages, temperature=self.spec.temperature,
+                                           max_tokens=self.spec.max_tokens)
+        except EndpointError as err:  # its message has the key masked
+            self._count(err.requests)
+            raise TeacherError(f"teacher: {self.url}: {err}") from None
+        self._count(reply.requests)
+        return reply.text
 
-        body = {"model": self.spec.model, "messages": messages, "temperature": self.spec.temperature,
-                "max_tokens": self.spec.max_tokens}
-        last = "no attempt"
-        for attempt in range(self.spec.max_retries + 1):
-            if attempt:
-                time.sleep(min(self.spec.backoff_s * 2 ** (attempt - 1), 60.0))
-            with self._count_lock:
-                self.requests_sent += 1
-            try:
-                resp = requests.post(self.url, json=body, headers=self._headers, timeout=self.spec.timeout_s)
-            except requests.RequestException as err:
-                last = f"{type(err).__name__}"
-                continue
-            if resp.status_code in RETRY_STATUS:
-                last = f"HTTP {resp.status_code}"
-                continue
-            if resp.status_code != 200:
-                raise TeacherError(f"teacher: HTTP {resp.status_code} from {self.url}: {resp.text[:200]}")
-            try:
-                return resp.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                last = "malformed response body"
-                continue
-        raise TeacherError(f"teacher: gave up after {self.spec.max_retries + 1} attempts ({last})")
+    def _count(self, requests: int) -> None:
+        with self._count_lock:
+            self.requests_sent += requests
+
+    def close(self) -> None:
+        """Release the endpoint's connections (the cache belongs to the caller and stays open)."""
+        self.endpoint.close()
 
 
 def _is_local(url: str) -> bool:

@@ -423,7 +423,7 @@ def run_dpo(b: Bench, rec: Recorder) -> None:
     from rlmt.generation.transformers_backend import TransformersGenerator
     from rlmt.generation.vllm_backend import VLLMGenerator
     from rlmt.train.dpo_pairs import prepare_pairs
-    from rlmt.train.job import answer_scorer, process_state, rank_device
+    from rlmt.train.job import process_state, rank_device
 
     use_vllm, why_not = vllm_usable()
     settings = settings_for("dpo", b, use_vllm)
@@ -451,7 +451,7 @@ def run_dpo(b: Bench, rec: Recorder) -> None:
     with wrapped(TransformersGenerator, "generate", generate), wrapped(VLLMGenerator, "generate", generate):
         meter.switch("pairs")
         prepare_pairs(b.policy, b.reward, b.dpo_prompt_file, out, settings, backend=backend,
-                      device=rank_device(state), state=state, make_scorer=answer_scorer)
+                      device=rank_device(state), state=state)
     stats = json.loads((out / "pairs" / "stats.json").read_text())
     rec.record("sampling", **counted, completion_width=b.completion, pairs=stats["counts"])
     trl_ok, why_not = trl_usable()

@@ -166,9 +166,12 @@ def models_prepare(
     from rlmt.tracking import log_outputs, stage_run
 
     cfg = _load(config)
-    spec = cfg.models.get(model) or cfg.reward_models.get(model)
+    from rlmt.workflow import Plan
+
+    classifiers = Plan(cfg).classifier_rewards  # reward_models entries that are model dirs (a mix is not)
+    spec = cfg.models.get(model) or classifiers.get(model)
     if spec is None:
-        typer.echo(f"unknown model {model!r}; allowed: {sorted({**cfg.models, **cfg.reward_models})}", err=True)
+        typer.echo(f"unknown model {model!r}; allowed: {sorted({**cfg.models, **classifiers})}", err=True)
         raise typer.Exit(2)
     if spec.source is None:  # reward_models.<name>.train: made by rules rm_pairs + train_rm, not prepared
         typer.echo(f"reward_models.{model} has no source: the pipeline trains it (rules rm_pairs, train_rm); "
@@ -287,7 +290,12 @@ def eval_score(
     model_name: Optional[str] = typer.Option(None, help="Evaluated model's name (run name and tag)."),
     reference_generations: Optional[Path] = typer.Option(None, "--reference-generations", "--reference",
                                                          help="reward-winrate: the reference model's generations.jsonl."),
-    reward_model: Optional[Path] = typer.Option(None, help="reward-winrate: the reward model directory."),
+    reward_model: Optional[Path] = typer.Option(None, help="reward-winrate: the reward model directory (a classifier "
+                                                "reward; same as --reward-input <reward>=DIR)."),
+    reward: Optional[str] = typer.Option(None, help="reward-winrate: the reward_models entry that judges (default: the "
+                                         "benchmark's reward_model option, else the first entry)."),
+    reward_input: list[str] = typer.Option([], "--reward-input", help="reward-winrate: KEY=PATH, a file the reward "
+                                           "needs (repeatable; see `rlmt train grpo --help`)."),
     cell: Optional[str] = typer.Option(None, help="Cell name: nest the MLflow run under the cell's parent run."),
 ) -> None:
     """Score a benchmark's generations into scores.json (one MLflow run)."""
@@ -310,10 +318,15 @@ def eval_score(
             raise typer.Exit(2)
         options[key] = value
     ctx: dict = {}
+    named_reward = None
     if bench == "reward-winrate":
-        if reference_generations is None or reward_model is None:
-            typer.echo("reward-winrate needs --reference-generations and --reward-model", err=True)
+        if reference_generations is None or (reward_model is None and not reward_input):
+            typer.echo("reward-winrate needs --reference-generations and the reward's files (--reward-model DIR "
+                       "or --reward-input KEY=PATH)", err=True)
             raise typer.Exit(2)
+        from rlmt.workflow import Plan
+
+        named_reward = _named_reward(cfg, reward or Plan(cfg).winrate_reward_model(), reward_model, reward_input)
     inputs = {"generations": generations, **({"reference_generations": reference_generations} if reference_generations else {}),
               **({"items": items} if items else {})}
     try:
@@ -327,11 +340,11 @@ def eval_score(
                        uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment):
             log_dataset_input(items, context="evaluation")
             if bench == "reward-winrate":
-                from rlmt.rewards import AnswerRewardScorer
                 from rlmt.thinking import WARM_NOTHINK
 
+                # the answers are extracted already (each model by its own format): the reward reads them as they are
                 ctx = {"reference_generations": read_generations(reference_generations),
-                       "scorer": AnswerRewardScorer(reward_model, WARM_NOTHINK, device=cfg.device)}
+                       "scorer": named_reward.build(WARM_NOTHINK, device=cfg.device)}
             result = score_file(bench, generations, out, data_dir=data_dir or configured_data_dir(cfg),
                                 limit=limit if limit is not None else (spec.limit if spec else None),
                                 seed=cfg.seed, options=options, items_path=items, **ctx)
@@ -581,6 +594,44 @@ def data_sft(
     typer.echo(f"{name}: in={c.get('rows_in', 0)} kept={c['kept']} -> {out_think}, {out_nothink}")
 
 
+@data_app.command("rubrics")
+def data_rubrics(
+    reward: str = typer.Option(..., help="A `reward_models` entry of kind rubric."),
+    out: Path = typer.Option(..., help="Rubric file (JSONL: key, id, criteria); quarantine and stats beside it."),
+    prompts: list[Path] = typer.Option([], "--prompts", help="Mixture parquet files (train, val) the rubrics are for "
+                                       "(repeatable)."),
+    cache: Optional[Path] = typer.Option(None, help="Teacher answer cache (default: teacher_cache.sqlite beside out)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Write one rubric per prompt for a rubric reward (a teacher endpoint, or a published set's column)."""
+    from rlmt.config import data_dir
+    from rlmt.data.rubrics import RubricDataError, build_rubrics
+    from rlmt.data.teacher import TeacherError
+    from rlmt.rewards import kind_of
+    from rlmt.tracking import _retry, log_outputs, stage_run
+
+    cfg = _load(config)
+    spec = cfg.reward_models.get(reward)
+    if spec is None or kind_of(spec) != "rubric":
+        allowed = sorted(n for n, s in cfg.reward_models.items() if kind_of(s) == "rubric")
+        typer.echo(f"--reward: {reward!r} is not a rubric reward; rubric rewards: {allowed}", err=True)
+        raise typer.Exit(2)
+    try:
+        with stage_run("rubrics", rule="rubrics", run_name=f"rubrics:{reward}",
+                       params={"reward": reward, **spec.model_dump(mode="json")}, uri=cfg.tracking.tracking_uri,
+                       experiment=cfg.tracking.experiment):
+            import mlflow
+
+            result = build_rubrics(reward, spec, out, prompt_files=prompts, cache_path=cache, data_dir=data_dir(cfg))
+            _retry(mlflow.log_metrics, {f"rubrics.{k}": float(v) for k, v in result.stats["counts"].items()})
+            _retry(mlflow.log_dict, result.stats, "rubrics_stats.json")
+            log_outputs({"rubrics": out})
+    except (RubricDataError, TeacherError, FileNotFoundError) as err:
+        typer.echo(f"data rubrics {reward}: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{reward}: kept={result.stats['counts']['kept']} -> {out}")
+
+
 def _train_context(config: Path, cell_name: Optional[str], algo: str):
     """(cfg, cell or None, settings) with the cell's overrides applied; errors exit 2 with the message."""
     from rlmt.config import ConfigError
@@ -602,6 +653,48 @@ def _training_errors():
     from rlmt.train.runtime import TrainingSetupError
 
     return (TrainingSetupError, CheckpointError, FileNotFoundError, UnsafeWeightsError)
+
+
+def _named_reward(cfg, name: str, reward_model: Optional[Path], reward_input: list[str], flag: str = "--reward"):
+    """The ``reward_models.<name>`` entry with its input files, checked: a :class:`rlmt.rewards.NamedReward`.
+
+    ``--reward-input KEY=PATH`` (repeatable) gives each file the reward needs, by the keys
+    :func:`rlmt.rewards.reward_inputs` names (a classifier: its own name -> its model dir; a mix: its
+    parts'); ``--reward-model DIR`` is the same for a classifier entry. Errors exit 2 with the message.
+    """
+    from rlmt.rewards import NamedReward, kind_of, reward_inputs
+
+    def fail(message: str):
+        typer.echo(message, err=True)
+        raise typer.Exit(2)
+
+    if name not in cfg.reward_models:
+        fail(f"{flag}: {name!r} is not a reward_models entry; allowed: {sorted(cfg.reward_models)}")
+    inputs: dict[str, Path] = {}
+    for pair in reward_input:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            fail(f"--reward-input: expected KEY=PATH, got {pair!r}")
+        inputs[key] = Path(value)
+    if reward_model is not None:
+        kind = kind_of(cfg.reward_models[name])
+        if kind != "classifier":
+            fail(f"--reward-model DIR gives a classifier's model dir, but reward_models.{name} is kind {kind!r}: "
+                 f"pass its inputs with --reward-input KEY=PATH (keys: {sorted(reward_inputs(name, cfg.reward_models))})")
+        inputs.setdefault(name, reward_model)
+    needed = reward_inputs(name, cfg.reward_models)
+    reward = NamedReward(name, cfg.reward_models, inputs)
+    missing = reward.missing_inputs()
+    if missing:
+        fail(f"reward {name!r} needs --reward-input KEY=PATH for {missing} (in the pipeline: "
+             + ", ".join(f"{k}=results/{needed[k]}" for k in missing) + ")")
+    unknown = sorted(set(inputs) - set(needed))
+    if unknown:
+        fail(f"--reward-input: reward {name!r} takes no input {unknown}; its inputs: {sorted(needed)}")
+    absent = [f"{k}={v}" for k, v in inputs.items() if not v.exists()]
+    if absent:
+        fail(f"--reward-input: not found: {', '.join(absent)}")
+    return reward
 
 
 @train_app.command("sft")
@@ -646,18 +739,22 @@ def train_sft_cmd(
     typer.echo(str(path))
 
 
-def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
+def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run, *, reward_model: Optional[Path] = None,
+              reward_input: list[str] = ()) -> None:
     """Shared body of the RL commands: settings with the cell's overrides, one MLflow run, clean errors.
 
-    `run(cfg, settings, reward_spec)` calls the algorithm's trainer and returns final/ (`reward_spec`:
-    the cell's ``reward_models.<rm>`` entry, so trust_remote_code and the batch budget reach the scorer).
+    `run(cfg, settings, reward)` calls the algorithm's trainer and returns final/ (`reward`: the cell's
+    ``reward_models.<rm>`` entry with its input files, a :class:`rlmt.rewards.NamedReward`, built by
+    the trainer on each process's device).
     """
     from rlmt import algorithms
     from rlmt.tracking import log_dataset_input, stage_run
     from rlmt.train.job import close_process_group
 
     cfg, cell_obj, settings = _train_context(config, cell, algo)
-    inputs = {k: v for k, v in inputs.items() if v is not None}
+    reward = _named_reward(cfg, cell_obj.rm, reward_model, list(reward_input), flag="--cell's rm")
+    inputs = {**{k: v for k, v in inputs.items() if v is not None},
+              **{f"reward.{k}": v for k, v in reward.inputs.items()}}
     try:
         with stage_run(algo, cell=cell, rule="train", run_name=f"{algo}:{cell}", inputs=inputs,
                        params=settings.model_dump(), uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment,
@@ -665,7 +762,7 @@ def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
             log_dataset_input(inputs["train"])
             if algorithms.get(algo).validates_on_mixture_val:  # DPO: its own split of the pairs (train_dpo logs it)
                 log_dataset_input(inputs.get("val"), context="validation")
-            final = run(cfg, settings, cfg.reward_models[cell_obj.rm])
+            final = run(cfg, settings, reward)
     except _training_errors() as err:
         typer.echo(f"train {algo}: {err}", err=True)
         raise typer.Exit(2) from None
@@ -674,7 +771,10 @@ def _train_rl(algo: str, cell: str, inputs: dict, config: Path, run) -> None:
 
 
 CellOpt = typer.Option(..., help="Cell name (its overrides apply; names the MLflow parent run).")
-RewardModelOpt = typer.Option(..., help="Reward model dir (scores the extracted answers).")
+RewardModelOpt = typer.Option(None, help="Reward model dir of the cell's rm, a classifier (scores the extracted "
+                              "answers); same as --reward-input <rm>=DIR.")
+RewardInputOpt = typer.Option([], "--reward-input", help="KEY=PATH: a file the cell's reward needs (repeatable; keys "
+                              "as `reward_models.<rm>`'s kind names them: a classifier's is its name, a mix's its parts').")
 TrainOpt = typer.Option(..., help="Mixture train.parquet.")
 CheckpointsOpt = typer.Option(..., help="Checkpoint dir, results/checkpoints/<cell>/ (final/ is written last).")
 
@@ -683,7 +783,8 @@ CheckpointsOpt = typer.Option(..., help="Checkpoint dir, results/checkpoints/<ce
 def train_grpo_cmd(
     cell: str = CellOpt,
     policy: Path = typer.Option(..., help="Initial policy dir (with its longcot_config.json)."),
-    reward_model: Path = RewardModelOpt,
+    reward_model: Optional[Path] = RewardModelOpt,
+    reward_input: list[str] = RewardInputOpt,
     train: Path = TrainOpt,
     val: Optional[Path] = typer.Option(None, help="Mixture val.parquet (validation reward per checkpoint)."),
     out: Path = CheckpointsOpt,
@@ -692,16 +793,17 @@ def train_grpo_cmd(
     """GRPO with the answer-only reward; resumes from OUT's newest complete checkpoint."""
     from rlmt.train.grpo import train_grpo
 
-    _train_rl("grpo", cell, {"policy": policy, "reward_model": reward_model, "train": train, "val": val}, config,
-              lambda cfg, settings, rm_spec: train_grpo(policy, reward_model, train, val, out, settings,
-                                                        reward_spec=rm_spec))
+    _train_rl("grpo", cell, {"policy": policy, "train": train, "val": val}, config,
+              lambda cfg, settings, reward: train_grpo(policy, reward, train, val, out, settings),
+              reward_model=reward_model, reward_input=reward_input)
 
 
 @train_app.command("dpo")
 def train_dpo_cmd(
     cell: str = CellOpt,
     policy: Path = typer.Option(..., help="Initial policy dir: samples come from it, training starts from it."),
-    reward_model: Path = RewardModelOpt,
+    reward_model: Optional[Path] = RewardModelOpt,
+    reward_input: list[str] = RewardInputOpt,
     train: Path = typer.Option(..., help="Mixture train.parquet (the prompts pairs are built from)."),
     val: Optional[Path] = typer.Option(None, help="Accepted for a uniform interface and recorded as an input; "
                                        "DPO validates on its own 3% split of the pairs."),
@@ -711,17 +813,18 @@ def train_dpo_cmd(
     """On-policy DPO: sample from the initial policy, pair best/worst by answer reward, train with TRL."""
     from rlmt.train.dpo import train_dpo
 
-    _train_rl("dpo", cell, {"policy": policy, "reward_model": reward_model, "train": train, "val": val}, config,
-              lambda cfg, settings, rm_spec: train_dpo(policy, reward_model, train, out, settings,
-                                                       reward_spec=rm_spec,
-                                                       generation_backend=cfg.generation.backend))
+    _train_rl("dpo", cell, {"policy": policy, "train": train, "val": val}, config,
+              lambda cfg, settings, reward: train_dpo(policy, reward, train, out, settings,
+                                                      generation_backend=cfg.generation.backend),
+              reward_model=reward_model, reward_input=reward_input)
 
 
 @train_app.command("ppo")
 def train_ppo_cmd(
     cell: str = CellOpt,
     policy: Path = typer.Option(..., help="Initial policy dir (with its longcot_config.json); the critic starts from it too."),
-    reward_model: Path = RewardModelOpt,
+    reward_model: Optional[Path] = RewardModelOpt,
+    reward_input: list[str] = RewardInputOpt,
     train: Path = TrainOpt,
     val: Optional[Path] = typer.Option(None, help="Mixture val.parquet (validation reward per checkpoint)."),
     out: Path = CheckpointsOpt,
@@ -730,9 +833,9 @@ def train_ppo_cmd(
     """Actor-critic PPO (GAE) with the answer-only reward; resumes from OUT's newest complete checkpoint."""
     from rlmt.train.ppo import train_ppo
 
-    _train_rl("ppo", cell, {"policy": policy, "reward_model": reward_model, "train": train, "val": val}, config,
-              lambda cfg, settings, rm_spec: train_ppo(policy, reward_model, train, val, out, settings,
-                                                       reward_spec=rm_spec))
+    _train_rl("ppo", cell, {"policy": policy, "train": train, "val": val}, config,
+              lambda cfg, settings, reward: train_ppo(policy, reward, train, val, out, settings),
+              reward_model=reward_model, reward_input=reward_input)
 
 
 # ----------------------------------------------------------------------------- items, collection, report
@@ -832,6 +935,10 @@ def data_rm_pairs(
                                        "must not share; repeatable."),
     limit: Optional[int] = typer.Option(None, help="Use at most this many reference rows."),
     max_new_tokens: int = typer.Option(256, help="The policy's answer budget."),
+    max_length_ratio: Optional[float] = typer.Option(
+        None, help="Length balance: keep pairs whose longer answer has at most this many times the shorter's tokens."),
+    min_shorter_chosen_share: Optional[float] = typer.Option(
+        None, help="Length balance: at least this share of pairs has the chosen answer shorter."),
     config: Path = ConfigOpt,
 ) -> None:
     """Preference pairs offline: chosen = the reference answer, rejected = the policy's own answer."""
@@ -839,7 +946,11 @@ def data_rm_pairs(
     from rlmt.tracking import log_dataset_input, log_outputs, stage_run
 
     cfg = _load(config)
-    settings = RMPairsConfig(limit=limit, max_new_tokens=max_new_tokens)
+    try:
+        settings = RMPairsConfig(limit=limit, max_new_tokens=max_new_tokens, max_length_ratio=max_length_ratio,
+                                 min_shorter_chosen_share=min_shorter_chosen_share)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     with stage_run("rm_pairs", rule="rm_pairs", run_name=f"rm_pairs:{out.parent.name}",
                    inputs={"reference": reference}, params=vars(settings), uri=cfg.tracking.tracking_uri,
                    experiment=cfg.tracking.experiment, system_metrics=cfg.tracking.system_metrics_interval_s):
@@ -853,7 +964,7 @@ def data_rm_pairs(
 
         stats = build_rm_pairs(reference, policy, out, settings, exclude=exclude,
                                generator_options=local_generator_options(cfg.generation, cfg.device))
-        mlflow.log_metrics({f"rm_pairs.{k}": float(v) for k, v in stats.items()})
+        mlflow.log_metrics({f"rm_pairs.{k}": float(v) for k, v in stats.items() if v is not None})
         log_outputs({"pairs": out})
     typer.echo(f"{stats['pairs']} pairs ({stats['excluded_shared_prompts']} shared prompts excluded) -> {out}")
 
@@ -885,10 +996,71 @@ def train_rm_cmd(
 
         metrics = train_reward_model(backbone, pairs, out, settings)
         held = metrics["held_out"]
+        length_bias = {f"rm.held_out_{k}": held[k] for k in ("reward_length_pearson", "reward_length_spearman")
+                       if held.get(k) is not None}
         mlflow.log_metrics({"rm.held_out_accuracy": held["pairwise_accuracy"], "rm.train_loss": metrics["train_loss"],
-                            "rm.held_out_pairs": float(held["n"])}, model_id=log_checkpoint_model(out, out.name))
+                            "rm.held_out_pairs": float(held["n"]), **length_bias},
+                           model_id=log_checkpoint_model(out, out.name))
         log_outputs({"model": out})
     typer.echo(f"held-out pairwise accuracy {held['pairwise_accuracy']:.3f} on {held['n']} pairs -> {out}")
+
+
+@train_app.command("reward-calibration")
+def train_reward_calibration_cmd(
+    name: str = typer.Option(..., help="The reward_models entry (kind length_debiased) to calibrate."),
+    prompts: Path = typer.Option(..., help="Calibration prompts: a mixture's train.parquet or tune.parquet."),
+    policy: Path = typer.Option(..., help="Prepared policy dir whose answers the fit is made on."),
+    tokenizer: Path = typer.Option(..., help="Prepared dir of the entry's tokenizer_model (counts answer tokens)."),
+    evaluation: list[Path] = typer.Option([], help="Evaluation prompt files (benchmark items, val splits) the "
+                                          "calibration prompts must not share; repeatable."),
+    reward_input: list[str] = typer.Option([], help="KEY=PATH: a file the base reward needs, keyed as "
+                                           "rlmt.rewards.reward_inputs names it; repeatable."),
+    out: Path = typer.Option(..., help="calibration.json (the policy's answers are written beside it)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """ODIN-style length calibration: the base reward's least-squares line in answer tokens, on non-evaluation prompts."""
+    from rlmt.generation.job import local_generator_options
+    from rlmt.rewards import BuildContext, build_reward
+    from rlmt.rewards.calibration import CalibrationOverlapError, calibrate
+    from rlmt.rewards.length import AnswerTokens
+    from rlmt.tracking import log_dataset_input, log_outputs, stage_run
+
+    cfg = _load(config)
+    spec = cfg.reward_models.get(name)
+    if getattr(spec, "kind", None) != "length_debiased":
+        typer.echo(f"--name: reward_models.{name} is not a length_debiased entry", err=True)
+        raise typer.Exit(2)
+    inputs = {}
+    for item in reward_input:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise typer.BadParameter(f"{item!r}: expected KEY=PATH", param_hint="--reward-input")
+        inputs[key] = Path(path)
+
+    def build_base(fmt):
+        context = BuildContext(fmt=fmt, strict=False, device=cfg.device, inputs=inputs)
+        return build_reward(spec.base, cfg.reward_models, context)
+
+    with stage_run("reward_calibration", rule="reward_calibration", run_name=f"reward_calibration:{name}",
+                   inputs={"prompts": prompts, "policy": policy}, params=spec.model_dump(mode="json"),
+                   uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment,
+                   system_metrics=cfg.tracking.system_metrics_interval_s):
+        import mlflow
+
+        log_dataset_input(prompts, context="calibration")
+        try:
+            fit = calibrate(name, spec, prompts=prompts, policy_dir=policy, evaluation_files=evaluation,
+                            build_base=build_base, tokens=AnswerTokens.load(tokenizer), out=out,
+                            generator_options=local_generator_options(cfg.generation, cfg.device))
+        except (CalibrationOverlapError, ValueError, FileNotFoundError) as err:  # bad data, named; nothing written
+            typer.echo(f"train reward-calibration: {err}", err=True)
+            raise typer.Exit(2) from None
+        mlflow.log_metrics({f"calibration.{k}": float(fit[k]) for k in
+                            ("slope", "intercept", "mean_length", "n", "pearson_before", "pearson_after")
+                            if fit[k] is not None})
+        log_outputs({"calibration": out})
+    typer.echo(f"{name}: slope {fit['slope']:.4g} per token, reward-length r {fit['pearson_before']} -> "
+               f"{fit['pearson_after']} on {fit['n']} answers -> {out}")
 
 
 @app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

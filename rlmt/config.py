@@ -32,8 +32,13 @@ from rlmt.algorithms.ppo import PPOConfig  # noqa: F401
 from rlmt.algorithms.schedule import Schedule
 from rlmt.algorithms.settings import CheckpointConfig, RolloutConfig, Strict  # noqa: F401
 from rlmt.algorithms.sft import SFTConfig  # noqa: F401
+from rlmt import rewards
+# Reward kinds' config entries live with their kinds (rlmt/rewards/<kind>.py); the classifier's are re-exported.
+from rlmt.rewards.classifier import RewardModelSpec, RewardModelTrainSpec  # noqa: F401
 
 ALGORITHMS = algorithms.cell_algorithms()  # ("grpo", "ppo", "dpo"): a grid cell's algo
+# One reward_models entry: the registered kinds' specs, chosen by `kind` (default: classifier).
+RewardSpec = rewards.spec_type()
 STARTS = ("warm-start", "zero", "none")
 OWN_START = "own-start"  # evaluation.reference_model: each cell against its own starting policy
 NAME_RE = r"^[a-z0-9][a-z0-9.\-]*$"  # cell parts are joined with "__", so no underscores
@@ -65,51 +70,6 @@ class ModelSpec(Strict):
     longcot: Literal["warm-think"] | None = Field(
         default=None, description="Thinking format the prepared model dir gets, for a model that already thinks "
         "and is trained as it is (grid start 'none', e.g. OpenThinker2-7B: '<think>...</think>' then the answer).")
-
-
-class RewardModelTrainSpec(Strict):
-    """A reward model the pipeline trains itself (``rlmt data rm-pairs`` then ``rlmt train rm``).
-
-    Pairs: chosen = a strong reference answer, rejected = the ``policy`` model's own answer to the same
-    instruction; instructions shared with any training mixture or benchmark of the plan are excluded.
-    """
-
-    backbone: str = Field(description="Model (a `models` entry) whose prepared dir is the reward model's "
-                          "backbone and chat template.")
-    policy: str | None = Field(default=None, description="Model (a `models` entry) whose own answers are the "
-                               "rejected side (None: the backbone).")
-    reference: str = Field(description="Strong reference answers: JSON(L) rows with `instruction` and `output` "
-                           "(AlpacaEval's GPT-4 baseline outputs); '{data_dir}' expands to the data directory.")
-    limit: int | None = Field(default=None, ge=2, description="Use at most this many reference rows (after exclusion).")
-    max_new_tokens: int = Field(default=256, ge=1, description="The policy's answer budget for the rejected side.")
-    keep_layers: int | None = Field(default=None, ge=1, description="Keep only the first N decoder layers of the "
-                                    "backbone (the CPU budget's choice; None: all).")
-    learning_rate: float = Field(default=2e-5, gt=0)
-    epochs: int = Field(default=1, ge=1)
-    batch_size: int = Field(default=4, ge=1, description="Pairs per step.")
-    max_length: int = Field(default=768, ge=8, description="Longer pairs are dropped (counted in rm_eval.json).")
-    seed: int = 0
-
-
-class RewardModelSpec(Strict):
-    """A Bradley-Terry reward model (``AutoModelForSequenceClassification`` with one label).
-
-    Either prepared from ``source`` or trained by the pipeline (``train``): exactly one of them.
-    """
-
-    source: str | None = Field(default=None, description="Hugging Face id, local directory or 'tiny:<name>'.")
-    train: RewardModelTrainSpec | None = Field(default=None, description="Train this reward model in the pipeline.")
-    revision: str | None = None
-    trust_remote_code: bool = False
-    max_length: int = Field(default=4096, description="Token budget of one reward-model input.")
-    max_tokens_per_batch: int = Field(default=16384, ge=1, description="Padded tokens per reward-model forward pass "
-                                      "(length-bucketed batches; 1 scores one answer at a time).")
-
-    @model_validator(mode="after")
-    def _one_origin(self) -> "RewardModelSpec":
-        if (self.source is None) == (self.train is None):
-            raise ValueError("give exactly one of 'source' (a model to prepare) or 'train' (a model the pipeline trains)")
-        return self
 
 
 # --------------------------------------------------------------------------- data
@@ -174,7 +134,8 @@ class TeacherSpec(Strict):
     concurrency: int = 16
     timeout_s: float = 300.0
     max_retries: int = Field(default=6, ge=0, description="HTTP retries per request (429, 5xx, timeouts, malformed bodies).")
-    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry.")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry, jittered down to "
+                             "half, capped at 60 s; a server's Retry-After wins.")
 
 
 class SFTDataSpec(Strict):
@@ -385,7 +346,8 @@ class RLMTConfig(Strict):
     data_dir: str | None = Field(default=None, description="Benchmark/raw data directory; $RLMT_DATA_DIR overrides.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     models: dict[str, ModelSpec]
-    reward_models: dict[str, RewardModelSpec]
+    reward_models: dict[str, RewardSpec] = Field(description="Rewards by name (the grid's `rm` axis): `kind` "
+                                               "selects one (classifier, the default; mix ...).")
     mixtures: dict[str, MixtureSpec]
     sft_data: dict[str, SFTDataSpec] = Field(default_factory=dict)
     grid: list[GridBlock]
@@ -429,6 +391,9 @@ class RLMTConfig(Strict):
                 if block.sft_data is not None and block.sft_data not in self.sft_data:
                     raise ValueError(f"grid[{i}].sft_data: {block.sft_data!r} is not defined; allowed: {sorted(self.sft_data)}")
         for name, rm in self.reward_models.items():
+            rewards.reward_inputs(name, self.reward_models)  # a mix's parts exist, no chain of mixes loops back
+            if not isinstance(rm, RewardModelSpec):
+                continue  # the checks below are the classifier's (a model dir of its own)
             if rm.train is not None:
                 for key in ("backbone", "policy"):
                     value = getattr(rm.train, key)
@@ -463,6 +428,15 @@ class RLMTConfig(Strict):
                 raise ValueError(f"evaluation.benchmarks: unknown benchmark {bench!r}; allowed: {sorted(KNOWN_BENCHMARKS)}")
         if "default" not in self.resources:
             raise ValueError("resources: a 'default' entry is required")
+        for cell in self.cells():  # a batch-relative reward (a mix) has mean 0 on every validation batch
+            if getattr(self.reward_models[cell.rm], "batch_relative", False) \
+                    and algorithms.get(cell.algo).validates_on_mixture_val:
+                checkpoints = getattr(self.settings(cell.algo, cell), "checkpoints", None)
+                if checkpoints is not None and checkpoints.select_step == "best_val_reward":
+                    raise ValueError(f"cell {cell.name}: reward_models.{cell.rm} is batch-relative (kind "
+                                     f"{rewards.kind_of(self.reward_models[cell.rm])}: its mean over any batch is 0), so "
+                                     f"algorithms.{cell.algo}.checkpoints.select_step 'best_val_reward' cannot tell "
+                                     "checkpoints apart: select 'last' or a step")
         if (info.context or {}).get("check_schedules", True):  # rlmt preflight reports these in its table instead
             for cell in self.cells():
                 problem = select_step_problem(self, cell)

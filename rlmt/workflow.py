@@ -115,12 +115,19 @@ class Plan:
     def final_dir(self, cell_name: str) -> str:
         return f"{self.checkpoint_dir(cell_name)}/final"
 
+    @cached_property
+    def classifier_rewards(self) -> dict[str, Any]:
+        """The ``reward_models`` entries that are reward-model directories (kind classifier), by name."""
+        from rlmt.rewards import kind_of
+
+        return {n: rm for n, rm in self.cfg.reward_models.items() if kind_of(rm) == "classifier"}
+
     def prepared_models(self) -> list[str]:
         """Models `prepare_model` makes (reward models the pipeline trains come from `train_rm`)."""
-        return sorted({*self.cfg.models, *(n for n, rm in self.cfg.reward_models.items() if rm.train is None)})
+        return sorted({*self.cfg.models, *(n for n, rm in self.classifier_rewards.items() if rm.train is None)})
 
     def trained_reward_models(self) -> list[str]:
-        return sorted(n for n, rm in self.cfg.reward_models.items() if rm.train is not None)
+        return sorted(n for n, rm in self.classifier_rewards.items() if rm.train is not None)
 
     def rm_pairs_file(self, rm: str) -> str:
         return f"{self.root}/data/rm_pairs/{rm}/pairs.jsonl"
@@ -228,8 +235,27 @@ class Plan:
         return name
 
     def winrate_reward_model(self) -> str:
+        """The ``reward_models`` entry that judges the win rate (option ``reward_model``, else the first entry)."""
         opts = self.cfg.evaluation.benchmarks.get("reward-winrate")
         return (opts.options.get("reward_model") if opts else None) or next(iter(self.cfg.reward_models))
+
+    # ------------------------------------------------------------------ rewards
+
+    def reward_files(self, name: str) -> dict[str, str]:
+        """The files reward `name` needs, ``{key: path}`` (:func:`rlmt.rewards.reward_inputs` under the results root)."""
+        from rlmt.rewards import reward_inputs
+
+        return {key: f"{self.root}/{rel}" for key, rel in reward_inputs(name, self.cfg.reward_models).items()}
+
+    def winrate_reward_files(self) -> list[str]:
+        """The files of the reward that judges the win rate (a score_winrate job's inputs)."""
+        return sorted(set(self.reward_files(self.winrate_reward_model()).values()))
+
+    def reward_args(self, name: str) -> str:
+        """The command-line arguments that give a job reward `name` and its files (``--reward-input KEY=PATH ...``)."""
+        import shlex
+
+        return " ".join(f"--reward-input {shlex.quote(f'{key}={path}')}" for key, path in self.reward_files(name).items())
 
     def items_file(self, bench: str) -> str:
         return f"{self.root}/data/benchmarks/{bench}/items.jsonl"
@@ -259,12 +285,13 @@ class Plan:
 
     # ------------------------------------------------------------------ training
 
-    def train_inputs(self, cell_name: str) -> dict[str, str]:
+    def train_inputs(self, cell_name: str) -> dict[str, Any]:
+        """A training job's inputs: ``policy``, ``reward`` (the files of the cell's reward, a list), ``train``, ``val``."""
         cell = self.cell_by_name[cell_name]
         mix = f"{self.root}/data/mixtures/{cell.mixture}"
         return {
             "policy": self.policy_dir(cell),
-            "reward_model": self.model_dir(cell.rm),
+            "reward": sorted(set(self.reward_files(cell.rm).values())),
             "train": f"{mix}/train.parquet",
             "val": f"{mix}/val.parquet",
         }

@@ -134,7 +134,7 @@ def test_reward_winrate_against_the_reward_model(mixture_dir, scorer):
     assert expected[2] == 0.5  # the same answer to the same prompt ties
     assert result.metrics["win_rate"].value == pytest.approx(100 * sum(expected) / 4)
     assert result.extra["n_identical_answers"] == 1 and result.extra["tie_tolerance"] == 1e-4
-    assert "identical reward-model inputs tie" in result.extra["tie_rule"] and result.metric_version == "4"
+    assert "identical reward-model inputs tie" in result.extra["tie_rule"] and result.metric_version == "5"
     # every pair answered: the both-answered win rate is the win rate, over the same 4 items
     assert result.metrics["win_rate_both_answered"].value == pytest.approx(100 * sum(expected) / 4)
     assert result.metrics["win_rate_both_answered"].n == 4

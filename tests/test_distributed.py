@@ -159,8 +159,12 @@ def test_trainers_score_with_the_reward_models_spec(tiny_zoo, monkeypatch):
     """GRPO, PPO and DPO build the scorer from RewardModelSpec; its max_tokens_per_batch bounds each forward."""
     import rlmt.models.loading as loading
     from rlmt.config import RewardModelSpec
+    from rlmt.rewards import NamedReward
     from rlmt.thinking import WARM_NOTHINK
-    from rlmt.train.job import answer_scorer
+    from rlmt.train.job import cell_reward
+
+    def answer_scorer(model_dir, fmt, spec, *, strict, device):  # what a trainer builds from the cell's entry
+        return cell_reward(NamedReward("rm", {"rm": spec}, {"rm": model_dir}), fmt, strict=strict, device=device)
 
     spec = RewardModelSpec(source="tiny:reward", max_tokens_per_batch=64, max_length=48)
     scorer = answer_scorer(tiny_zoo["reward"], WARM_NOTHINK, spec, strict=False, device="cpu")
@@ -185,14 +189,14 @@ def test_trainers_score_with_the_reward_models_spec(tiny_zoo, monkeypatch):
 
 
 class _ScorerReached(Exception):
-    """Raised by the recording answer_scorer below: the trainer got as far as building its scorer."""
+    """Raised by the recording cell_reward below: the trainer got as far as building its reward."""
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dpo", "ppo"])
 def test_the_cli_passes_the_cells_reward_model_entry_through_the_trainer_to_its_scorer(algo, tiny_zoo, tmp_path,
                                                                                         monkeypatch):
-    """`rlmt train <algo>` -> train_<algo> -> answer_scorer: the cell's `reward_models.<rm>` entry arrives whole
-    (trust_remote_code and the token budget), with the real command and trainer up to the scorer."""
+    """`rlmt train <algo>` -> train_<algo> -> cell_reward: the cell's `reward_models.<rm>` entry arrives whole
+    (trust_remote_code and the token budget), with the real command and trainer up to the reward."""
     import importlib
 
     import polars as pl
@@ -212,11 +216,12 @@ def test_the_cli_passes_the_cells_reward_model_entry_through_the_trainer_to_its_
     module = importlib.import_module(f"rlmt.train.{algo}")
     seen = []
 
-    def recording_scorer(model_dir, fmt, spec, **kwargs):
-        seen.append(spec)
+    def recording_reward(reward, fmt, **kwargs):
+        seen.append(reward)
         raise _ScorerReached
 
-    monkeypatch.setattr(module, "answer_scorer", recording_scorer)
+    monkeypatch.setattr(module if algo != "dpo" else importlib.import_module("rlmt.train.dpo_pairs"), "cell_reward",
+                        recording_reward)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     result = CliRunner().invoke(app, ["train", algo, "--config", str(tmp_path / "config.yaml"),
                                       "--cell", f"{algo}__llama-base__warm-start__nothink__tiny-rm__demo",
@@ -224,7 +229,9 @@ def test_the_cli_passes_the_cells_reward_model_entry_through_the_trainer_to_its_
                                       str(tiny_zoo["reward"]), "--train", str(tmp_path / "train.parquet"),
                                       "--out", str(tmp_path / "out")])
     assert isinstance(result.exception, _ScorerReached), result.output
-    [spec] = seen
+    [reward] = seen
+    spec = reward.specs[reward.name]
+    assert reward.name == "tiny-rm" and reward.inputs == {"tiny-rm": tiny_zoo["reward"]}
     assert spec.max_tokens_per_batch == 777 and spec.trust_remote_code is True and spec.source == "tiny:reward"
 
 
@@ -307,10 +314,12 @@ def test_policy_loads_after_the_zero3_config_is_known(algo, tiny_zoo, tmp_path, 
             train_sft(policy, data, tmp_path / "out", SFTConfig(max_steps=1, global_batch_size=2,
                                                                 per_device_train_batch_size=2))
         elif algo == "grpo":
+            from rlmt.rewards import RuleReward
+            from rlmt.thinking import ThinkingFormat
             from rlmt.train.grpo import train_grpo
 
-            train_grpo(policy, None, prompts, None, tmp_path / "out", GRPOConfig(max_steps=1),
-                       reward_fn=lambda prompts, completions, **kw: [0.0] * len(completions))
+            train_grpo(policy, RuleReward(ThinkingFormat.load(policy), lambda item: 0.0), prompts, None,
+                       tmp_path / "out", GRPOConfig(max_steps=1))
         else:
             from rlmt.train.dpo import PAIRS_DIR, train_dpo
 

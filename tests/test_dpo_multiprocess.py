@@ -22,13 +22,14 @@ SCORE_RTOL = 1e-5
 def one_process_pairs(job, out):
     """The pairs of one process: the same config, policy, reward model and prompts as the launched job."""
     from rlmt.config import load_config
+    from rlmt.rewards import NamedReward
     from rlmt.train.dpo import prepare_pairs
 
     cfg = load_config(job["config"])
     [cell] = [c for c in cfg.cells() if c.name == CELL.format(algo="dpo")]
-    return prepare_pairs(job["zoo"]["llama-instruct"], job["zoo"]["reward"], job["work"] / "train.parquet", out,
-                         cfg.settings("dpo", cell), reward_spec=cfg.reward_models[cell.rm],
-                         backend=cfg.generation.backend, device="cpu")
+    reward = NamedReward(cell.rm, cfg.reward_models, {cell.rm: job["zoo"]["reward"]})  # what `rlmt train dpo` passes
+    return prepare_pairs(job["zoo"]["llama-instruct"], reward, job["work"] / "train.parquet", out,
+                         cfg.settings("dpo", cell), backend=cfg.generation.backend, device="cpu")
 
 
 def test_dpo_pairs_sampled_on_two_processes_equal_one_processs(job):

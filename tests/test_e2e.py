@@ -23,7 +23,10 @@ from conftest import missing_component
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE_MARKER = frozenset({".snakemake_timestamp"})  # what Snakemake writes into a directory() output
-CELLS = ["grpo__llama-base__warm-start__think__tiny-rm__demo", "dpo__llama-base__warm-start__nothink__tiny-rm__demo"]
+# the third cell is the first's no-think twin: the report's head-to-head pairs them (a DPO think twin would
+# need a think SFT start that closes its thoughts, more SFT steps than this grid's two)
+CELLS = ["grpo__llama-base__warm-start__think__tiny-rm__demo", "dpo__llama-base__warm-start__nothink__tiny-rm__demo",
+         "grpo__llama-base__warm-start__nothink__tiny-rm__demo"]
 # The module-scoped Snakemake run (up to 1500 s under load) is charged to whichever test comes first.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -32,7 +35,7 @@ def _mini_config() -> dict:
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     cfg["models"] = {k: v for k, v in cfg["models"].items() if k.startswith("llama")}
     cfg["grid"] = [
-        {"algo": ["grpo"], "base": ["llama-base"], "start": ["warm-start"], "think": [True], "rm": ["tiny-rm"], "mixture": ["demo"]},
+        {"algo": ["grpo"], "base": ["llama-base"], "start": ["warm-start"], "think": [True, False], "rm": ["tiny-rm"], "mixture": ["demo"]},
         {"algo": ["dpo"], "base": ["llama-base"], "start": ["warm-start"], "think": [False], "rm": ["tiny-rm"], "mixture": ["demo"]},
     ]
     cfg["mixtures"]["demo"].update(n_train=24, n_val=6)
@@ -89,6 +92,18 @@ def test_every_cell_is_trained_evaluated_and_reported(run):
     report = (run / "results/report/report.md").read_text()
     assert "Main table" in report and "DemoIF" in report
     assert list((run / "results/report/figures").glob("*.png"))
+    # the length diagnostics (rlmt.diagnostics): each cell's saved verdict in the report, with the rules, and the
+    # three figures (reward against answer length per cell, the correlation per GRPO step, the win-rate Pareto view)
+    from rlmt.diagnostics import DPO_RULE, RL_RULE, load_verdict
+
+    assert "## Length diagnostics" in report and RL_RULE in report and DPO_RULE in report
+    figures = {p.name for p in (run / "results/report/figures").glob("length_*.png")}
+    for cell in CELLS:
+        verdict = load_verdict(run / "results/checkpoints" / cell)
+        assert verdict.rule == ("rl" if cell.startswith("grpo") else "dpo")
+        assert f"| {cell} | {verdict.label} |" in report
+        assert f"length_reward_vs_answer__{cell}.png" in figures
+    assert {"length_correlation.png", "length_winrate_pareto__reward-winrate.png"} <= figures
 
 
 def test_every_table_number_links_to_the_run_that_produced_it(run):
@@ -125,6 +140,65 @@ def test_every_table_number_links_to_the_run_that_produced_it(run):
                 [scored] = [c for c in children if c.data.tags.get("rlmt.rule") == "score"
                             and c.info.run_name.endswith(f":{benches[column]}")]
                 assert scored.data.metrics["score"] == pytest.approx(value, rel=1e-12, abs=1e-12), (row["model"], column)
+
+
+def test_lc_win_rate_and_head_to_head_are_in_the_report_and_on_their_runs(run):
+    """The reward win rate's LC sits beside the raw rate in the main table (the score file's number, on the cell's
+    parent run as score.reward-winrate.lc), and the GRPO think cell meets its no-think twin head to head: the
+    table's raw win rate is the per-prompt outcomes of the two cells' per-item files by the stated rule, and each
+    number links to the think cell's parent run, which holds it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run / 'mlruns.db'}")
+    exp_id = client.get_experiment_by_name("rlmt").experiment_id
+
+    def parent(cell):
+        return client.search_runs([exp_id], filter_string=f"tags.`rlmt.cell` = '{cell}' and tags.`rlmt.is_parent` = 'true'")[0]
+
+    with (run / "results/report/main_table.csv").open(newline="", encoding="utf-8") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    for cell in CELLS:
+        scores = json.loads((run / "results/eval" / cell / "reward-winrate/scores.json").read_text())
+        lc = scores["metrics"]["lc_win_rate"]
+        assert scores["metric_version"] == "5" and lc["n"] == scores["metrics"]["win_rate_both_answered"]["n"]
+        if lc["value"] is None:  # no item both answered: nothing to control
+            assert rows[cell]["RM-WR LC"] == "", cell
+            continue
+        assert float(rows[cell]["RM-WR LC"]) == pytest.approx(lc["value"], rel=1e-12, abs=1e-12), cell
+        assert parent(cell).data.metrics["score.reward-winrate.lc"] == pytest.approx(lc["value"], rel=1e-12, abs=1e-12)
+
+    with (run / "results/report/head_to_head.csv").open(newline="", encoding="utf-8") as fh:
+        [row] = list(csv.DictReader(fh))  # one think cell has a no-think twin in this grid
+    assert (row["think_cell"], row["nothink_cell"]) == (CELLS[0], CELLS[2])
+
+    def items(cell):
+        lines = (run / "results/eval" / cell / "reward-winrate/per_item.jsonl").read_text().splitlines()
+        return {r["id"]: r["details"] for r in map(json.loads, lines)}
+
+    think, nothink = items(CELLS[0]), items(CELLS[2])
+    assert sorted(think) == sorted(nothink) and len(think) == 4  # the same prompts
+    outcomes = []
+    for i in think:  # the stated rule: the answer that exists wins; identical answers tie; else rewards within 1e-4 tie
+        t, n = think[i].get("policy_reward"), nothink[i].get("policy_reward")
+        if t is None or n is None:
+            outcomes.append(0.5 if t is None and n is None else (0.0 if t is None else 1.0))
+        elif think[i]["policy_answer_digest"] == nothink[i]["policy_answer_digest"]:
+            outcomes.append(0.5)
+        else:
+            outcomes.append(1.0 if t - n > 1e-4 else (0.0 if t - n < -1e-4 else 0.5))
+    assert int(row["n_paired"]) == 4
+    assert float(row["win_rate"]) == pytest.approx(100 * sum(outcomes) / 4, rel=1e-12, abs=1e-12)
+    assert float(row["ci_low"]) <= float(row["win_rate"]) <= float(row["ci_high"])
+    report = (run / "results/report/report.md").read_text()
+    assert "## Think versus no-think, head to head" in report and f"| {CELLS[0]} | {CELLS[2]} | 4 |" in report
+    html = (run / "results/report/report.html").read_text()
+    section = html.split("<h2>Think versus no-think, head to head</h2>")[1].split("</table>")[0]
+    think_run = parent(CELLS[0])
+    link = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{think_run.info.run_id}"
+    assert f"<td><a href='{link}'>{float(row['win_rate']):.1f}</a></td>" in section
+    assert think_run.data.metrics["think_vs_nothink.win_rate"] == pytest.approx(float(row["win_rate"]), rel=1e-12)
+    if row["lc_win_rate"] not in ("", "NaN", "nan"):
+        assert think_run.data.metrics["think_vs_nothink.lc_win_rate"] == pytest.approx(float(row["lc_win_rate"]), rel=1e-12)
 
 
 def test_training_runs_record_their_data_their_model_and_system_metrics(run):
@@ -263,8 +337,8 @@ def test_deleting_one_final_checkpoint_replans_only_that_cell(run):
 
 
 def test_a_grpo_setting_change_reruns_that_training_only(run):
-    """A config edit reruns the jobs whose settings changed: here one GRPO cell's training and its evaluation, never
-    the SFT both cells start from nor the other cell (the preflight check gates every run without being a job)."""
+    """A config edit reruns the jobs whose settings changed: here the GRPO cells' trainings and their evaluations, never
+    the SFT the cells start from nor the DPO cell (the preflight check gates every run without being a job)."""
     snapshot = run / "results/.rlmt/config.yaml"
     backup = snapshot.with_name("config.yaml.bak")
     shutil.copy2(snapshot, backup)  # the dry run rewrites the snapshot: content and mtime come back after
@@ -282,8 +356,9 @@ def test_a_grpo_setting_change_reruns_that_training_only(run):
         block = planned.split("Job stats:")[1]
         counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
         assert counts.get("sft") is None, planned[-3000:]
-        assert counts["train"] == 1 and "preflight" not in counts
-        assert f"wildcards: cell={CELLS[0]}" in planned and f"wildcards: cell={CELLS[1]}" not in planned
+        assert counts["train"] == 2 and "preflight" not in counts  # the two GRPO cells
+        assert f"wildcards: cell={CELLS[0]}" in planned and f"wildcards: cell={CELLS[2]}" in planned
+        assert f"wildcards: cell={CELLS[1]}" not in planned
     finally:
         shutil.copy2(backup, snapshot)
         backup.unlink()

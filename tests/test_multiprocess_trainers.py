@@ -174,7 +174,11 @@ def test_grpo_ddp(job):
                      "--reward-model", str(job["zoo"]["reward"]), "--train", str(job["work"] / "train.parquet"),
                      "--out", str(out)])
     check_job(result, "grpo", out / "final")
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["final", "step-2"]  # no staging left
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["diagnostics", "final", "step-2"]  # no staging left
+    # the diagnostics gather every process's completions: 2 prompts x 2 generations a step, 2 on each process
+    from rlmt.diagnostics import read_rollouts
+
+    assert [(s.step, len(s)) for s in read_rollouts(out)] == [(1, 4), (2, 4)]
     # the reward model was loaded by each rank, on its own device
     assert all(r["loaded"]["reward"]["device"] == r["expected_device"] for r in result["ranks"])
     # The batch geometry of 2 processes: a step's 4 completions (2 prompts x 2 generations) are 2 per
@@ -227,7 +231,10 @@ def ppo_runs(job):
 def test_ppo_two_processes(ppo_runs, name):
     result = ppo_runs[name]
     check_job(result, "ppo", result["out"] / "final", prefix="policy.")
-    assert sorted(p.name for p in result["out"].iterdir() if p.is_dir()) == ["final", "step-2"]
+    assert sorted(p.name for p in result["out"].iterdir() if p.is_dir()) == ["diagnostics", "final", "step-2"]
+    from rlmt.diagnostics import read_rollouts
+
+    assert [(s.step, len(s)) for s in read_rollouts(result["out"])] == [(1, 4), (2, 4)]  # 4 prompts a step, gathered
     sharded = name == "ppo-fsdp2"
     assert ("actor and critic sharded by FSDP2" in result["log"]) == sharded
     assert all(r["distributed_type"] == "MULTI_CPU" for r in result["ranks"])
@@ -241,5 +248,5 @@ def test_ppo_sharded_loss_matches_unsharded(ppo_runs):
     ddp, fsdp = history("ppo-ddp"), history("ppo-fsdp2")
     assert sorted(ddp) == sorted(fsdp) == [1, 2]
     for step in (1, 2):
-        for key in ("policy/loss", "critic/loss", "reward/mean", "policy/grad_norm", "critic/grad_norm"):
+        for key in ("policy/loss", "critic/loss", "diag/reward_mean", "policy/grad_norm", "critic/grad_norm"):
             assert fsdp[step][key] == pytest.approx(ddp[step][key], rel=1e-4, abs=1e-6), (step, key)

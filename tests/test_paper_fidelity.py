@@ -345,6 +345,8 @@ def test_grpo_schedule_matches_trls_real_steps(tiny_zoo, tmp_path):
     import polars as pl
 
     from rlmt.config import GRPOConfig, parse_config
+    from rlmt.rewards import RuleReward
+    from rlmt.thinking import ThinkingFormat
     from rlmt.train.grpo import train_grpo
 
     demo = [json.loads(line) for line in (ROOT / "rlmt/resources/demo_prompts.jsonl").read_text().splitlines()][:12]
@@ -357,12 +359,14 @@ def test_grpo_schedule_matches_trls_real_steps(tiny_zoo, tmp_path):
                           log_samples_every=100, seed=0)
     rollouts = []
 
-    def reward(prompts, completions, **kwargs):
-        rollouts.append(len(completions))
-        return [float(len(str(c))) % 3 for c in completions]
+    class CountingReward(RuleReward):  # one score_answers call per generation batch: its size is a rollout's
+        def score_answers(self, items, *, progress=False):
+            rollouts.append(len(items))
+            return super().score_answers(items, progress=progress)
 
-    final = train_grpo(tiny_zoo["llama-instruct"], None, tmp_path / "train.parquet", None, tmp_path / "out", settings,
-                       reward_fn=reward)
+    reward = CountingReward(ThinkingFormat.load(tiny_zoo["llama-instruct"]), lambda item: float(len(item.answer)) % 3)
+    final = train_grpo(tiny_zoo["llama-instruct"], reward, tmp_path / "train.parquet", None, tmp_path / "out",
+                       settings)
     state = json.loads((tmp_path / "out" / "step-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and not (tmp_path / "out" / "step-7").exists()
     assert rollouts == [8, 8, 8]  # one generation batch (4 prompts x 2) per rollout, two updates each

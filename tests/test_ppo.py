@@ -14,8 +14,9 @@ import yaml
 from resume_helpers import kill_after_checkpoint, start
 
 from rlmt.config import PPOConfig
-from rlmt.rewards import RewardBatch
-from rlmt.thinking import WARM_NOTHINK, ThinkingFormat, extract
+from rlmt.diagnostics import read_rollouts, run_verdict
+from rlmt.rewards import RuleReward
+from rlmt.thinking import WARM_NOTHINK, ThinkingFormat
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = "ppo__llama-base__zero__think__tiny-rm__demo"
@@ -28,7 +29,7 @@ def write_prompts(path: Path, n: int | None = None) -> Path:
     return path
 
 
-class LetterShareReward:
+class LetterShareReward(RuleReward):
     """A learnable rule reward on the extracted answer: 10 x the share of its characters that are 'e'.
 
     A random tiny policy samples near-uniform tokens, so the share starts low (~0.08) and rises as
@@ -36,13 +37,7 @@ class LetterShareReward:
     """
 
     def __init__(self, fmt: ThinkingFormat):
-        self.fmt = fmt
-
-    def score(self, prompts, outputs) -> RewardBatch:
-        ex = [extract(o, self.fmt) for o in outputs]
-        scores = [10 * e.answer.count("e") / max(len(e.answer), 1) for e in ex]
-        return RewardBatch(scores=scores, extractions=ex,
-                           malformed_fraction=sum(not e.well_formed for e in ex) / len(ex))
+        super().__init__(fmt, lambda item: 10 * item.answer.count("e") / max(len(item.answer), 1))
 
 
 def test_response_end_stops_at_eos_or_the_token_that_completes_a_stop_string(tiny_zoo):
@@ -157,17 +152,23 @@ def test_ppo_raises_mean_reward_on_a_rule_reward(tiny_zoo, tmp_path, mlflow_uri)
                          checkpoints={"save_steps": 4, "save_total_limit": 1, "select_step": "best_val_reward"},
                          log_samples_every=4)
     with stage_run("ppo", cell="ppo-test-cell", rule="train") as run:
-        final = train_ppo(tiny_zoo["llama-instruct"], None, train, val, tmp_path / "out", settings,
-                          scorer=LetterShareReward(WARM_NOTHINK))
+        final = train_ppo(tiny_zoo["llama-instruct"], LetterShareReward(WARM_NOTHINK), train, val, tmp_path / "out",
+                          settings)
     history = json.loads((tmp_path / "out/step-8/trainer_state.json").read_text())["log_history"]
-    rewards = [h["reward/mean"] for h in history]
+    rewards = [h["diag/reward_mean"] for h in history]
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
     assert last > first + 0.3, f"no learning signal: rewards per step {rewards}"
     for key in ("policy/entropy", "policy/approx_kl", "policy/clipfrac", "critic/loss", "critic/clipfrac",
-                "critic/explained_variance", "reward/std", "response/length_mean", "response/malformed_fraction",
-                "answer/thought_tokens_mean", "answer/answer_tokens_mean"):
+                "critic/explained_variance", "diag/reward_std", "diag/completion_tokens_mean", "diag/malformed_share",
+                "diag/thought_tokens_mean", "diag/answer_tokens_mean", "diag/clipped_share"):
         assert key in history[0]
-    assert history[0]["answer/thought_tokens_mean"] == 0 and history[0]["answer/answer_tokens_mean"] > 0  # nothink
+    assert "diag/kl" not in history[0]  # kl_coef 0: no reference, no KL to log
+    assert history[0]["diag/thought_tokens_mean"] == 0 and history[0]["diag/answer_tokens_mean"] > 0  # nothink
+    # the rollouts file (rlmt.diagnostics) holds every step's 12 rollouts; the verdict is saved and tagged
+    steps = read_rollouts(tmp_path / "out")
+    assert [s.step for s in steps] == list(range(1, 9)) and {len(s) for s in steps} == {12}
+    assert [sum(s.reward) / 12 for s in steps] == pytest.approx(rewards, rel=1e-6)
+    assert mlflow.MlflowClient().get_run(run.info.run_id).data.tags["rlmt.length_verdict"] == run_verdict(steps).label
     # the checkpoint layout: kept checkpoints, final/ with selected.json, no critic or optimizer in final/
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("step-")) in (
         ["step-8"], ["step-4", "step-8"])
@@ -176,7 +177,7 @@ def test_ppo_raises_mean_reward_on_a_rule_reward(tiny_zoo, tmp_path, mlflow_uri)
     assert (final / "model.safetensors").exists() and not (final / "optimizer.pt").exists()
     assert not (final / "critic").exists()
     client = mlflow.MlflowClient()
-    logged = client.get_metric_history(run.info.run_id, "reward/mean")
+    logged = client.get_metric_history(run.info.run_id, "diag/reward_mean")
     assert [m.step for m in logged] == list(range(1, 9))
     assert len(client.get_metric_history(run.info.run_id, "val/reward")) == 2
     assert any(a.path == "samples" for a in client.list_artifacts(run.info.run_id))
@@ -223,7 +224,7 @@ def test_ppo_cli_resumes_after_kill_9_and_continues_the_global_step(tiny_zoo, tm
     assert json.loads((out / "final/selected.json").read_text())["step"] == 4
     assert json.loads((out / "final/longcot_config.json").read_text())["longcot_delimiter"] == "<response>"
     assert json.loads((out / "step-4/critic/critic.json").read_text())["kind"] == "token-classification"
-    assert sorted(p.name for p in out.iterdir()) == ["final", "step-3", "step-4"]  # save_total_limit 2
+    assert sorted(p.name for p in out.iterdir()) == ["diagnostics", "final", "step-3", "step-4"]  # save_total_limit 2
 
 
 def test_ppo_cli_rejects_a_cell_outside_the_grid(tmp_path, mlflow_uri):

@@ -94,7 +94,7 @@ def test_sharded_resume_reaches_the_uninterrupted_runs_weights(resumed, job):
                for name, out in (("a", resumed["out_a"]), ("c", resumed["out_b"]))}
     assert sorted(history["c"]) == [1, 2, 3, 4]
     for step in (3, 4):
-        for key in ("policy/loss", "critic/loss", "reward/mean"):
+        for key in ("policy/loss", "critic/loss", "diag/reward_mean"):
             assert history["c"][step][key] == pytest.approx(history["a"][step][key], rel=METRIC_RTOL, abs=1e-6)
     # final/ is the exported policy alone (fp32 here: a CPU run computes in fp32)
     final = resumed["out_b"] / "final"
@@ -160,8 +160,7 @@ def _train_one_rank(rank: int, world: int, port: int, work: str, policy: str) ->
         "learning_rate": 0.0, "critic_lr": 0.0, "prompts_per_step": 2, "mini_batch_size": 2, "micro_batch_size": 1,
         "max_steps": 1, "val_prompts": 0, "process_group_timeout_min": 37, "checkpoints": {"save_steps": 1},
         "rollout": {"max_prompt_length": 128, "max_completion_length": 4}})
-    train_ppo(policy, None, work_path / "train.parquet", None, work_path / "out", settings,
-              scorer=LetterShareReward(WARM_NOTHINK))
+    train_ppo(policy, LetterShareReward(WARM_NOTHINK), work_path / "train.parquet", None, work_path / "out", settings)
     backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
     (work_path / f"rank{rank}.json").write_text(json.dumps(
         {"given_to_fully_shard": given, "timeout_s": backend.options._timeout.total_seconds()}))
@@ -232,8 +231,8 @@ def test_a_bf16_run_exports_its_policy_in_bf16(tiny_zoo, tmp_path):
                          micro_batch_size=2, max_steps=1, val_prompts=0, bf16=True, checkpoints={"save_steps": 1},
                          rollout={"max_prompt_length": 128, "max_completion_length": 4})
     try:
-        final = train_ppo(tiny_zoo["llama-instruct"], None, tmp_path / "train.parquet", None, tmp_path / "out",
-                          settings, scorer=LetterShareReward(WARM_NOTHINK))
+        final = train_ppo(tiny_zoo["llama-instruct"], LetterShareReward(WARM_NOTHINK), tmp_path / "train.parquet", None,
+                          tmp_path / "out", settings)
     finally:
         AcceleratorState._reset_state(True)  # leave no bf16 state to the tests after this one
     exported = load_file(str(final / "model.safetensors"))

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from rlmt.config import PPOConfig
-from rlmt.rewards import RewardBatch
-from rlmt.thinking import WARM_NOTHINK, extract
+from rlmt.rewards import RuleReward
+from rlmt.thinking import WARM_NOTHINK
 
 PROMPTS = [[{"role": "user", "content": "hi"}],
            [{"role": "user", "content": "Tell me a much longer story about a lighthouse, please."}],
@@ -177,12 +177,9 @@ def test_response_logprobs_in_token_chunks_equal_the_whole_batch_computation(tin
     assert policy.lm_head is policy.get_output_embeddings() and isinstance(policy.lm_head, torch.nn.Linear)
 
 
-class LengthReward:
+def length_reward() -> RuleReward:
     """A rule reward on the extracted answer (its length in characters / 100)."""
-
-    def score(self, prompts, outputs) -> RewardBatch:
-        ex = [extract(o, WARM_NOTHINK) for o in outputs]
-        return RewardBatch(scores=[len(e.answer) / 100 for e in ex], extractions=ex, malformed_fraction=0.0)
+    return RuleReward(WARM_NOTHINK, lambda item: len(item.answer) / 100)
 
 
 def test_make_experience_scores_a_micro_batch_at_a_time_and_reads_values_from_the_critic_alone(tiny_zoo):
@@ -213,7 +210,7 @@ def test_make_experience_scores_a_micro_batch_at_a_time_and_reads_values_from_th
     model.policy.generate = generate_unrecorded
     torch.manual_seed(0)
     prompts = [PROMPTS[i % 4] for i in range(8)]
-    batch = make_experience(Accelerator(cpu=True), model, reference, tok, LengthReward(), prompts, WARM_NOTHINK,
+    batch = make_experience(Accelerator(cpu=True), model, reference, tok, length_reward(), prompts, WARM_NOTHINK,
                             settings)
     ro = batch.rollout
     rows, width = len(ro), ro.response_mask.shape[1]

@@ -113,8 +113,9 @@ def _cells_paper(o: Outcome) -> None:
     assert o.code == 0, o.out
     cells = [line for line in o.out.splitlines() if "__" in line and " " not in line]
     # config/paper.yaml's grid rows by hand: GRPO 8 + 4 (zero) + 4 (RM ablation) + 2 (mixtures) + 2 (SFT teacher)
-    # + 1 (OpenThinker2) = 21; PPO and DPO 8 + 4 each: 45, as the README says
-    assert len(cells) == len(set(cells)) == 45
+    # + 1 (OpenThinker2) + 2 (the rubric and mix rewards, an extension) = 23; PPO and DPO 8 + 4 each: 47, as the
+    # README says
+    assert len(cells) == len(set(cells)) == 47
 
 
 def _one_cell(o: Outcome) -> None:
@@ -144,13 +145,13 @@ def _profile_installed(o: Outcome) -> None:
 
 def _preflight(o: Outcome) -> None:
     assert o.code == 0, o.out
-    assert re.search(r"^45 cells: 0 blocker\(s\)", o.out, re.M), o.out[-3000:]
+    assert re.search(r"^47 cells: 0 blocker\(s\)", o.out, re.M), o.out[-3000:]
 
 
 def _slurm_submission(o: Outcome) -> None:
     assert o.code == 0, o.out[-3000:]
     assert "Using profiles slurm " in o.out  # the profile installed in ~/.config/snakemake above
-    assert job_counts(o.out)["train"] == 45
+    assert job_counts(o.out)["train"] == 47
     assert re.search(r"^rule train:(?:\n    .*)*\n    resources: .*slurm_partition=", o.out, re.M)
 
 

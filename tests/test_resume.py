@@ -218,7 +218,7 @@ def test_ppo_resumed_run_draws_the_same_samples_and_ends_at_the_same_weights(wor
     a, c = log_history(trio.out_a / "step-6"), log_history(trio.out_b / "step-6")
     assert sorted(c) == list(range(1, 7))
     for s in range(trio.resumed_from + 1, 7):
-        for key in ("reward/mean", "policy/loss", "critic/loss", "response/length_mean"):
+        for key in ("diag/reward_mean", "policy/loss", "critic/loss", "diag/completion_tokens_mean"):
             assert c[s][key] == pytest.approx(a[s][key], rel=METRIC_RTOL, abs=1e-6), (key, s)
     run_a, run_c = trio.run_a("ppo").info.run_id, trio.runs_b("ppo")[1].info.run_id
     for s in range(trio.resumed_from + 1, 7):
@@ -229,3 +229,12 @@ def test_ppo_resumed_run_draws_the_same_samples_and_ends_at_the_same_weights(wor
     assert max_weight_diff(trio.out_a / "step-6/critic", trio.out_b / "step-6/critic",
                            "value_head.safetensors") <= WEIGHT_ATOL
     assert max_weight_diff(trio.out_a / "final", tiny_zoo["llama-instruct"]) > 100 * WEIGHT_ATOL
+    # the diagnostics' rollouts file (rlmt.diagnostics): the killed attempt's steps and the resumed run's rewrite
+    # of the steps after its checkpoint read back as the uninterrupted run's, one record a step
+    from rlmt.diagnostics import read_rollouts
+
+    steps_a, steps_c = read_rollouts(trio.out_a), read_rollouts(trio.out_b)
+    assert [s.step for s in steps_c] == [s.step for s in steps_a] == list(range(1, 7))
+    for a, c in zip(steps_a, steps_c):
+        assert c.answer_tokens == a.answer_tokens and c.clipped == a.clipped, a.step
+        assert c.reward == pytest.approx(a.reward, rel=METRIC_RTOL, abs=1e-6), a.step

@@ -78,6 +78,29 @@ def test_reward_model_learns_a_held_out_preference(tiny_zoo, tmp_path, one_torch
     assert pairwise_accuracy(out, fresh)["pairwise_accuracy"] == 1.0
     assert len(read_pairs(pairs_path)) == 96
 
+    # Beside the accuracy, the reward's length bias on the same held-out answers, recomputed independently
+    # (scipy on the scorer's scores and the reward model tokenizer's answer lengths).
+    from scipy.stats import pearsonr, spearmanr
+
+    from rlmt.models.loading import load_tokenizer
+    from rlmt.rewards import AnswerRewardScorer
+    from rlmt.thinking import WARM_NOTHINK
+    from rlmt.train.reward_model import split_pairs
+
+    _, held = split_pairs(read_pairs(pairs_path), cfg.eval_fraction, cfg.seed)
+    answers = [p["chosen"] for p in held] + [p["rejected"] for p in held]
+    scores = AnswerRewardScorer(out, WARM_NOTHINK, device="cpu").score(
+        [p["prompt"] for p in held] * 2, answers).scores
+    lengths = [len(load_tokenizer(out)(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    got = saved["held_out"]
+    assert got["n_answers"] == 2 * len(held) == 2 * saved["held_out_pairs"]
+    assert got["reward_length_pearson"] == pytest.approx(pearsonr(lengths, scores)[0], abs=1e-4)
+    assert got["reward_length_spearman"] == pytest.approx(spearmanr(lengths, scores)[0], abs=1e-4)
+    # every chosen answer here is a long sentence and every rejected one a short refusal: the preference is
+    # confounded with length, the correlation is positive, and no pair tests a shorter chosen answer
+    assert got["reward_length_pearson"] > 0
+    assert got["n_chosen_shorter"] == 0 and got["pairwise_accuracy_chosen_shorter"] is None
+
 
 def test_malformed_pairs_file_names_the_line(tmp_path):
     from rlmt.train.reward_model import read_pairs
@@ -118,4 +141,24 @@ def test_rm_pairs_from_reference_answers_exclude_shared_prompts(tiny_zoo, data_d
     # A rerun generates nothing again: the policy's answers file is complete and left as it is.
     before = (tmp_path / "pairs" / "pairs.policy.jsonl").read_bytes()
     build_rm_pairs(reference, tiny_zoo["llama-instruct"], out, RMPairsConfig(max_new_tokens=8), exclude=[shared])
+    assert (tmp_path / "pairs" / "pairs.policy.jsonl").read_bytes() == before
+
+    # Length balance on the same answers (nothing generated again): each pair carries its answers' token counts
+    # in the policy's tokenizer, and only pairs within the ratio are kept; the dropped ones are counted.
+    from rlmt.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_zoo["llama-instruct"])
+    for p in pairs:
+        assert p["chosen_tokens"] == len(tokenizer(p["chosen"], add_special_tokens=False)["input_ids"])
+        assert p["rejected_tokens"] == len(tokenizer(p["rejected"], add_special_tokens=False)["input_ids"])
+
+    def ratio_of(p):
+        return max(p["chosen_tokens"], p["rejected_tokens"]) / min(p["chosen_tokens"], p["rejected_tokens"])
+
+    ratio = min(map(ratio_of, pairs))  # the least lopsided pair's ratio: it stays, every more lopsided one goes
+    within = [p["id"] for p in pairs if ratio_of(p) <= ratio]
+    balanced = build_rm_pairs(reference, tiny_zoo["llama-instruct"], out,
+                              RMPairsConfig(max_new_tokens=8, max_length_ratio=ratio), exclude=[shared])
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == within
+    assert balanced["pairs"] == len(within) >= 1 and balanced["dropped_length_ratio"] == len(pairs) - len(within)
     assert (tmp_path / "pairs" / "pairs.policy.jsonl").read_bytes() == before

@@ -79,8 +79,8 @@ def _loaders(zoo: dict[str, Path], tmp_path: Path):
     from rlmt.judges.client import LocalJudge
     from rlmt.models.prepare import prepare_model
     from rlmt.models.zero import convert_to_zero
-    from rlmt.rewards import AnswerRewardScorer
-    from rlmt.thinking import WARM_THINK
+    from rlmt.rewards import AnswerRewardScorer, RuleReward
+    from rlmt.thinking import WARM_THINK, ThinkingFormat
     from rlmt.train.actor_critic import load_critic
     from rlmt.train.dpo import train_dpo
     from rlmt.train.grpo import train_grpo
@@ -93,8 +93,8 @@ def _loaders(zoo: dict[str, Path], tmp_path: Path):
                                                  {"role": "assistant", "content": "hello"}]}) + "\n")
     out = tmp_path / "out"
 
-    def rule_reward(prompts, completions, **kw):
-        return [0.0] * len(completions)
+    def rule_reward(policy_dir):  # a constant rule reward with the policy's own format
+        return RuleReward(ThinkingFormat.load(policy_dir), lambda item: 0.0)
 
     return [
         ("load_causal_lm", "policy", lambda d: load_causal_lm(d, device="cpu")),
@@ -108,8 +108,8 @@ def _loaders(zoo: dict[str, Path], tmp_path: Path):
         ("prepare_model", "policy", lambda d: prepare_model(str(d), tmp_path / "prepared")),
         ("convert_to_zero", "policy", lambda d: convert_to_zero(d, tmp_path / "zero", think=True)),
         ("train_sft", "policy", lambda d: train_sft(d, sft_rows, out / "sft", SFTConfig(max_steps=1))),
-        ("train_grpo", "policy", lambda d: train_grpo(d, None, train, None, out / "grpo", GRPOConfig(max_steps=1),
-                                                      reward_fn=rule_reward)),
+        ("train_grpo", "policy", lambda d: train_grpo(d, rule_reward(d), train, None, out / "grpo",
+                                                      GRPOConfig(max_steps=1))),
         ("train_dpo", "policy", lambda d: train_dpo(d, zoo["reward"], train, out / "dpo", DPOConfig(max_steps=1),
                                                     generation_backend="transformers")),
         ("train_ppo reward model", "reward",

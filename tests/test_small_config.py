@@ -144,7 +144,7 @@ def test_small_plan_trains_its_reward_model_and_compares_each_cell_with_its_own_
     assert plan.cell_names == [THINK, NOTHINK]
     assert plan.prepared_models() == ["smollm2-instruct"]  # the RM is trained, not prepared
     assert plan.trained_reward_models() == ["smol-rm"]
-    assert plan.train_inputs(THINK)["reward_model"] == "results/models/smol-rm"
+    assert plan.train_inputs(THINK)["reward"] == ["results/models/smol-rm"]
     assert plan.winrate_reference(THINK) == "smollm2-instruct__sft__think__demo-sft"
     assert plan.winrate_reference(NOTHINK) == "smollm2-instruct__sft__nothink__demo-sft"
     # the starting policies generate the reference answers in their own thinking format, and are scored on nothing

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from resume_helpers import kill_after_checkpoint, start
 
+from rlmt.diagnostics import load_verdict, read_rollouts, run_verdict
+from rlmt.rewards import AnswerItem, RuleReward
 from rlmt.thinking import LONGCOT_FILE, WARM_NOTHINK, WARM_THINK, ThinkingFormat, sft_messages
 
 # Module-scoped SFT trainings are charged to the first test; the kill -9 test waits up to 600 + 600 s.
@@ -151,23 +153,20 @@ def test_grpo_with_bf16_on_cpu_steps_fp32_weights(sft_models, work, tmp_path):
                           max_steps=2, val_prompts=0, bf16=True,
                           rollout={"max_prompt_length": 256, "max_completion_length": 8},
                           checkpoints={"save_steps": 2})
-    final = train_grpo(sft_models["nothink"], None, work / "train.parquet", None, tmp_path / "grpo", settings,
-                       reward_fn=_space_fraction)
+    final = train_grpo(sft_models["nothink"], SPACE_FRACTION, work / "train.parquet", None, tmp_path / "grpo",
+                       settings)
     start = load_file(str(sft_models["nothink"] / "model.safetensors"))
     trained = load_file(str(final / "model.safetensors"))
     assert {t.dtype for t in trained.values()} == {torch.float32}
     assert any(not torch.equal(trained[k], start[k]) for k in start)
 
 
-def _space_fraction(prompts, completions, **kwargs):
+def _space_fraction(item: AnswerItem) -> float:
     """Rule reward on the extracted answer (the policy is nothink: the whole output is the answer)."""
-    from rlmt.thinking import extract
+    return item.answer.count(" ") / len(item.answer) if item.answer else 0.0
 
-    out = []
-    for c in completions:
-        answer = extract(c if isinstance(c, str) else c[-1]["content"], WARM_NOTHINK).answer
-        out.append(answer.count(" ") / len(answer) if answer else 0.0)
-    return out
+
+SPACE_FRACTION = RuleReward(WARM_NOTHINK, _space_fraction)
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +184,8 @@ def grpo_learned(sft_models, work, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         with stage_run("grpo", cell="grpo__llama-base__warm-start__nothink__tiny-rm__demo", uri=uri) as run:
-            final = train_grpo(sft_models["nothink"], None, work / "train.parquet", None, work / "grpo-nothink",
-                               settings, reward_fn=_space_fraction)
+            final = train_grpo(sft_models["nothink"], SPACE_FRACTION, work / "train.parquet", None,
+                               work / "grpo-nothink", settings)
     return {"final": final, "uri": uri, "run_id": run.info.run_id}
 
 
@@ -200,9 +199,22 @@ def test_grpo_learns_and_logs_metrics_and_samples(grpo_learned, work):
     assert statistics.fmean(rewards[-5:]) > statistics.fmean(rewards[:5]), rewards
     logged = set(client.get_run(rid).data.metrics)
     for key in ("reward", "reward_std", "kl", "entropy", "loss", "learning_rate", "completions/mean_length",
-                "completions/clipped_ratio", "clip_ratio/region_mean", "answer/thought_tokens_mean",
-                "answer/answer_tokens_mean", "answer/malformed_fraction"):
+                "completions/clipped_ratio", "clip_ratio/region_mean", "diag/thought_tokens_mean",
+                "diag/answer_tokens_mean", "diag/malformed_share", "diag/answer_missing_share"):
         assert key in logged, key
+    assert not any(k.startswith("answer/") for k in logged)  # one vocabulary (rlmt.diagnostics): diag/*
+    # rlmt.diagnostics against TRL's own numbers of the same steps' rollouts, computed apart from it (float32
+    # there: rel 1e-5). Clipped: TRL counts a completion without EOS, ours one at the token limit without it;
+    # without stop strings (nothink) they are the same completions.
+    for ours, trl in (("diag/reward_mean", "reward"), ("diag/reward_std", "reward_std"), ("diag/kl", "kl"),
+                      ("diag/completion_tokens_mean", "completions/mean_length"),
+                      ("diag/clipped_share", "completions/clipped_ratio")):
+        a, b = ({m.step: m.value for m in client.get_metric_history(rid, name)} for name in (ours, trl))
+        assert sorted(a) == list(range(1, 13)) and a == pytest.approx(b, rel=1e-5, abs=1e-6), ours
+    steps = read_rollouts(work / "grpo-nothink")  # 12 steps of 2 prompts x 8 generations
+    assert [s.step for s in steps] == list(range(1, 13)) and {len(s) for s in steps} == {16}
+    assert load_verdict(work / "grpo-nothink") == run_verdict(steps)
+    assert client.get_run(rid).data.tags["rlmt.length_verdict"] == run_verdict(steps).label
     tables = sorted(a.path for a in client.list_artifacts(rid, "samples"))
     assert tables == ["samples/step-000004.json", "samples/step-000008.json", "samples/step-000012.json"]
     table = json.loads(Path(client.download_artifacts(rid, tables[0])).read_text())
@@ -229,19 +241,18 @@ def test_grpo_validation_samples_the_first_val_prompts_at_each_checkpoint(sft_mo
     pl.DataFrame(val).write_parquet(tmp_path / "val.parquet")
     seen: list[str] = []
 
-    def reward(prompts, completions, **kwargs):
-        for p in prompts:
-            text = p if isinstance(p, str) else p[-1]["content"]
-            if "VAL-" in text:
-                seen.append(text.split()[0])
-        return _space_fraction(prompts, completions)
+    def reward(item: AnswerItem) -> float:
+        text = item.prompt[-1]["content"]
+        if "VAL-" in text:
+            seen.append(text.split()[0])
+        return _space_fraction(item)
 
     settings = GRPOConfig(learning_rate=1e-4, prompts_per_step=2, num_generations=4, per_device_train_batch_size=8,
                           max_steps=2, val_prompts=val_prompts,
                           rollout={"max_prompt_length": 256, "max_completion_length": 8},
                           checkpoints={"save_steps": 1, "select_step": "best_val_reward" if val_prompts else "last"})
-    final = train_grpo(sft_models["nothink"], None, work / "train.parquet", tmp_path / "val.parquet",
-                       tmp_path / "grpo", settings, reward_fn=reward)
+    final = train_grpo(sft_models["nothink"], RuleReward(WARM_NOTHINK, reward), work / "train.parquet",
+                       tmp_path / "val.parquet", tmp_path / "grpo", settings)
     selected = json.loads((final / "selected.json").read_text())
     if val_prompts:
         # 2 checkpoints x 3 prompts x 4 samples, and only the first three val prompts
@@ -331,3 +342,8 @@ def test_dpo_widens_the_margin_on_its_pairs(grpo_learned, work, tiny_zoo, tmp_pa
     assert _margin(final, pairs) > _margin(policy, pairs) + 0.1
     _, runs = _runs(uri, "dpo")
     assert "rewards/margins" in runs[0].data.metrics and "pairs.pairs" in runs[0].data.metrics
+    # rlmt.diagnostics on the pairs: the samples are step 0 of the rollouts file, the pair verdict is tagged
+    [samples] = read_rollouts(out)
+    assert samples.step == 0 and len(samples) == 12 * 4  # 12 prompts x samples_per_prompt
+    assert runs[0].data.metrics["diag/pairs"] == stats["pairs"] and "diag/reward_length_spearman" in runs[0].data.metrics
+    assert runs[0].data.tags["rlmt.length_verdict"] == load_verdict(out).label and load_verdict(out).rule == "dpo"

@@ -48,9 +48,9 @@ def test_rlmt_config_cells_lists_the_grid_as_the_readme_says():
     paper = subprocess.run([*rlmt, "-c", "config/paper.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                            check=True).stdout.split()
     # config/paper.yaml's grid rows by hand: GRPO 8 + 4 (zero) + 4 (RM ablation) + 2 (mixtures) + 2 (SFT teacher)
-    # + 1 (OpenThinker2) = 21; PPO and DPO 8 + 4 each
-    assert len(paper) == len(set(paper)) == 45
-    assert sum(n.startswith("grpo__") for n in paper) == 21
+    # + 1 (OpenThinker2) + 2 (the rubric and mix rewards, an extension) = 23; PPO and DPO 8 + 4 each
+    assert len(paper) == len(set(paper)) == 47
+    assert sum(n.startswith("grpo__") for n in paper) == 23
     assert sum(n.startswith("ppo__") for n in paper) == sum(n.startswith("dpo__") for n in paper) == 12
     assert {"grpo__llama-base__zero__think__skywork-v1__wildchat-if", "grpo__llama-base__warm-start__think__armorm__wildchat-if",
             "grpo__llama-base__warm-start__think__skywork-v1__tulu3-random",

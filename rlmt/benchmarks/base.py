@@ -28,9 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-import numpy as np
-
 from rlmt.jsonl import iter_json_lines
+from rlmt.stats.bootstrap import bootstrap_ci  # noqa: F401  (re-exported: benchmarks import it from here)
 
 
 @dataclass
@@ -136,23 +135,7 @@ def get_benchmark(name: str, **options: Any) -> Benchmark:
 
 
 # ---------------------------------------------------------------------- statistics
-
-
-def bootstrap_ci(values: Sequence[float], n_resamples: int = 2000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean. Seeded, so a rerun reports the same interval."""
-    vals = np.asarray([float(v) for v in values], dtype=float)
-    if vals.size == 0:
-        return (math.nan, math.nan)
-    if vals.min() == vals.max():
-        return (float(vals[0]), float(vals[0]))
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    for start in range(0, n_resamples, 200):  # chunks keep memory flat for 5,700-item benchmarks
-        stop = min(start + 200, n_resamples)
-        means[start:stop] = vals[rng.integers(0, vals.size, size=(stop - start, vals.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return (float(lo), float(hi))
+# bootstrap_ci lives in rlmt.stats.bootstrap (the report uses it too).
 
 
 def mean_metric(values: Sequence[float], scale: float = 100.0, seed: int = 0) -> Metric:

@@ -17,7 +17,8 @@ Two estimators, because the paper's numbers and the leaderboard's come from diff
   Both tables are read from files (the official package downloads them; ``rlmt data
   fetch-benchmarks`` does it on a networked machine; tests point at fixture tables).
 * :func:`paper_lc_win_rate` -- what the reference code called LC: a logistic regression of the
-  win on the word-length difference, read off at a difference of 0.
+  win on the word-length difference, read off at a difference of 0. It lives in
+  :mod:`rlmt.stats.length_control` (re-exported here), where the reward win rate and the report use it too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from rlmt.stats.length_control import paper_lc_win_rate  # noqa: F401  (re-exported)
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 10))
 FEATURES = ("np.tanh(std_delta_len)", "instruction_difficulty", "not_gamed_baseline.astype(float)")
@@ -168,25 +171,3 @@ def official_lc_win_rate(preference: Sequence[float], len_model: Sequence[int], 
     sem = float(np.std(predicted, ddof=1) / math.sqrt(predicted.size)) if predicted.size > 1 else 0.0
     return {"lc_win_rate": 100 * float(predicted.mean()), "lc_standard_error": 100 * sem,
             "weights": dict(zip(FEATURES, map(float, coef))), "C": C, "predicted": predicted}
-
-
-def paper_lc_win_rate(wins: Sequence[float], delta_words: Sequence[float], C: float = 1.0) -> dict:
-    """The reference code's "LC": logistic regression of the win (1/0, ties 0.5) on an intercept and
-    the model-minus-baseline word-count difference (L2 penalty ``1/C`` on the slope only, as
-    scikit-learn's default), predicted at a difference of 0: ``100 * sigmoid(intercept)``."""
-    y = np.asarray(wins, dtype=float)
-    keep = ~np.isnan(y)
-    y, d = y[keep], np.asarray(delta_words, dtype=float)[keep]
-    if y.size == 0:
-        raise LengthControlError("no judged items for the LC regression")
-    X = np.column_stack([np.ones_like(d), d])
-    beta = np.zeros(2)
-    for _ in range(100):  # Newton's method on the penalised log-likelihood
-        q = _sigmoid(X @ beta)
-        grad = X.T @ (q - y) + np.array([0.0, beta[1] / C])
-        hess = (X * (q * (1 - q))[:, None]).T @ X + np.diag([1e-9, 1.0 / C])
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return {"lc_win_rate": 100 * float(_sigmoid(beta[0])), "intercept": float(beta[0]), "slope": float(beta[1])}

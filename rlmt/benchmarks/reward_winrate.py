@@ -21,7 +21,10 @@ The tie rule (since metric version 2) — a win rate must not depend on how answ
 ``scores.json`` states the rule and the tolerance in ``extra.tie_rule`` / ``extra.tie_tolerance``.
 
 ``score`` context: ``reference_generations`` (id -> generations row of the reference model) and
-``scorer`` (an :class:`rlmt.rewards.AnswerRewardScorer` with ``WARM_NOTHINK``).
+``scorer``: any :class:`rlmt.rewards.AnswerReward` (the configured ``reward_models`` entry: a
+classifier, a mix ...) built with ``WARM_NOTHINK``. Every policy and reference answer is scored in
+**one** :meth:`~rlmt.rewards.AnswerReward.score` call, so a batch-relative reward (``mix``: each part
+z-normalised over the batch) normalises both answers of a pair together, over the whole evaluation.
 
 Outcomes when an answer is missing: policy without an answer loses (failed, counted in
 ``n_failed``) when the reference answered; neither answered is a tie (0.5, counted in
@@ -35,10 +38,23 @@ answered, with its own CI and ``n``. The two differ when one model fails the for
 the other: ``win_rate`` counts an unanswered reference as a win, so a policy that merely closes its
 thought more often than its start can win on format alone; ``win_rate_both_answered`` compares answers
 with answers.
+
+``lc_win_rate`` (since metric version 5), the length-controlled win rate: the win rate the policy would
+have at equal answer length, by :func:`rlmt.stats.length_control.lc_win_rate` (the paper's LC: a
+logistic fit of the outcome on AlpacaEval 2's normalised length difference ``tanh(d / sd(d))``, read
+at ``d = 0``; a tie is half a win, as in the raw rate) over the items both models answered -- compare it
+with ``win_rate_both_answered``, its raw counterpart on the same items (a missing answer has no length
+to control for). ``d`` is the policy's minus the reference's answer length in whitespace-separated
+words (:func:`answer_words`: one unit for any two models, whatever their tokenizers). Its CI is a
+seeded percentile bootstrap over prompts that refits on every resample. ``extra.lc`` states the
+estimator and holds the fit. Each per-item row keeps ``policy_reward``, ``policy_words``,
+``reference_words`` and ``policy_answer_digest``, from which the report pairs a think cell with its
+no-think twin (:mod:`rlmt.report.head_to_head`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -50,26 +66,54 @@ from rlmt.benchmarks.base import (
     BenchmarkResult,
     Item,
     ItemScore,
+    Metric,
     answer_of,
     failed_score,
     limit_items,
     mean_metric,
     register,
 )
+from rlmt.stats.length_control import DEFAULT_C, LC_ESTIMATOR, lc_bootstrap_ci, lc_win_rate
+from rlmt.stats.paired_rewards import DEFAULT_TIE_TOLERANCE, compare_rewards  # noqa: F401  (re-exported)
 
-DEFAULT_TIE_TOLERANCE = 1e-4
 TIE_RULE = ("identical reward-model inputs tie (scored once); otherwise win if policy - reference reward "
             "> tie_tolerance, loss if < -tie_tolerance, else tie (0.5)")
+LENGTH_UNIT = "words: whitespace-separated tokens of the extracted answer (Python's str.split), any model's"
 
 
-def compare_rewards(policy: float, reference: float, tie_tolerance: float = DEFAULT_TIE_TOLERANCE) -> float:
-    """1 (win), 0 (loss) or 0.5 (tie: the rewards are within ``tie_tolerance`` of each other)."""
-    margin = policy - reference
-    if margin > tie_tolerance:
-        return 1.0
-    if margin < -tie_tolerance:
-        return 0.0
-    return 0.5
+def answer_words(answer: str) -> int:
+    """An answer's length for the length control: its whitespace-separated words.
+
+    Words, not a tokenizer's tokens: the policy and its reference may be different model families,
+    and a length difference must be in one unit for both (the paper's LC uses words too).
+    """
+    return len(answer.split())
+
+
+def answer_digest(answer: str) -> str:
+    """A short digest of the answer text: two cells' answers to the same prompt with equal digests are
+    the same reward-model input, so the report's head-to-head ties them by construction."""
+    return hashlib.sha256(answer.encode("utf-8")).hexdigest()[:16]
+
+
+def _answer_facts(answer: str, reference: str | None) -> dict:
+    """The per-item fields the length control and the report's head-to-head read."""
+    return {"policy_words": answer_words(answer),
+            "reference_words": None if reference is None else answer_words(reference),
+            "policy_answer_digest": answer_digest(answer)}
+
+
+def _length_controlled(both_answered: list[ItemScore], seed: int) -> tuple[Metric, dict]:
+    """LC win rate over the items both models answered (``win_rate_both_answered``'s items), its CI, its fit."""
+    outcomes = [s.value for s in both_answered]
+    differences = [s.details["policy_words"] - s.details["reference_words"] for s in both_answered]
+    fit = lc_win_rate(outcomes, differences)
+    lo, hi = lc_bootstrap_ci(outcomes, differences, seed=seed) if outcomes else (None, None)
+    about = {"estimator": LC_ESTIMATOR, "length_unit": LENGTH_UNIT, "items": "both answered", "C": DEFAULT_C,
+             # an infinite intercept (every outcome a win or a loss) is written as null: scores.json stays strict JSON
+             "intercept": fit.intercept if math.isfinite(fit.intercept) else None, "slope": fit.slope,
+             "mean_word_difference": sum(differences) / len(differences) if differences else None}
+    return Metric(fit.value, lo, hi, fit.n), about
 
 
 def _tie_tolerance(options: dict) -> float:
@@ -86,8 +130,9 @@ def _tie_tolerance(options: dict) -> float:
 @register
 class RewardWinRate(Benchmark):
     name: ClassVar[str] = "reward-winrate"
-    # 3: neither answered ties (was a loss); 4: adds win_rate_both_answered (win_rate unchanged)
-    metric_version: ClassVar[str] = "4"
+    # 3: neither answered ties (was a loss); 4: adds win_rate_both_answered (win_rate unchanged);
+    # 5: adds lc_win_rate, and answer lengths and digests per item (win_rate unchanged)
+    metric_version: ClassVar[str] = "5"
 
     def load_items(self, data_dir: Path | None, limit: int | None = None, seed: int = 0) -> list[Item]:
         mixture_dir = self.options.get("mixture_dir")
@@ -115,8 +160,11 @@ class RewardWinRate(Benchmark):
         scorer = ctx.get("scorer")
         if reference_generations is None or scorer is None:
             raise BenchmarkError("reward-winrate: score() needs reference_generations=... and scorer=...")
-        fmt = getattr(scorer, "fmt", None)
-        if fmt is not None and fmt.longcot:
+        from rlmt.rewards import AnswerReward
+
+        if not isinstance(scorer, AnswerReward):
+            raise BenchmarkError(f"reward-winrate: scorer must be an rlmt.rewards.AnswerReward, got {type(scorer).__name__}")
+        if scorer.fmt.longcot:
             raise BenchmarkError("reward-winrate: the scorer must use the non-thinking format (WARM_NOTHINK): "
                                  "it is given already-extracted answers")
         tie_tolerance = _tie_tolerance(self.options)
@@ -144,7 +192,7 @@ class RewardWinRate(Benchmark):
 
         # Every distinct (prompt, answer) is scored once: an answer both models gave gets one float.
         slot: dict[tuple[str, str], int] = {}
-        prompts, outputs = [], []
+        prompts, outputs, extras = [], [], []
 
         def slot_of(item: Item, answer: str) -> int:
             key = (json.dumps(item.messages, sort_keys=True), answer)
@@ -152,18 +200,20 @@ class RewardWinRate(Benchmark):
                 slot[key] = len(outputs)
                 prompts.append(item.messages)
                 outputs.append(answer)
+                extras.append({"id": item.id})  # the reward's extras (a rubric finds the item's rubric by id)
             return slot[key]
 
         slots = [(slot_of(item, answer), None if ref is None else slot_of(item, ref)) for item, answer, ref in pairs]
-        batch = scorer.score(prompts, outputs) if outputs else None
+        batch = scorer.score(prompts, outputs, extras) if outputs else None  # one call: one batch (see above)
         rewards = batch.scores if batch is not None else []
         inputs = batch.reward_inputs if batch is not None else []
         n_reference_no_answer = n_identical = 0
-        for (item, _answer, _ref), (p, r) in zip(pairs, slots):
+        for (item, answer, ref), (p, r) in zip(pairs, slots):
             policy_reward = rewards[p]
             if r is None:
                 n_reference_no_answer += 1
-                per_item[item.id] = ItemScore(item.id, 1.0, {"policy_reward": policy_reward, "reference_reward": None})
+                per_item[item.id] = ItemScore(item.id, 1.0, {"policy_reward": policy_reward, "reference_reward": None,
+                                                             **_answer_facts(answer, None)})
                 continue
             same_input = p == r or (bool(inputs) and inputs[p] == inputs[r])
             n_identical += same_input
@@ -171,7 +221,8 @@ class RewardWinRate(Benchmark):
             value = 0.5 if same_input else compare_rewards(policy_reward, reference_reward, tie_tolerance)
             per_item[item.id] = ItemScore(item.id, value, {"policy_reward": policy_reward,
                                                            "reference_reward": reference_reward,
-                                                           "identical_input": same_input})
+                                                           "identical_input": same_input,
+                                                           **_answer_facts(answer, ref)})
 
         ordered = [per_item[item.id] for item in items]
         values = [s.value if s.value is not None else 0.0 for s in ordered]
@@ -180,13 +231,16 @@ class RewardWinRate(Benchmark):
         both_answered = [s for s in ordered if s.value is not None and s.details.get("reference_reward") is not None]
         both = [s.value for s in both_answered]
         margins = [s.details["policy_reward"] - s.details["reference_reward"] for s in both_answered]
+        lc, lc_about = _length_controlled(both_answered, seed)
         return BenchmarkResult(
             benchmark=self.name, metrics={"score": metric, "win_rate": metric,
-                                         "win_rate_both_answered": mean_metric(both, seed=seed)}, n=len(items),
+                                         "win_rate_both_answered": mean_metric(both, seed=seed),
+                                         "lc_win_rate": lc}, n=len(items),
             n_failed=sum(1 for s in ordered if s.value is None), per_item=ordered, metric_version=self.metric_version,
             extra={"n_reference_no_answer": n_reference_no_answer, "n_neither_answered": n_neither,
                    "n_ties": sum(1 for s in ordered if s.value == 0.5),
                    "n_identical_answers": n_identical,
                    "tie_rule": TIE_RULE, "tie_tolerance": tie_tolerance,
-                   "mean_reward_margin": sum(margins) / len(margins) if margins else None},
+                   "mean_reward_margin": sum(margins) / len(margins) if margins else None,
+                   "lc": lc_about},
         )

@@ -27,6 +27,11 @@ runtime        the job's estimated wall time (rollout decoding, traced FLOPs at 
 disk           the grid's checkpoints (size x kept + the selected one) exceed preflight.disk_quota_gb
                (:mod:`rlmt.preflight.disk`); the cells that keep every checkpoint are named
 host-memory    the node's ranks load more into host memory than the rule's mem_mb
+judge          a rubric reward's judge (also a mix's rubric part): its calls, tokens, time and cost per step
+               and per run are stated; a blocker when its endpoint is not a URL, its key variable is unset,
+               or the judge's time plus the job's exceeds the rule's runtime (:mod:`rlmt.preflight.judge_reward`)
+rubrics        a rubric source that cannot reach the reward (a column without its file, a missing file, a
+               teacher whose key variable is unset); a generated set's teacher calls and cost
 resources      a rule's resources are incomplete (a cluster config where some rule has no partition,
                non-positive runtime/memory/CPUs)
 tracking       (warning) a Slurm config with no MLflow server: one SQLite file on a shared filesystem
@@ -298,7 +303,7 @@ def _gpu_job_check(cfg: RLMTConfig, cell: Cell, rule: str, algorithm: algorithms
                    res_key: str, sharding: str, world: int, report: Report, options: "Options") -> None:
     """Memory per GPU (traced), vLLM's KV budget, wall time against the Slurm limit, disk and host memory."""
     from rlmt.algorithms.schedule import is_step
-    from rlmt.preflight import gpu_job
+    from rlmt.preflight import gpu_job, judge_reward
 
     label = algorithm.name
     settings = _settings(cfg, cell, algorithm)
@@ -322,8 +327,9 @@ def _gpu_job_check(cfg: RLMTConfig, cell: Cell, rule: str, algorithm: algorithms
         else res.gpu_mem_gb * GB
     sched = algorithm.schedule(settings, n_prompts) if algorithm.trains_cell and n_prompts else None
     reward = None
-    if algorithm.reward_model_in_training:
-        rm = cfg.reward_models[cell.rm]
+    classifiers = judge_reward.leaf_rewards(cell.rm, dict(cfg.reward_models), "classifier")  # a mix: its first
+    if algorithm.reward_model_in_training and classifiers:
+        rm = cfg.reward_models[classifiers[0]]
         if rm.source is not None:
             length = min(rm.max_length, shape.tokens_per_sequence)
             reward = (rm.source, max(1, rm.max_tokens_per_batch // length), length)
@@ -411,8 +417,11 @@ def _schedule_check(cfg: RLMTConfig, cell: Cell, report: Report) -> None:
 
 
 def _remote_code_check(cfg: RLMTConfig, cell: Cell, report: Report, facts: dict[str, Any]) -> None:
+    from rlmt.preflight import judge_reward
+
+    classifiers = judge_reward.leaf_rewards(cell.rm, dict(cfg.reward_models), "classifier")  # a rubric has no model
     for kind, name, spec in (("models", cell.base, cfg.models[cell.base]),
-                             ("reward_models", cell.rm, cfg.reward_models[cell.rm])):
+                             *(("reward_models", rm, cfg.reward_models[rm]) for rm in classifiers)):
         entry = facts["models"].get(spec.source) or {}
         if entry.get("custom_code") and not spec.trust_remote_code:
             report.add(cell.name, "remote-code", BLOCKER, f"{kind}.{name}.trust_remote_code",
@@ -487,6 +496,9 @@ def run(config: str | Path, *, root: str | Path | None = None, trace: bool | Non
     (default: the workflow's source tree, as the launcher resolves them). `trace`: trace GPU jobs (None: the
     config's preflight.trace); `cache_dir`: where traces are cached (None: $RLMT_PREFLIGHT_CACHE, else the config's
     preflight.cache_dir)."""
+    from rlmt.config import data_dir
+    from rlmt.preflight import judge_reward
+
     report = Report()
     config = Path(config)
     root = Path(root) if root else SOURCE_ROOT
@@ -506,9 +518,11 @@ def run(config: str | Path, *, root: str | Path | None = None, trace: bool | Non
             _template_check(cfg, cell, report, facts)
             _launcher_check(cfg, cell, "sft", "sft", report, root, options)
         _launcher_check(cfg, cell, "train", cell.algo, report, root, options)
+        judge_reward.check_cell(cfg, cell, report)  # after the job's runtime estimate: the judge's time adds to it
         _schedule_check(cfg, cell, report)
         _remote_code_check(cfg, cell, report, facts)
     _disk_check(cfg, report)
+    judge_reward.check_sources(cfg, cfg.cells(), report, data_dir(cfg))
     return report
 
 

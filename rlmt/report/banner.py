@@ -10,6 +10,8 @@ experiment. Decided from the config, never from a config's file name.
 
 from __future__ import annotations
 
+from rlmt.rewards import kind_of
+
 TINY_PREFIX = "tiny:"
 SMALL_EXPERIMENT_DOC = "docs/small-experiment.md"  # in the rlmt repository
 SMALL_EXPERIMENT_CONFIG = "config/small.yaml"
@@ -23,6 +25,8 @@ def model_sources(cfg) -> dict[str, str]:
     """
     sources = {f"models.{name}": spec.source for name, spec in cfg.models.items()}
     for name, rm in cfg.reward_models.items():
+        if kind_of(rm) != "classifier":  # a judge, a mix or a length term: its weights are other entries'
+            continue
         if rm.source is not None:
             sources[f"reward_models.{name}"] = rm.source
         else:

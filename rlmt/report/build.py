@@ -19,8 +19,10 @@ from rlmt.report.arena_joint import joint_leaderboards, joint_table, with_joint_
 from rlmt.report.arena_joint import markdown as arena_markdown
 from rlmt.report.banner import banner_text
 from rlmt.report.banner import markdown_lines as banner_markdown
+from rlmt.report import head_to_head as h2h
+from rlmt.report import length_figures as lf
 from rlmt.report.figures import plot_benchmark_bars, plot_deltas, plot_training_curves, training_histories
-from rlmt.report.tables import COLUMNS, load_rows, main_table, think_deltas, to_markdown
+from rlmt.report.tables import COLUMNS, LC_METRICS, load_rows, main_table, think_deltas, to_markdown
 from rlmt.workflow import Plan
 
 
@@ -93,6 +95,8 @@ def build_report(plan: Plan, cfg: ReportConfig) -> dict[str, Path]:
     deltas = think_deltas(rows, benchmarks)
     table.write_csv(out / "main_table.csv")
     deltas.write_csv(out / "think_deltas.csv")
+    pairs = h2h.head_to_head(plan, rows)
+    pairs.write_csv(out / "head_to_head.csv")
     shown = [c for c in table.columns if not c.endswith(" CI") and c not in ("model", "avg_over")] if rows else []
     (out / "main_table.md").write_text(to_markdown(table.select(shown)) if rows else "_(no scores)_\n")
     histories = training_histories(plan.cell_names, uri=cfg.tracking_uri, experiment=cfg.experiment)
@@ -100,23 +104,32 @@ def build_report(plan: Plan, cfg: ReportConfig) -> dict[str, Path]:
     labels = [COLUMNS.get(b, b) for b in benchmarks]
     fig_paths += plot_benchmark_bars(table, labels + ["Avg"], figures) if rows else []
     fig_paths += plot_deltas(deltas, figures)
+    lengths = lf.cell_lengths(plan)  # each cell's rollouts and length verdict (rlmt.diagnostics)
+    fig_paths += lf.plot_reward_vs_length(lengths, figures) + lf.plot_length_correlation(lengths, figures)
+    fig_paths += lf.plot_winrate_pareto(rows, benchmarks, cfg.eval_root, figures)
     (out / "training_curves.json").write_text(json.dumps(histories, indent=1))
     log_cell_scores(plan, table, uri=cfg.tracking_uri, experiment=cfg.experiment)
+    h2h.log_head_to_head(plan, pairs, uri=cfg.tracking_uri, experiment=cfg.experiment)
     links = run_links([r.model for r in rows], uri=cfg.tracking_uri, experiment=cfg.experiment, ui_url=cfg.ui_url)
 
     from rlmt.tracking import tracking_uri
 
     store = tracking_uri(cfg.tracking_uri)
-    md = _markdown(plan, table, deltas, shown, fig_paths, links, out, sections, store=store)
+    md = _markdown(plan, table, deltas, shown, fig_paths, links, out, sections, store=store, pairs=pairs,
+                   lengths=lengths)
     (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(plan, table, deltas, shown, fig_paths, links, out, store=store))
+    (out / "report.html").write_text(_html(plan, table, deltas, shown, fig_paths, links, out, store=store, pairs=pairs,
+                                           lengths=lengths))
     return {"report": out / "report.md", "html": out / "report.html", "table": out / "main_table.csv",
-            "figures": figures}
+            "head_to_head": out / "head_to_head.csv", "figures": figures}
 
 
 def cell_metrics(row: dict, benchmarks: list[str]) -> dict[str, float | None]:
     """One main-table row -> the metrics of its cell's parent run: score.<benchmark>, score.avg, score.avg_chat."""
     metrics = {f"score.{b}": row.get(COLUMNS.get(b, b)) for b in benchmarks}
+    for b in benchmarks:  # the length-controlled value beside the raw one (score.reward-winrate.lc)
+        if b in LC_METRICS:
+            metrics[f"score.{b}.lc"] = row.get(f"{COLUMNS.get(b, b)} LC")
     metrics["score.avg"] = row.get("Avg")
     metrics["score.avg_chat"] = row.get("AvgChat")
     return metrics
@@ -142,7 +155,8 @@ def _fmt(v) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
-def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections: list[str] = (), *, store: str = "") -> str:
+def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections: list[str] = (), *, store: str = "",
+              pairs=None, lengths=None) -> str:
     lines = ["# RLMT report", "", *banner_markdown(plan.cfg),
              f"{len(plan.cells)} cells; benchmarks: {', '.join(plan.benchmarks)}. "
              "Scores are in points (0–100; WildBench −100..100) with 95 % bootstrap CIs in `main_table.csv`. "
@@ -159,8 +173,10 @@ def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections:
             lines.append(f"- `{model}`: {f'[run]({link})' if link else 'no run found'}")
     else:
         lines.append("_(no scores yet)_")
-    lines += ["", *sections, "## Thinking minus non-thinking (paired bootstrap over items)", "", to_markdown(deltas), "",
-              "## Figures", ""]
+    lines += ["", *sections, "## Thinking minus non-thinking (paired bootstrap over items)", "", to_markdown(deltas), ""]
+    lines += h2h.markdown(pairs, links) if pairs is not None else []
+    lines += lf.markdown(lengths) if lengths is not None else []
+    lines += ["## Figures", ""]
     for p in fig_paths:
         lines.append(f"![{p.stem}]({p.relative_to(out)})")
         lines.append("")
@@ -177,7 +193,8 @@ def _html_banner(cfg) -> list[str]:
     return [f"<p style='border:2px solid #c00;padding:6px'>{body}</p>"]
 
 
-def _html(plan, table, deltas, shown, fig_paths, links, out: Path, *, store: str = "") -> str:
+def _html(plan, table, deltas, shown, fig_paths, links, out: Path, *, store: str = "", pairs=None,
+          lengths=None) -> str:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>RLMT report</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:13px}"
@@ -211,6 +228,8 @@ def _html(plan, table, deltas, shown, fig_paths, links, out: Path, *, store: str
         for row in deltas.iter_rows():
             parts.append("<tr>" + "".join(f"<td>{esc(_fmt(v))}</td>" for v in row) + "</tr>")
         parts.append("</table>")
+    parts += h2h.html(pairs, links) if pairs is not None else []
+    parts += [lf.html_section(lengths)] if lengths is not None else []
     parts.append("<h2>Figures</h2>")
     for p in fig_paths:
         parts.append(f"<figure><img src='{esc(str(p.relative_to(out)))}'><figcaption>{esc(p.stem)}</figcaption></figure>")

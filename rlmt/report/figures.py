@@ -1,4 +1,8 @@
-"""Figures of the report: training curves per cell (from MLflow, the record) and benchmark bars."""
+"""Figures of the report: training curves per cell (from MLflow, the record) and benchmark bars.
+
+The length diagnostics' figures (reward against answer length, its correlation per step, win rate against
+answer length) are :mod:`rlmt.report.length_figures`.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-# Curves drawn per cell; each lists the metric names the trainers log it under (GRPO through TRL,
-# PPO and DPO through our own loops), first found wins.
+# Curves drawn per cell, each from one metric: the diag/* vocabulary every trainer logs (rlmt.diagnostics; DPO
+# logs it once, at step 0, over the samples its pairs come from) and DPO's own margin (TRL's). Runs logged before
+# that vocabulary (answer/..., response/..., reward/mean) draw no curves.
 CURVES = {
-    "reward": ["reward/mean", "reward", "rewards/answer_reward/mean"],
-    "kl": ["kl", "policy/kl_to_reference", "objective/kl"],
-    "completion_length": ["completions/mean_length", "response/length_mean", "completion_length/mean"],
-    "thought_length": ["answer/thought_tokens_mean", "thought_length/mean"],
+    "reward": "diag/reward_mean",
+    "kl": "diag/kl",
+    "completion_length": "diag/completion_tokens_mean",
+    "answer_length": "diag/answer_tokens_mean",
+    "thought_length": "diag/thought_tokens_mean",
+    "clipped_share": "diag/clipped_share",
     # the share of rollouts that break the thinking format (rlmt.thinking.extract): a policy drifting into a
     # degenerate layout the reward still pays for (e.g. looping on its thought after answering) shows here first
-    "malformed_fraction": ["answer/malformed_fraction", "response/malformed_fraction"],
-    "dpo_margin": ["rewards/margins"],
+    "malformed_fraction": "diag/malformed_share",
+    "dpo_margin": "rewards/margins",
 }
 
 
@@ -44,9 +51,8 @@ def training_histories(cells: list[str], *, uri: str | None = None, experiment: 
             continue
         run = runs[0]
         curves = {}
-        for curve, names in CURVES.items():
-            name = next((n for n in names if n in run.data.metrics), None)
-            if name:
+        for curve, name in CURVES.items():
+            if name in run.data.metrics:
                 hist = client.get_metric_history(run.info.run_id, name)
                 curves[curve] = sorted((m.step, m.value) for m in hist)
         out[cell] = curves

@@ -4,6 +4,11 @@ Rows: backbone × starting point × stage (the initial policy, then each algorit
 Columns: the paper's seven main benchmarks with AvgChat (WB, AE2, AH2) and Avg (all seven), plus
 any other benchmark the config evaluates (the embedded default: the demo IF set and the reward
 win rate). Averages are taken only over the benchmarks a row has; the ``avg_over`` column says which.
+
+A benchmark with a length-controlled metric (:data:`LC_METRICS`: the reward win rate's ``lc_win_rate``)
+gets a ``<label> LC`` column beside its raw one, and an ``<label> LC`` row beside the raw row in the
+think-minus-nothink table (the LC difference, paired over prompts: :func:`rlmt.report.head_to_head.lc_delta`).
+LC columns are not benchmarks: no average includes them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from rlmt import algorithms
+from rlmt.report.head_to_head import lc_delta, read_answers
 from rlmt.workflow import Plan
 
 COLUMNS = {  # benchmark -> column label, in the paper's order
@@ -25,6 +31,8 @@ COLUMNS = {  # benchmark -> column label, in the paper's order
     "ifeval": "IFEval", "math-500": "MATH500", "zebralogic": "Zebra",
     "demo-if": "DemoIF", "reward-winrate": "RM-WR",
 }
+# benchmark -> its length-controlled metric in scores.json (shown as "<label> LC" beside the raw column)
+LC_METRICS = {"reward-winrate": "lc_win_rate"}
 CHAT = ("wildbench", "alpacaeval2", "arenahard-v2")
 MAIN7 = ("wildbench", "alpacaeval2", "arenahard-v2", "creative-writing-v3", "popqa", "ifbench", "mmlu-redux")
 
@@ -70,6 +78,14 @@ def load_rows(plan: Plan, eval_root: str | Path = "results/eval") -> list[Row]:
     return rows
 
 
+def lc_metric(scores: dict | None, bench: str) -> dict | None:
+    """A collected benchmark entry's length-controlled metric (value, ci_low, ci_high, n), or None."""
+    if not scores or bench not in LC_METRICS:
+        return None
+    metric = (scores.get("all_metrics") or {}).get(LC_METRICS[bench])
+    return metric if metric and metric.get("value") is not None else None
+
+
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
@@ -87,6 +103,11 @@ def main_table(rows: list[Row], benchmarks: list[str]) -> pl.DataFrame:
             rec[label] = s["value"] if s else None
             rec[f"{label} CI"] = (f"[{s['ci_low']:.1f}, {s['ci_high']:.1f}]"
                                   if s and s.get("ci_low") is not None else None)
+            if b in LC_METRICS:
+                lc = lc_metric(s, b)
+                rec[f"{label} LC"] = lc["value"] if lc else None
+                rec[f"{label} LC CI"] = (f"[{lc['ci_low']:.1f}, {lc['ci_high']:.1f}]"
+                                         if lc and lc.get("ci_low") is not None else None)
         chat = [r.scores[b]["value"] for b in CHAT if b in r.scores]
         rec["AvgChat"] = _mean(chat) if len(chat) == len(CHAT) else None
         main = [b for b in MAIN7 if b in r.scores]
@@ -133,6 +154,23 @@ def paired_bootstrap(a: list[float], b: list[float], n_resamples: int = 2000, se
     return float(d.mean()), float(lo), float(hi)
 
 
+def _lc_delta(t: dict, n: dict, bench: str) -> dict | None:
+    """Think's LC minus nothink's, paired over prompts (from the per-item files); without per-item lengths, the
+    headlines' difference with no CI. None when either side has no LC metric."""
+    t_lc, n_lc = lc_metric(t, bench), lc_metric(n, bench)
+    if not (t_lc and n_lc):
+        return None
+    d = lo = hi = math.nan
+    n_paired = 0
+    if all(s.get("per_item") and Path(s["per_item"]).exists() for s in (t, n)):
+        d, lo, hi, n_paired = lc_delta(read_answers(t["per_item"]), read_answers(n["per_item"]))
+    if math.isnan(d):
+        d, lo, hi = t_lc["value"] - n_lc["value"], math.nan, math.nan
+    ci = (None, None) if math.isnan(lo) else (lo, hi)
+    return {"think": t_lc["value"], "nothink": n_lc["value"], "delta": d, "ci_low": ci[0], "ci_high": ci[1],
+            "n_paired": n_paired}
+
+
 def think_deltas(rows: list[Row], benchmarks: list[str], scale: float = 100.0) -> pl.DataFrame:
     """Think minus nothink per (backbone, start, stage) and benchmark, paired over items."""
     by_key: dict[tuple, dict[bool, Row]] = {}
@@ -159,6 +197,10 @@ def think_deltas(rows: list[Row], benchmarks: list[str], scale: float = 100.0) -
             records.append({"backbone": key[0], "start": key[1], "stage": key[2], "benchmark": COLUMNS.get(b, b),
                             "think": t["value"], "nothink": n["value"], "delta": d, "ci_low": lo, "ci_high": hi,
                             "n_paired": len(common)})
+            lc_row = _lc_delta(t, n, b)
+            if lc_row:  # the length-controlled row beside the raw one
+                records.append({"backbone": key[0], "start": key[1], "stage": key[2],
+                                "benchmark": f"{COLUMNS.get(b, b)} LC", **lc_row})
     return pl.DataFrame(records, schema={
         "backbone": pl.Utf8, "start": pl.Utf8, "stage": pl.Utf8, "benchmark": pl.Utf8, "think": pl.Float64,
         "nothink": pl.Float64, "delta": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n_paired": pl.Int64})

@@ -18,36 +18,95 @@ This is the heart of RLMT (PAPER.md §2.4). For each (prompt, output):
    when scored alone, and lets ``*ForSequenceClassification`` pool its scalar at the last real
    token, exactly as it does for one unpadded input.
 
-The same :class:`AnswerRewardScorer` serves GRPO (through :meth:`AnswerRewardScorer.as_trl_reward_func`),
-PPO and the DPO pair builder, so every algorithm optimises the same reward.
+This is the ``classifier`` reward kind (``reward_models.<name>.kind: classifier``, the default):
+:class:`RewardModelSpec` is its config entry, :data:`KIND` its registry entry. Step 1 happens once,
+in :meth:`rlmt.rewards.base.AnswerReward.score`, before :meth:`AnswerRewardScorer.score_answers`
+sees the items; the same object serves GRPO (``as_trl_reward_func``), PPO, the DPO pair builder and
+the ``reward-winrate`` benchmark, so every consumer optimises and measures the same reward. Its
+counts (``Scored.counts``): ``prompt_truncated``, ``answer_truncated``.
+
+Imports nothing heavy at module level (``rlmt.config`` imports the spec): torch and transformers
+load inside the scorer.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
-from rlmt.thinking import Extraction, ThinkingFormat, extract
+from pydantic import Field, model_validator
+
+from rlmt.algorithms.settings import Strict
+from rlmt.rewards.base import AnswerItem, AnswerReward, Messages, Scored
+from rlmt.rewards.registry import BuildContext, RewardKind
+from rlmt.thinking import ThinkingFormat
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict]
 BUCKET_MIN_FILL = 0.8  # a row of a length bucket is at least this fraction of the bucket's longest row
 
 
-@dataclass
-class RewardBatch:
-    """Scores of one call to :meth:`AnswerRewardScorer.score`, in input order."""
+# ---------------------------------------------------------------------- the config entry
 
-    scores: list[float]
-    extractions: list[Extraction]
-    malformed_fraction: float
-    n_prompt_truncated: int = 0  # inputs whose prompt lost tokens from the left
-    n_answer_truncated: int = 0  # inputs whose answer alone exceeded the budget (its end was cut)
-    reward_inputs: list[str] = field(default_factory=list, repr=False)  # exact text each RM input was rendered from
-    input_lengths: list[int] = field(default_factory=list, repr=False)  # reward-model tokens per input
+
+class RewardModelTrainSpec(Strict):
+    """A reward model the pipeline trains itself (``rlmt data rm-pairs`` then ``rlmt train rm``).
+
+    Pairs: chosen = a strong reference answer, rejected = the ``policy`` model's own answer to the same
+    instruction; instructions shared with any training mixture or benchmark of the plan are excluded.
+    """
+
+    backbone: str = Field(description="Model (a `models` entry) whose prepared dir is the reward model's "
+                          "backbone and chat template.")
+    policy: str | None = Field(default=None, description="Model (a `models` entry) whose own answers are the "
+                               "rejected side (None: the backbone).")
+    reference: str = Field(description="Strong reference answers: JSON(L) rows with `instruction` and `output` "
+                           "(AlpacaEval's GPT-4 baseline outputs); '{data_dir}' expands to the data directory.")
+    limit: int | None = Field(default=None, ge=2, description="Use at most this many reference rows (after exclusion).")
+    max_new_tokens: int = Field(default=256, ge=1, description="The policy's answer budget for the rejected side.")
+    max_length_ratio: float | None = Field(
+        default=None, ge=1, description="Length balance: keep a pair only when its longer answer has at most this "
+        "many times the shorter one's tokens (the policy's tokenizer; dropped pairs counted in pairs.stats.json). "
+        "None: off.")
+    min_shorter_chosen_share: float | None = Field(
+        default=None, gt=0, lt=1, description="Length balance: at least this share of the pairs has the chosen "
+        "answer shorter than the rejected one; pairs with the chosen answer not shorter are dropped, the most "
+        "lopsided (chosen/rejected token ratio) first, until it holds (counted). None: off.")
+    keep_layers: int | None = Field(default=None, ge=1, description="Keep only the first N decoder layers of the "
+                                    "backbone (the CPU budget's choice; None: all).")
+    learning_rate: float = Field(default=2e-5, gt=0)
+    epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=4, ge=1, description="Pairs per step.")
+    max_length: int = Field(default=768, ge=8, description="Longer pairs are dropped (counted in rm_eval.json).")
+    seed: int = 0
+
+
+class RewardModelSpec(Strict):
+    """A Bradley-Terry reward model (``AutoModelForSequenceClassification`` with one label): kind ``classifier``.
+
+    Either prepared from ``source`` or trained by the pipeline (``train``): exactly one of them. Its
+    model directory is ``results/models/<name>`` either way (the job's input ``<name>``).
+    """
+
+    kind: Literal["classifier"] = Field(default="classifier", description="Reward kind (the default).")
+    source: str | None = Field(default=None, description="Hugging Face id, local directory or 'tiny:<name>'.")
+    train: RewardModelTrainSpec | None = Field(default=None, description="Train this reward model in the pipeline.")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    max_length: int = Field(default=4096, description="Token budget of one reward-model input.")
+    max_tokens_per_batch: int = Field(default=16384, ge=1, description="Padded tokens per reward-model forward pass "
+                                      "(length-bucketed batches; 1 scores one answer at a time).")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "RewardModelSpec":
+        if (self.source is None) == (self.train is None):
+            raise ValueError("give exactly one of 'source' (a model to prepare) or 'train' (a model the pipeline trains)")
+        return self
+
+
+# ---------------------------------------------------------------------- the scorer
 
 
 @dataclass
@@ -58,8 +117,11 @@ class _Encoded:
     answer_truncated: bool = False
 
 
-class AnswerRewardScorer:
+class AnswerRewardScorer(AnswerReward):
     """Scores policy outputs with a reward model that sees only the extracted answer.
+
+    Equal items get bit-identical floats (each distinct reward-model input is scored once), and so
+    does a second call on the same items.
 
     Args:
         reward_model_dir: an ``AutoModelForSequenceClassification`` directory (safetensors) with one
@@ -82,9 +144,8 @@ class AnswerRewardScorer:
 
         if max_tokens_per_batch < 1:
             raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens_per_batch}")
+        super().__init__(fmt, strict=strict)
         self.reward_model_dir = Path(reward_model_dir)
-        self.fmt = fmt
-        self.strict = strict
         self.max_tokens_per_batch = max_tokens_per_batch
         self.device = resolve_device(device)
         self.tokenizer = load_tokenizer(self.reward_model_dir, trust_remote_code=trust_remote_code)
@@ -108,7 +169,7 @@ class AnswerRewardScorer:
     @classmethod
     def from_spec(cls, reward_model_dir: str | Path, fmt: ThinkingFormat, spec: Any, *, strict: bool = False,
                   device: str = "auto", dtype: str | None = "auto") -> "AnswerRewardScorer":
-        """A scorer with a config's :class:`rlmt.config.RewardModelSpec` settings (max_length, batch budget)."""
+        """A scorer with a config's :class:`RewardModelSpec` settings (max_length, batch budget, trust_remote_code)."""
         return cls(reward_model_dir, fmt, strict=strict, max_tokens_per_batch=spec.max_tokens_per_batch,
                    max_length=spec.max_length, device=device, dtype=dtype, trust_remote_code=spec.trust_remote_code)
 
@@ -185,25 +246,20 @@ class AnswerRewardScorer:
 
     def reward_input(self, prompt_messages: Sequence[dict], output: str) -> str:
         """The exact text the reward model sees for this raw policy output (after any truncation)."""
-        answer = extract(output, self.fmt, self.strict).answer
-        return self._encode(prompt_messages, answer).text
+        return self._encode(prompt_messages, self.extract(output).answer).text
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, prompts: Sequence[Sequence[dict]], outputs: Sequence[str], *, progress: bool = False) -> RewardBatch:
-        """One reward per (prompt, raw output), in input order."""
-        if len(prompts) != len(outputs):
-            raise ValueError(f"score() got {len(prompts)} prompts but {len(outputs)} outputs")
-        extractions = [extract(o, self.fmt, self.strict) for o in outputs]
-        encoded = [self._encode(p, e.answer) for p, e in zip(prompts, extractions)]
+    kind = "classifier"
+
+    def score_answers(self, items: Sequence[AnswerItem], *, progress: bool = False) -> Scored:
+        """One reward per already-extracted answer, in order (the answer-only reward of the module docstring)."""
+        encoded = [self._encode(item.prompt, item.answer) for item in items]
         scores = self.score_token_ids([e.ids for e in encoded], progress=progress)
-        n = len(outputs)
-        return RewardBatch(
+        return Scored(
             scores=scores,
-            extractions=extractions,
-            malformed_fraction=(sum(not e.well_formed for e in extractions) / n) if n else 0.0,
-            n_prompt_truncated=sum(e.prompt_truncated for e in encoded),
-            n_answer_truncated=sum(e.answer_truncated for e in encoded),
+            counts={"prompt_truncated": sum(e.prompt_truncated for e in encoded),
+                    "answer_truncated": sum(e.answer_truncated for e in encoded)},
             reward_inputs=[e.text for e in encoded],
             input_lengths=[len(e.ids) for e in encoded],
         )
@@ -270,26 +326,9 @@ class AnswerRewardScorer:
             text_config.pad_token_id = saved
         return [float(v) for v in reward_scalars(output, self.reward_model_dir).float().cpu()]
 
-    # ------------------------------------------------------------------ TRL
-
-    def as_trl_reward_func(self) -> Callable[..., list[float]]:
-        """A reward function with TRL's signature, ``fn(prompts, completions, **kwargs) -> list[float]``.
-
-        Prompts and completions may be plain strings (a string prompt is one user turn) or
-        conversational (lists of message dicts; the completion's assistant text is scored). The
-        last batch's :class:`RewardBatch` is kept on ``fn.last_batch`` for logging.
-        """
-        scorer = self
-
-        def answer_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-            prompt_messages = [_as_messages(p) for p in prompts]
-            outputs = [_as_text(c) for c in completions]
-            batch = scorer.score(prompt_messages, outputs)
-            answer_reward.last_batch = batch  # type: ignore[attr-defined]
-            return batch.scores
-
-        answer_reward.last_batch = None  # type: ignore[attr-defined]
-        return answer_reward
+    def close(self) -> None:
+        """Drop the model (DPO frees the GPU before training)."""
+        self.model = None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -329,17 +368,22 @@ def _fold_system(messages: Messages) -> Messages:
     return rest
 
 
-def _as_messages(prompt: Any) -> Messages:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
-        return list(prompt)
-    raise ValueError(f"a prompt must be a string or a list of message dicts, got {type(prompt).__name__}")
+# ---------------------------------------------------------------------- the registry entry
 
 
-def _as_text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, (list, tuple)) and all(isinstance(m, dict) for m in completion):
-        return "".join(str(m.get("content", "")) for m in completion if m.get("role", "assistant") == "assistant")
-    raise ValueError(f"a completion must be a string or a list of message dicts, got {type(completion).__name__}")
+def _build(name: str, spec: RewardModelSpec, context: BuildContext) -> AnswerRewardScorer:
+    model_dir = context.inputs.get(name)
+    if model_dir is None:
+        raise ValueError(f"reward {name!r} (kind classifier) needs its model directory as input {name!r} "
+                         f"(got inputs {sorted(context.inputs)}); on the command line: --reward-input {name}=DIR "
+                         "or --reward-model DIR")
+    return AnswerRewardScorer.from_spec(model_dir, context.fmt, spec, strict=context.strict, device=context.device)
+
+
+def _inputs(name: str, spec: RewardModelSpec, specs: Mapping[str, Any]) -> dict[str, str]:
+    """Its model directory, ``models/<name>`` (prepared from ``source`` or trained by rule ``train_rm``)."""
+    return {name: f"models/{name}"}
+
+
+KIND = RewardKind(name="classifier", spec=RewardModelSpec, build=_build, inputs=_inputs,
+                  doc="A Bradley-Terry reward model scores the extracted answer, rendered with its own chat template.")

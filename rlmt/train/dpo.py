@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from rlmt.config import DPOConfig, RewardModelSpec
+from rlmt.config import DPOConfig
+from rlmt.diagnostics import load_verdict, log_verdict
 from rlmt.thinking import ThinkingFormat
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback
 from rlmt.train.dpo_pairs import PAIRS_DIR, build_pairs, check_samples_per_prompt, prepare_pairs, split_pairs
-from rlmt.train.job import answer_scorer, finish, note_loaded, process_state, rank_device, report_rank, train_from
+from rlmt.train.job import finish, note_loaded, process_state, rank_device, report_rank, train_from
 from rlmt.train.runtime import accumulation_steps, precision_args, weights_dtype
 
 # the pair builder's names stay importable from here, where the trainer's callers look for them
@@ -73,10 +75,12 @@ def trl_dpo_args(settings: DPOConfig, out: Path, *, n_pairs: int, has_val: bool,
     )
 
 
-def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: str | Path, out: str | Path,
-              settings: DPOConfig, *, reward_spec: RewardModelSpec | None = None, generation_backend: str = "auto",
-              callbacks: list | None = None) -> Path:
+def train_dpo(policy_dir: str | Path, reward: Any, train_path: str | Path, out: str | Path,
+              settings: DPOConfig, *, generation_backend: str = "auto", callbacks: list | None = None) -> Path:
     """Build on-policy pairs, train DPO, write ``out/step-<N>/`` and ``out/final/``; return final.
+
+    `reward` scores the sampled answers (see :func:`rlmt.train.job.cell_reward`: the cell's NamedReward,
+    a classifier dir, or an AnswerReward built already with the policy's format).
 
     Under a launcher every process samples and scores its share of the prompts on its own device
     (before TRL's arguments exist, so nothing of it is ZeRO-partitioned), the main process merges
@@ -94,8 +98,8 @@ def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: 
         out.mkdir(parents=True, exist_ok=True)
         ckpt.discard_incomplete(out)
     state.wait_for_everyone()
-    pairs_dir = prepare_pairs(policy_dir, reward_model_dir, train_path, out, settings, reward_spec=reward_spec,
-                              backend=generation_backend, device=device, state=state, make_scorer=answer_scorer)
+    pairs_dir = prepare_pairs(policy_dir, reward, train_path, out, settings, backend=generation_backend,
+                              device=device, state=state)
     stats = json.loads((pairs_dir / "stats.json").read_text())
     import mlflow
 
@@ -103,6 +107,10 @@ def train_dpo(policy_dir: str | Path, reward_model_dir: str | Path, train_path: 
         from rlmt.tracking import _retry, log_dataset_input, log_outputs
 
         _retry(mlflow.log_metrics, {f"pairs.{k}": float(v) for k, v in stats["counts"].items()})
+        if stats.get("diagnostics"):  # rlmt.diagnostics over the samples and pairs (pairs built before it have none)
+            _retry(mlflow.log_metrics, stats["diagnostics"]["metrics"], step=0)
+            if (verdict := load_verdict(out)) is not None:
+                log_verdict(verdict)
         _retry(mlflow.log_dict, stats, "dpo_pairs_stats.json")
         log_outputs({"pairs": pairs_dir})
         log_dataset_input(pairs_dir / "train.parquet", f"{out.name}-pairs-train", "training")

@@ -2,8 +2,8 @@
 
 1. sample ``samples_per_prompt`` (8) responses per training prompt from the *initial* policy
    (the generation API, resumable), temperature 0.7;
-2. score each *answer* with the reward model (the same :class:`~rlmt.rewards.AnswerRewardScorer`
-   GRPO uses; the thought is never scored);
+2. score each *answer* with the cell's reward (the same :class:`~rlmt.rewards.AnswerReward` GRPO
+   and PPO use; the thought is never scored);
 3. keep prompts with at least ``min_parsable`` (4) responses whose answer was found;
 4. chosen = the highest-scoring parsable response, rejected = the lowest (a prompt whose
    parsable responses all score the same has no preference and is dropped, counted as ``tied``);
@@ -20,8 +20,8 @@ process merges the shares into ``OUT/dpo_samples.jsonl`` in the prompt file's or
 index) and does steps 3-6 once. A prompt's samples depend on the sampling seed and the prompt alone
 (:mod:`rlmt.generation`: a random stream per row, or per vLLM request), so the merged file and the
 pairs are the same on any number of processes. Between sampling and scoring the generation engine is
-shut down and the CUDA cache emptied (:meth:`rlmt.generation.Generator.close`), so the reward model
-loads onto a free GPU.
+shut down and the CUDA cache emptied (:meth:`rlmt.generation.Generator.close`), so the reward (a
+:class:`~rlmt.rewards.NamedReward`, built only then) loads onto a free GPU.
 
 Pairs and counts are saved beside the checkpoints (``OUT/pairs/{train,val}.parquet``,
 ``OUT/pairs/stats.json``); a rerun reuses them, so a resumed run trains on exactly the same pairs.
@@ -35,11 +35,12 @@ import random
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
-from rlmt.config import DPOConfig, RewardModelSpec
+from rlmt.config import DPOConfig
+from rlmt.diagnostics import record_dpo_pairs
 from rlmt.thinking import ThinkingFormat
-from rlmt.train.job import answer_scorer, on_main_then_wait, process_state, wait_until
+from rlmt.train.job import cell_reward, on_main_then_wait, process_state, wait_until
 from rlmt.train.runtime import TrainingSetupError, prompt_tokens, read_prompt_table
 
 PAIRS_DIR = "pairs"
@@ -79,13 +80,14 @@ def scored_path(part: Path) -> Path:
     return part.with_name(part.stem + ".scored.jsonl")
 
 
-def sample_and_score_share(policy_dir: str | Path, reward_model_dir: str | Path, rows: list[dict], out: Path,
-                           settings: DPOConfig, *, rank: int, world: int, reward_spec: RewardModelSpec | None = None,
-                           backend: str = "auto", device: str = "auto",
-                           make_scorer: Callable = answer_scorer) -> Path:
+def sample_and_score_share(policy_dir: str | Path, reward: Any, rows: list[dict], out: Path,
+                           settings: DPOConfig, *, rank: int, world: int, backend: str = "auto",
+                           device: str = "auto") -> Path:
     """Process `rank`'s share of the prompts (``rows[rank::world]``) sampled, then scored; its scored file.
 
-    `make_scorer` builds the answer-only scorer on this process's device (:func:`rlmt.train.job.answer_scorer`).
+    `reward` is built on this process's device once the sampler is closed (:func:`rlmt.train.job.cell_reward`:
+    a NamedReward, a classifier dir, or an AnswerReward built already); each sample's prompt row ``id``
+    reaches it as extras.
     """
     part = part_path(out, rank, world)
     scored = scored_path(part)
@@ -94,9 +96,12 @@ def sample_and_score_share(policy_dir: str | Path, reward_model_dir: str | Path,
     part.parent.mkdir(parents=True, exist_ok=True)
     generations = sample_responses(policy_dir, rows[rank::world], part, settings, backend=backend, device=device)
     check_samples_per_prompt(generations, settings.samples_per_prompt, part)
-    scorer = make_scorer(reward_model_dir, ThinkingFormat.load(policy_dir), reward_spec, strict=settings.strict,
-                         device=device)
-    batch = scorer.score([g["prompt"] for g in generations], [g["output"] for g in generations], progress=rank == 0)
+    scorer = cell_reward(reward, ThinkingFormat.load(policy_dir), strict=settings.strict, device=device)
+    extras = {str(r["id"]): {k: v for k, v in r.items() if k != "messages"} for r in rows[rank::world]}
+    batch = scorer.score([g["prompt"] for g in generations], [g["output"] for g in generations],
+                         [extras[str(g["id"])] for g in generations], progress=rank == 0)
+    if scorer is not reward:  # built here: release its model before training (one given ready-built is the caller's)
+        scorer.close()
     del scorer
     _free_accelerator_memory()
     _write_jsonl_atomically(scored, [{**g, "reward": float(s)} for g, s in zip(generations, batch.scores)])
@@ -235,7 +240,8 @@ def write_pairs(samples: list[dict], policy_dir: str | Path, out: Path, settings
 
     from rlmt.models.loading import load_tokenizer
 
-    pairs, counts = build_pairs(samples, [g["reward"] for g in samples], load_tokenizer(policy_dir), settings)
+    tokenizer = load_tokenizer(policy_dir)
+    pairs, counts = build_pairs(samples, [g["reward"] for g in samples], tokenizer, settings)
     if len(pairs) < 2:
         raise TrainingSetupError(f"only {len(pairs)} DPO pair(s) survived the filters ({dict(counts)}); "
                                  "more prompts or samples_per_prompt are needed")
@@ -244,7 +250,11 @@ def write_pairs(samples: list[dict], policy_dir: str | Path, out: Path, settings
     sharding_file = out / SHARDING_FILE
     sharding = json.loads(sharding_file.read_text()) if sharding_file.is_file() else None
     stats = {"counts": dict(counts), "malformed_fraction": sum(not g["well_formed"] for g in samples) / len(samples),
-             "sampling": sharding}
+             "sampling": sharding,
+             # the samples' diag/* metrics, the pairs' answer lengths and the length verdict (rlmt.diagnostics);
+             # the samples are written as step 0 of OUT/diagnostics/rollouts.jsonl, the verdict beside it
+             "diagnostics": record_dpo_pairs(out, samples, pairs, lambda texts: [
+                 len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else [])}
     pairs_dir = out / PAIRS_DIR
     tmp = out / f"{PAIRS_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -256,9 +266,8 @@ def write_pairs(samples: list[dict], policy_dir: str | Path, out: Path, settings
     return pairs_dir
 
 
-def prepare_pairs(policy_dir: str | Path, reward_model_dir: str | Path, train_path: str | Path, out: Path,
-                  settings: DPOConfig, *, reward_spec: RewardModelSpec | None = None, backend: str = "auto",
-                  device: str = "auto", state=None, make_scorer: Callable = answer_scorer) -> Path:
+def prepare_pairs(policy_dir: str | Path, reward: Any, train_path: str | Path, out: Path,
+                  settings: DPOConfig, *, backend: str = "auto", device: str = "auto", state=None) -> Path:
     """Sample and score this process's share, then (main process) merge and pair; ``out/pairs`` (reused when present).
 
     Every process of the job calls it (`state`: accelerate's process state; default: this process's).
@@ -273,9 +282,8 @@ def prepare_pairs(policy_dir: str | Path, reward_model_dir: str | Path, train_pa
     rows = read_prompt_table(train_path)
     world, n = state.num_processes, settings.samples_per_prompt
     if not (out / SAMPLES_FILE).is_file():
-        sample_and_score_share(policy_dir, reward_model_dir, rows, out, settings, rank=state.process_index,
-                               world=world, reward_spec=reward_spec, backend=backend, device=device,
-                               make_scorer=make_scorer)
+        sample_and_score_share(policy_dir, reward, rows, out, settings, rank=state.process_index,
+                               world=world, backend=backend, device=device)
     on_main_then_wait(state, lambda: write_pairs(merged_samples(rows, out, world, n), policy_dir, out, settings),
                       done=(pairs_dir / "stats.json").is_file, poll_s=1.0)
     return pairs_dir

@@ -48,16 +48,18 @@ process (:func:`eval_batch_per_device`), so a validation costs a few vLLM calls,
 from __future__ import annotations
 
 import functools
-import statistics
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from rlmt.config import GRPOConfig, RewardModelSpec
-from rlmt.thinking import ThinkingFormat, extract
+from rlmt.config import GRPOConfig
+from rlmt.diagnostics import conclude_run
+from rlmt.thinking import ThinkingFormat
 from rlmt.train import checkpoints as ckpt
 from rlmt.train.callbacks import CheckpointCallback, MLflowMetricsCallback, SampleBuffer, SamplesTableCallback
-from rlmt.train.job import answer_scorer, finish, log_setup, note_loaded, process_state, rank_device, report_rank, train_from
+from rlmt.train.job import (cell_reward, finish, log_setup, note_loaded, note_reward_loaded, process_state, rank_device,
+                            report_rank, reward_device, train_from)
 from rlmt.train.rollout import left_truncate
+from rlmt.train.rollout_diagnostics import DiagnosticsCallback, PendingRollouts, RolloutRow
 from rlmt.train.runtime import (
     TrainingSetupError,
     accumulation_steps,
@@ -69,44 +71,37 @@ from rlmt.train.runtime import (
     world_size,
 )
 
+if TYPE_CHECKING:
+    from rlmt.rewards import AnswerReward
+
 VAL_METRIC = "eval_reward"
-
-
-def _text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    return "".join(str(m.get("content", "")) for m in completion if m.get("role", "assistant") == "assistant")
 
 
 class AnswerRewardWithLogging:
     """The answer-only reward as TRL calls it, plus the per-step metrics RLMT needs.
 
-    Wraps a TRL reward function (normally ``AnswerRewardScorer.as_trl_reward_func()``) and logs,
-    through TRL's ``log_metric`` hook: the fraction of outputs whose answer was not found or is
-    malformed, and mean thought and answer lengths in policy tokens. It also hands the batch, with
-    thought and answer apart, to the samples table.
+    Wraps the cell's :class:`rlmt.rewards.AnswerReward` (through its TRL reward function: the
+    dataset's ``id`` column reaches the reward as each item's extras). Each completion's reward, answer
+    and thought lengths in policy tokens (from the reward's own extraction, one per output), whether it
+    ended before the length limit and whether its format holds go to :attr:`rollouts`, which
+    :class:`rlmt.train.rollout_diagnostics.DiagnosticsCallback` logs as the step's ``diag/*`` metrics
+    (:mod:`rlmt.diagnostics`). It also hands the batch, with thought and answer apart, to the samples table.
     """
 
     __name__ = "answer_reward"  # TRL names the reward metrics after it: rewards/answer_reward/mean
 
-    def __init__(self, reward_fn: Callable[..., list[float]], fmt: ThinkingFormat, tokenizer, *,
-                 strict: bool = False, buffer: SampleBuffer | None = None):
-        self.reward_fn = reward_fn
-        self.fmt = fmt
+    def __init__(self, reward: "AnswerReward", tokenizer, *, buffer: SampleBuffer | None = None):
+        self.reward = reward
+        self.reward_fn = reward.as_trl_reward_func()
         self.tokenizer = tokenizer
-        self.strict = strict
         self.buffer = buffer
+        self.rollouts = PendingRollouts()
 
     def __call__(self, prompts, completions, log_metric=None, **kwargs) -> list[float]:
         scores = self.reward_fn(prompts=prompts, completions=completions, **kwargs)
-        texts = [_text(c) for c in completions]
-        found = [extract(t, self.fmt, self.strict) for t in texts]
-        if log_metric is not None and texts:
-            n = len(texts)
-            log_metric("answer/not_found_fraction", sum(not e.answer_found for e in found) / n)
-            log_metric("answer/malformed_fraction", sum(not e.well_formed for e in found) / n)
-            log_metric("answer/thought_tokens_mean", statistics.fmean(self._tokens(e.thought) for e in found))
-            log_metric("answer/answer_tokens_mean", statistics.fmean(self._tokens(e.answer) for e in found))
+        found = self.reward_fn.last_batch.extractions  # the reward's one extraction of each output
+        texts = completions
+        self.rollouts.record(self._rollout_rows(scores, found, kwargs.get("completion_ids")))
         if self.buffer is not None:
             self.buffer.record([
                 {"id": str(i), "prompt": _last_user(p), "thought": e.thought, "answer": e.answer,
@@ -116,6 +111,19 @@ class AnswerRewardWithLogging:
 
     def _tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    def _rollout_rows(self, scores, found, completion_ids) -> list[RolloutRow]:
+        """Each completion as the diagnostics see it. `completion_ids` (TRL's, cut after EOS) give the
+        output's length and whether it ended; without them (a direct call) it counts as ended."""
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
+        rows = []
+        for score, e, ids in zip(scores, found, completion_ids or [None] * len(found)):
+            answer, thought = self._tokens(e.answer), self._tokens(e.thought)
+            rows.append(RolloutRow(reward=float(score), answer_tokens=answer, thought_tokens=thought,
+                                   completion_tokens=len(ids) if ids is not None else answer + thought,
+                                   ended=ids is None or (len(ids) > 0 and int(ids[-1]) in ends),
+                                   malformed=not e.well_formed, answer_missing=not e.answer_found))
+        return rows
 
 
 def _last_user(prompt: Any) -> str:
@@ -332,16 +340,17 @@ def trl_grpo_args(settings: GRPOConfig, out: Path, fmt: ThinkingFormat, *, has_v
     )
 
 
-def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, train_path: str | Path,
+def train_grpo(policy_dir: str | Path, reward: Any, train_path: str | Path,
                val_path: str | Path | None, out: str | Path, settings: GRPOConfig, *,
-               reward_fn: Callable[..., list[float]] | None = None, reward_spec: RewardModelSpec | None = None,
                callbacks: list | None = None) -> Path:
     """Train `policy_dir` with GRPO; write ``out/step-<N>/`` checkpoints and ``out/final/``; return final.
 
-    The reward is the answer-only reward model at `reward_model_dir`; `reward_fn` (a TRL reward
-    function) replaces it, e.g. a rule applied to the extracted answer in tests; `reward_spec` (the
-    config's ``reward_models.<rm>``) sets the scorer's trust_remote_code, max_length and batch
-    budget. Rerunning after a crash resumes from the newest complete checkpoint.
+    `reward`: the cell's :class:`rlmt.rewards.NamedReward` (its ``reward_models`` entry and input
+    files, built here on this rank's device), a classifier reward-model dir, or an
+    :class:`rlmt.rewards.AnswerReward` built already with the policy's format (e.g. a
+    :class:`rlmt.rewards.RuleReward` in tests); see :func:`rlmt.train.job.cell_reward`. TRL sees it
+    as one reward function, ``answer_reward``. Rerunning after a crash resumes from the newest
+    complete checkpoint.
 
     Under a launcher the process state comes first, the reward model next (a full copy on this
     rank's device), then TRL's arguments and only then the policy (see :mod:`rlmt.train.job`).
@@ -370,15 +379,10 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
     log_setup({"prompts_train": len(train_ds), "prompts_left_truncated": too_long,
                 "prompts_val": len(val_ds) if val_ds is not None else 0, "format": fmt.name, "use_vllm": use_vllm})
 
-    scorer = None
-    if reward_fn is None:
-        if reward_model_dir is None:
-            raise TrainingSetupError("train_grpo needs a reward model dir or a reward_fn")
-        scorer = answer_scorer(reward_model_dir, fmt, reward_spec, strict=settings.strict, device=device)
-        note_loaded("reward", scorer.model)
-        reward_fn = scorer.as_trl_reward_func()
+    answer_reward = cell_reward(reward, fmt, strict=settings.strict, device=device)
+    note_reward_loaded(answer_reward)
     buffer = SampleBuffer()
-    reward = AnswerRewardWithLogging(reward_fn, fmt, tokenizer, strict=settings.strict, buffer=buffer)
+    reward_func = AnswerRewardWithLogging(answer_reward, tokenizer, buffer=buffer)
 
     # TRL's arguments before the policy: under ZeRO-3 they make the DeepSpeed config known, so the
     # policy is partitioned as it loads.
@@ -390,11 +394,14 @@ def train_grpo(policy_dir: str | Path, reward_model_dir: str | Path | None, trai
     ckpt_cb = CheckpointCallback(out, fmt, keep_last=settings.checkpoints.save_total_limit,
                                  select_rule=settings.checkpoints.select_step, val_metric=VAL_METRIC)
     trainer_cls = left_truncating_trainer(settings.rollout.max_prompt_length)
-    trainer = trainer_cls(model=model, reward_funcs=reward, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+    trainer = trainer_cls(model=model, reward_funcs=reward_func, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           processing_class=tokenizer,
                           callbacks=[MLflowMetricsCallback(), SamplesTableCallback(buffer, settings.log_samples_every),
+                                     DiagnosticsCallback(reward_func.rollouts, out, fresh=resume is None),
                                      ckpt_cb, *(callbacks or [])])
     train_from(trainer, resume)
+    if state.is_main_process:
+        conclude_run(out)  # the length verdict over every step's rollouts: diagnostics/verdict.json + MLflow tag
     report_rank("grpo", state, trainer.accelerator.unwrap_model(trainer.model),
-                devices={"reward": str(scorer.device) if scorer is not None else "none"})
+                devices={"reward": reward_device(answer_reward)})
     return finish(out, fmt, settings.checkpoints.select_step, trainer.accelerator)

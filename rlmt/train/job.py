@@ -101,18 +101,56 @@ def on_main_then_wait(state, build: Callable[[], T], done: Callable[[], bool], *
     return result
 
 
-# ----------------------------------------------------------------------------- reward model
+# ----------------------------------------------------------------------------- the reward
 
 
-def answer_scorer(reward_model_dir: str | Path, fmt: ThinkingFormat, spec: Any = None, *, strict: bool,
-                  device: str = "auto"):
-    """The answer-only scorer for this rank's device, with the config's :class:`RewardModelSpec`
-    (``trust_remote_code``, ``max_length``, ``max_tokens_per_batch``) when one is given."""
-    from rlmt.rewards import AnswerRewardScorer
+def cell_reward(reward: Any, fmt: ThinkingFormat, *, strict: bool, device: str = "auto"):
+    """The :class:`rlmt.rewards.AnswerReward` a trainer scores with, built for this rank's device.
 
-    if spec is None:
-        return AnswerRewardScorer(reward_model_dir, fmt, strict=strict, device=device)
-    return AnswerRewardScorer.from_spec(reward_model_dir, fmt, spec, strict=strict, device=device)
+    `reward` is what the trainer was given: a :class:`rlmt.rewards.NamedReward` (the cell's
+    ``reward_models.<rm>`` entry and its input files, from the CLI; built here, with the policy's
+    thinking format, after the process group exists), a classifier reward-model directory (its
+    default settings), or an ``AnswerReward`` built already (tests, programmatic use: it must have
+    the policy's format and the run's ``strict``, or the answers it scores are not the policy's).
+    """
+    from rlmt.rewards import AnswerReward, NamedReward
+    from rlmt.train.runtime import TrainingSetupError
+
+    if isinstance(reward, AnswerReward):
+        if reward.fmt != fmt or reward.strict != strict:
+            raise TrainingSetupError(f"the given {reward.kind or type(reward).__name__} reward extracts answers with "
+                                     f"format {reward.fmt.name} (strict={reward.strict}), the policy with {fmt.name} "
+                                     f"(strict={strict}): build it with the policy's format and the run's strict")
+        return reward
+    if isinstance(reward, (str, Path)):
+        reward = NamedReward.classifier_dir(reward)
+    if not isinstance(reward, NamedReward):
+        raise TypeError(f"a reward is an AnswerReward, a NamedReward or a reward-model dir, got {type(reward).__name__}")
+    try:
+        return reward.build(fmt, strict=strict, device=device)
+    except ValueError as err:  # a missing input file or entry: a setup error with the reward's own words
+        raise TrainingSetupError(str(err)) from None
+
+
+def note_reward_loaded(reward) -> None:
+    """:func:`note_loaded` for the first model a reward holds (a classifier's; a mix's first part's), if any."""
+    models = list(_models_of(reward))
+    if models:
+        note_loaded("reward", models[0])
+
+
+def reward_device(reward) -> str:
+    """Where the reward's model sits, for the rank report ('none' for a reward that holds no model)."""
+    models = list(_models_of(reward))
+    return str(next(models[0].parameters()).device) if models else "none"
+
+
+def _models_of(reward):
+    model = getattr(reward, "model", None)
+    if model is not None:
+        yield model
+    for part in getattr(reward, "parts", {}).values():
+        yield from _models_of(part)
 
 
 # ----------------------------------------------------------------------------- training, resumed

@@ -4,7 +4,7 @@ TRL 1.x ships no PPO trainer, so this is ours. One training step:
 
 1. **rollout**   sample one response per prompt from the current policy (``rollout.sample``: a colocated vLLM
                  engine on GPU nodes, :mod:`rlmt.train.vllm_rollout`; transformers' ``generate`` on CPU);
-2. **reward**    the reward model scores only the extracted answer (``AnswerRewardScorer``);
+2. **reward**    the cell's reward scores only the extracted answer (an ``rlmt.rewards.AnswerReward``);
 3. **values**    the critic's value of every response token; the old log-probs come with the rollout;
 4. **rewards**   token-level: the score on the last generated token, ``- kl_coef * KL`` per token;
 5. **GAE**       advantages and returns (gamma = lam = 1 by default), advantages whitened;
@@ -31,20 +31,21 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any
 
 import torch
 
 from rlmt.algorithms.ppo import ALGORITHM as ppo_algorithm
-from rlmt.config import PPOConfig, RewardModelSpec
-from rlmt.rewards import RewardBatch
+from rlmt.config import PPOConfig
+from rlmt.diagnostics import RolloutLog, StepRollouts, conclude_run
+from rlmt.rewards import AnswerReward
 from rlmt.thinking import ThinkingFormat, extract
 from rlmt.train import checkpoints as ckpt
 from rlmt.train import ppo_math as pm
 from rlmt.train.actor_critic import CRITIC_DIR, ActorCritic, critic_head, is_sharded, save_critic
-from rlmt.train.job import answer_scorer, finish, note_loaded, rank_device, report_rank
+from rlmt.train.job import cell_reward, finish, note_reward_loaded, rank_device, report_rank, reward_device
 from rlmt.train.ppo_checkpoint import (
     TRAINING_STATE_DIR,
     export_dtype,
@@ -61,12 +62,6 @@ from rlmt.train.runtime import TrainingSetupError
 TRAINER_STATE = "trainer_state.json"
 
 
-class Scorer(Protocol):
-    """What PPO needs from a reward: :class:`rlmt.rewards.AnswerRewardScorer` or a rule reward in tests."""
-
-    def score(self, prompts: Sequence[list[dict]], outputs: Sequence[str]) -> RewardBatch: ...
-
-
 @dataclass
 class PPOBatch:
     """One step's experience, response-aligned ``[B, R]`` tensors (see :mod:`rlmt.train.rollout`)."""
@@ -77,19 +72,25 @@ class PPOBatch:
     advantages: torch.Tensor
     returns: torch.Tensor
     kl: torch.Tensor
+    # per response, from the reward's extraction: policy tokens of the answer it scored and of the thought,
+    # format broken, no answer found (what rlmt.diagnostics reads)
+    answer_tokens: list[int] = field(default_factory=list)
+    thought_tokens: list[int] = field(default_factory=list)
+    malformed: list[bool] = field(default_factory=list)
+    answer_missing: list[bool] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- the training function
 
 
-def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train_path: str | Path,
-              val_path: str | Path | None, out: str | Path, settings: PPOConfig, *,
-              scorer: Scorer | None = None, reward_spec: RewardModelSpec | None = None) -> Path:
+def train_ppo(policy_dir: str | Path, reward: Any, train_path: str | Path,
+              val_path: str | Path | None, out: str | Path, settings: PPOConfig) -> Path:
     """Train the policy in `policy_dir` with PPO; returns ``OUT/final/``.
 
-    `scorer` replaces the reward model (tests use a rule reward on the extracted answer);
-    `reward_spec` is the config's ``reward_models.<rm>`` entry (token budget, batch budget,
-    trust_remote_code).
+    `reward`: the cell's :class:`rlmt.rewards.NamedReward` (built here, on this rank's device), a
+    classifier reward-model dir, or an :class:`rlmt.rewards.AnswerReward` built already with the
+    policy's format (tests use a :class:`rlmt.rewards.RuleReward`); see
+    :func:`rlmt.train.job.cell_reward`. Each prompt row's other columns (``id``) reach it as extras.
 
     Launchers: DDP (``config/accelerate/ddp.yaml``) or FSDP2 (``config/accelerate/fsdp2.yaml``,
     actor and critic parameters, gradients and optimizer state sharded over the processes).
@@ -138,16 +139,12 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
         reference = load_causal_lm(policy_dir, device=rank_device(accelerator), dtype="float32").eval().requires_grad_(False)
     if not sharded:  # DDP: each rank's full copy moves to its device (FSDP2: each shard is on its device already)
         model, optimizer = accelerator.prepare(model, optimizer)
-    if scorer is None:
-        if reward_model_dir is None:
-            raise ValueError("train_ppo needs a reward model dir (or a scorer)")
-        scorer = answer_scorer(reward_model_dir, fmt, reward_spec, strict=settings.strict,
-                               device=rank_device(accelerator))
-        note_loaded("reward", scorer.model)
+    scorer = cell_reward(reward, fmt, strict=settings.strict, device=rank_device(accelerator))
+    note_reward_loaded(scorer)
     core: ActorCritic = accelerator.unwrap_model(model)
     devices = {"policy": _device_name(next(core.policy.parameters()).device),
                "critic": _device_name(next(core.critic.parameters()).device),
-               "reward": str(getattr(scorer, "device", "none"))}
+               "reward": reward_device(scorer)}
     # rollouts through a colocated vLLM engine per rank where vLLM is wanted, else the policy's generate
     engine = rollout_engine(settings, policy_dir, accelerator)
 
@@ -155,15 +152,23 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
 
     bar = tqdm(total=total_steps, initial=state["global_step"], desc="ppo", unit="step",
                disable=not accelerator.is_main_process)
+    diag_log = RolloutLog(out)  # every step's rollouts (rlmt.diagnostics); a run that resumes nothing starts afresh
+    if accelerator.is_main_process and resume is None:
+        diag_log.reset()
     for step in range(state["global_step"] + 1, total_steps + 1):
-        prompts = _prompts_for_step(train_rows, step, settings, world, rank)
+        rows = _rows_for_step(train_rows, step, settings, world, rank)
+        prompts = [r["messages"] for r in rows]
         _seed_step(settings.seed, step, rank)
-        batch = make_experience(accelerator, model, reference, tokenizer, scorer, prompts, fmt, settings, engine)
+        batch = make_experience(accelerator, model, reference, tokenizer, scorer, prompts, fmt, settings, engine,
+                                extras=[_extras(r) for r in rows])
         metrics = ppo_update(accelerator, model, optimizer, batch, settings)
-        metrics.update(_rollout_metrics(accelerator, batch))
+        rollouts = _step_rollouts(accelerator, batch, step)
+        metrics.update(_rollout_metrics(accelerator, batch, rollouts, with_kl=reference is not None))
         state["global_step"] = step
         state["log_history"].append({"step": step, **metrics})
         _log(accelerator, metrics, step)
+        if accelerator.is_main_process:
+            diag_log.append(rollouts)
         if settings.log_samples_every and step % settings.log_samples_every == 0:
             _log_samples(accelerator, prompts, batch, fmt, settings.strict, step)
         if step % settings.checkpoints.save_steps == 0 or step == total_steps:
@@ -171,8 +176,10 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
                           if val_rows else None)
             save_checkpoint(accelerator, model, optimizer, tokenizer, state, out, fmt, settings, val_reward)
         bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
+        bar.set_postfix(reward=f"{metrics['diag/reward_mean']:.3f}")
     bar.close()
+    if accelerator.is_main_process:
+        conclude_run(out)  # the length verdict over every step's rollouts: diagnostics/verdict.json + MLflow tag
 
     report_rank("ppo", accelerator, core, devices=devices)
     accelerator.wait_for_everyone()
@@ -184,12 +191,13 @@ def train_ppo(policy_dir: str | Path, reward_model_dir: str | Path | None, train
 
 
 @torch.no_grad()
-def make_experience(accelerator, model, reference, tokenizer, scorer: Scorer, prompts: list[list[dict]],
-                    fmt: ThinkingFormat, settings: PPOConfig, engine: RolloutEngine | None = None) -> PPOBatch:
+def make_experience(accelerator, model, reference, tokenizer, scorer: AnswerReward, prompts: list[list[dict]],
+                    fmt: ThinkingFormat, settings: PPOConfig, engine: RolloutEngine | None = None, *,
+                    extras: list[dict] | None = None) -> PPOBatch:
     """Steps 1-5: rollout, answer-only reward, values, token-level rewards, GAE and whitening.
 
     `engine`: where the rollout's tokens come from (the colocated vLLM engine); None: the policy's
-    ``generate``. Old and reference log-probs are computed ``micro_batch_size`` rows per forward and
+    ``generate``. `extras`: each prompt row's other columns, given to the reward. Old and reference log-probs are computed ``micro_batch_size`` rows per forward and
     ``logprob_chunk_tokens`` positions per LM-head piece; the values come from the critic alone.
     Everything runs under the update's autocast, so the old log-probs are computed as the update's are.
     """
@@ -201,11 +209,9 @@ def make_experience(accelerator, model, reference, tokenizer, scorer: Scorer, pr
                          stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size,
                          synced=is_sharded(core), logprob_batch_size=settings.micro_batch_size,
                          logprob_chunk_tokens=settings.logprob_chunk_tokens, engine=engine)
-    rewarded = scorer.score(prompts, rollout.texts)
+    rewarded = scorer.score(prompts, rollout.texts, extras)
     scores = torch.tensor(rewarded.scores, dtype=torch.float32)
-    rollout.malformed_fraction = rewarded.malformed_fraction
-    rollout.thought_tokens_mean = _mean_tokens(tokenizer, [e.thought for e in rewarded.extractions])
-    rollout.answer_tokens_mean = _mean_tokens(tokenizer, [e.answer for e in rewarded.extractions])
+    found = rewarded.extractions
 
     mask = rollout.response_mask
     values, ref_logprobs = [], []
@@ -226,7 +232,10 @@ def make_experience(accelerator, model, reference, tokenizer, scorer: Scorer, pr
     advantages, returns = pm.gae(rewards, values, mask, settings.gamma, settings.lam)
     if settings.whiten_advantages:
         advantages = whiten_across_processes(accelerator, advantages, mask)
-    return PPOBatch(rollout=rollout, scores=scores, values=values, advantages=advantages, returns=returns, kl=kl)
+    return PPOBatch(rollout=rollout, scores=scores, values=values, advantages=advantages, returns=returns, kl=kl,
+                    answer_tokens=_token_counts(tokenizer, [e.answer for e in found]),
+                    thought_tokens=_token_counts(tokenizer, [e.thought for e in found]),
+                    malformed=[not e.well_formed for e in found], answer_missing=[not e.answer_found for e in found])
 
 
 def ppo_update(accelerator, model, optimizer, batch: PPOBatch, settings: PPOConfig) -> dict[str, float]:
@@ -361,13 +370,14 @@ def check_launcher(accelerator) -> bool:
 
 
 @torch.no_grad()
-def validate(accelerator, model, tokenizer, scorer: Scorer, val_rows: list[dict], fmt: ThinkingFormat,
+def validate(accelerator, model, tokenizer, scorer: AnswerReward, val_rows: list[dict], fmt: ThinkingFormat,
              settings: PPOConfig, engine: RolloutEngine | None = None) -> float:
     """Mean answer-only reward of one sampled response per validation prompt (for best_val_reward).
 
     `engine`: as in :func:`make_experience`."""
     core: ActorCritic = accelerator.unwrap_model(model)
-    mine = [r["messages"] for r in val_rows[accelerator.process_index::accelerator.num_processes]]
+    my_rows = val_rows[accelerator.process_index::accelerator.num_processes]
+    mine = [r["messages"] for r in my_rows]
     counted = len(mine)
     synced = is_sharded(core)
     if synced and val_rows:
@@ -384,7 +394,7 @@ def validate(accelerator, model, tokenizer, scorer: Scorer, val_rows: list[dict]
                              stop_strings=fmt.stop_strings, batch_size=settings.generation_batch_size,
                              synced=synced, logprob_batch_size=settings.micro_batch_size,
                              logprob_chunk_tokens=settings.logprob_chunk_tokens, engine=engine)
-        scores = scorer.score(mine[:counted], rollout.texts[:counted]).scores
+        scores = scorer.score(mine[:counted], rollout.texts[:counted], [_extras(r) for r in my_rows]).scores
         total, count = float(sum(scores)), len(scores)
     sums = accelerator.reduce(torch.tensor([total, count], device=accelerator.device, dtype=torch.float64), "sum")
     return float(sums[0] / sums[1].clamp(min=1))
@@ -453,16 +463,21 @@ def _check_geometry(settings: PPOConfig, world: int) -> None:
         raise TrainingSetupError(f"{key}: {message}")
 
 
-def _prompts_for_step(rows: list[dict], step: int, settings: PPOConfig, world: int, rank: int) -> list[list[dict]]:
-    """This process's share of step `step`'s prompts: a seeded shuffle per epoch, read as one stream."""
+def _rows_for_step(rows: list[dict], step: int, settings: PPOConfig, world: int, rank: int) -> list[dict]:
+    """This process's share of step `step`'s prompt rows: a seeded shuffle per epoch, read as one stream."""
     n, k = len(rows), settings.prompts_per_step
     picked = []
     for position in range((step - 1) * k, step * k):
         epoch, offset = divmod(position, n)
         order = list(range(n))
         random.Random(settings.seed * 100_003 + epoch).shuffle(order)
-        picked.append(rows[order[offset]]["messages"])
+        picked.append(rows[order[offset]])
     return picked[rank::world]
+
+
+def _extras(row: dict) -> dict:
+    """A prompt row's columns other than its messages (``id``, ...): what the reward gets as extras."""
+    return {k: v for k, v in row.items() if k != "messages"}
 
 
 def _seed_step(seed: int, step: int, rank: int) -> None:
@@ -473,34 +488,38 @@ def _device_name(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else str(device)
 
 
-def _mean_tokens(tokenizer, texts: list[str]) -> float:
-    """Mean length of `texts` in policy tokens (0 for an empty text)."""
-    if not texts:
-        return 0.0
-    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) if t else 0 for t in texts) / len(texts)
+def _token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Each text's length in policy tokens (0 for an empty text)."""
+    return [len(tokenizer(t, add_special_tokens=False)["input_ids"]) if t else 0 for t in texts]
 
 
-def _rollout_metrics(accelerator, batch: PPOBatch) -> dict[str, float]:
-    r, mask = batch.rollout, batch.rollout.response_mask
-    scores = accelerator.gather(batch.scores.to(accelerator.device)).float()
-    lengths = accelerator.gather(r.response_lengths.to(accelerator.device)).float()
-    finished = torch.tensor(r.finished, dtype=torch.float32)
+def _step_rollouts(accelerator, batch: PPOBatch, step: int) -> StepRollouts:
+    """The step's rollouts of every process, gathered on every process (each holds as many; a collective)."""
+    r = batch.rollout
+
+    def gathered(values, dtype=torch.long) -> list:
+        return accelerator.gather(torch.as_tensor(values, dtype=dtype).to(accelerator.device)).cpu().tolist()
+
+    return StepRollouts(step=step, reward=gathered(batch.scores, torch.float64),
+                        answer_tokens=gathered(batch.answer_tokens), thought_tokens=gathered(batch.thought_tokens),
+                        clipped=[bool(f) for f in gathered([not f for f in r.finished])],
+                        malformed=[bool(m) for m in gathered(batch.malformed)],
+                        completion_tokens=gathered(r.response_lengths),
+                        answer_missing=[bool(m) for m in gathered(batch.answer_missing)])
+
+
+def _rollout_metrics(accelerator, batch: PPOBatch, rollouts: StepRollouts, *, with_kl: bool) -> dict[str, float]:
+    """The step's ``diag/*`` metrics (rlmt.diagnostics: reward, lengths, clipped and malformed shares, KL to the
+    reference when there is one, reward-length correlations) and the critic's."""
+    mask = batch.rollout.response_mask
+    kl = _mean_across_processes(accelerator, float(pm.masked_mean(batch.kl, mask))) if with_kl else None
     return {
-        "reward/mean": float(scores.mean()),
-        "reward/std": float(scores.std()) if scores.numel() > 1 else 0.0,
-        "response/length_mean": float(lengths.mean()),
-        "response/length_max": float(lengths.max()),
-        "response/finished_fraction": _mean_across_processes(accelerator, float(finished.mean())),
-        "response/malformed_fraction": _mean_across_processes(accelerator, r.malformed_fraction),
-        # the same names as GRPO's, so the report draws thought length over training for both
-        "answer/thought_tokens_mean": _mean_across_processes(accelerator, r.thought_tokens_mean),
-        "answer/answer_tokens_mean": _mean_across_processes(accelerator, r.answer_tokens_mean),
-        "prompt/truncated": _mean_across_processes(accelerator, float(r.n_prompt_truncated)),
+        **rollouts.diagnostics(kl),
+        "prompt/truncated": _mean_across_processes(accelerator, float(batch.rollout.n_prompt_truncated)),
         "critic/values_mean": _mean_across_processes(accelerator, float(pm.masked_mean(batch.values, mask))),
         "critic/returns_mean": _mean_across_processes(accelerator, float(pm.masked_mean(batch.returns, mask))),
         "critic/explained_variance": _mean_across_processes(
             accelerator, float(pm.explained_variance(batch.values, batch.returns, mask))),
-        "policy/kl_to_reference": _mean_across_processes(accelerator, float(pm.masked_mean(batch.kl, mask))),
     }
 
 

@@ -13,7 +13,10 @@ template, and ``rm_eval.json`` with the held-out pairwise accuracy, so the answe
 - The held-out split (``eval_fraction``, a tenth by default) is chosen by a hash of each pair's id
   and the seed: the same pairs are held out on every rerun and whatever the file order.
 - Held-out accuracy is measured through :class:`rlmt.rewards.AnswerRewardScorer` on the saved dir:
-  the number reported is the one the RL stages will see.
+  the number reported is the one the RL stages will see. Beside it, the reward's length bias on the
+  same held-out answers (chosen and rejected alike): the Pearson and Spearman correlation of reward
+  with answer length (the answer's own tokens in the reward model's tokenizer), and the accuracy on
+  the pairs whose chosen answer is the shorter one (a model that learned "longer wins" fails those).
 - ``keep_layers`` keeps only the first N decoder layers of the backbone: on a 2-core CPU a full
   135M-parameter backbone costs ~2 s per pair and step; a shallower one is the budget's choice
   (stated in the config that sets it).
@@ -130,21 +133,32 @@ def _backbone_as_reward_model(backbone_dir: Path, cfg: RewardModelConfig, pad_to
 
 
 def pairwise_accuracy(model_dir: str | Path, pairs: Sequence[dict], tie_tolerance: float = TIE_TOLERANCE) -> dict:
-    """Share of pairs whose chosen answer the reward model scores above the rejected one.
+    """Share of pairs whose chosen answer the reward model scores above the rejected one, and its length bias.
 
     Scores within ``tie_tolerance`` of each other count as a tie (half a win): the same input scored
     in two differently padded batches may differ in its last bits, and that must not decide a pair.
+    Length bias, over the 2n answers: ``reward_length_pearson``/``reward_length_spearman`` (None when
+    the scores or the lengths are all equal), and ``pairwise_accuracy_chosen_shorter`` over the
+    ``n_chosen_shorter`` pairs whose chosen answer has fewer tokens (None when there are none).
     """
     from rlmt.rewards import AnswerRewardScorer
+    from rlmt.stats.correlation import pearson, spearman
 
     scorer = AnswerRewardScorer(model_dir, WARM_NOTHINK, device="cpu")
     prompts = [p["prompt"] for p in pairs]
-    scores = scorer.score(prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]).scores
+    answers = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    scores = scorer.score(prompts + prompts, answers).scores
     chosen, rejected = scores[: len(pairs)], scores[len(pairs):]
-    wins = sum(0.5 if abs(c - r) <= tie_tolerance else 1.0 if c > r else 0.0 for c, r in zip(chosen, rejected))
+    wins = [0.5 if abs(c - r) <= tie_tolerance else 1.0 if c > r else 0.0 for c, r in zip(chosen, rejected)]
     margins = sorted(c - r for c, r in zip(chosen, rejected))
-    return {"pairwise_accuracy": wins / len(pairs), "n": len(pairs),
-            "median_margin": margins[len(margins) // 2]}
+    lengths = [len(ids) for ids in scorer.tokenizer(answers, add_special_tokens=False)["input_ids"]]
+    shorter = [i for i in range(len(pairs)) if lengths[i] < lengths[len(pairs) + i]]
+    return {"pairwise_accuracy": sum(wins) / len(pairs), "n": len(pairs),
+            "median_margin": margins[len(margins) // 2],
+            "reward_length_pearson": pearson(lengths, scores), "reward_length_spearman": spearman(lengths, scores),
+            "n_answers": len(answers), "length_unit": "answer tokens (reward model's tokenizer)",
+            "n_chosen_shorter": len(shorter),
+            "pairwise_accuracy_chosen_shorter": (sum(wins[i] for i in shorter) / len(shorter)) if shorter else None}
 
 
 def train_reward_model(backbone_dir: str | Path, pairs_path: str | Path, out: str | Path,

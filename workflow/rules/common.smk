@@ -5,6 +5,9 @@ import shlex
 
 from rlmt.config import ConfigError, parse_config
 from rlmt.workflow import JUDGED_BENCHMARKS, RULE_BENCHMARKS, Plan
+from rlmt.data.rubrics import rubric_mixtures
+from rlmt.rewards import kind_of
+from rlmt.rewards.calibration import calibrated_rewards, calibration_inputs
 
 try:
     # relative paths in the config (accelerate configs) resolve against this workflow's source tree, not `-d`
@@ -90,3 +93,70 @@ def job_threads(rule, algo=None):
 def cell_algo(wildcards):
     """The training algorithm of the cell a job belongs to."""
     return PLAN.cell_by_name[wildcards.cell].algo
+
+
+def train_inputs(wildcards):
+    """A training job's inputs: policy, reward (the files of the cell's reward: rlmt.rewards.reward_inputs), train, val."""
+    return PLAN.train_inputs(wildcards.cell)
+
+
+def cell_reward_args(wildcards):
+    """`--reward-input KEY=PATH ...`: the cell's reward (`reward_models.<rm>`) and its files, for `rlmt train`."""
+    return PLAN.reward_args(PLAN.cell_by_name[wildcards.cell].rm)
+
+
+def winrate_reward_files(wildcards):
+    """The files of the reward that judges reward-winrate (its `reward_model` option, else the first entry)."""
+    return PLAN.winrate_reward_files()
+
+
+def winrate_reward_args(wildcards):
+    """`--reward NAME --reward-input KEY=PATH ...` for the reward that judges reward-winrate."""
+    name = PLAN.winrate_reward_model()
+    return f"--reward {shlex.quote(name)} {PLAN.reward_args(name)}"
+
+
+# ----------------------------------------------------------------------------- rubrics (rubrics.smk)
+
+RUBRIC_REWARDS = [
+    n for n, rm in CFG.reward_models.items() if kind_of(rm) == "rubric" and rm.rubrics.has_file
+]
+
+
+def rubric_prompt_files(wildcards):
+    """The train and val prompts of the mixtures the reward's cells (and the reward win rate) use."""
+    return [
+        f"results/data/mixtures/{m}/{split}.parquet"
+        for m in rubric_mixtures(CFG, wildcards.rubric)
+        for split in ("train", "val")
+    ]
+
+
+# ----------------------------------------------------------------------------- reward calibration (reward_calibration.smk)
+
+
+def calibration_files(wildcards):
+    """The calibration prompts, the policy that answers them, the tokenizer that counts, the evaluation items."""
+    inputs = calibration_inputs(PLAN, wildcards.debiased_reward)
+    return {k: v for k, v in inputs.items() if k in ("prompts", "policy", "tokenizer", "evaluation")}
+
+
+def calibration_base_files(wildcards):
+    """The files of the reward being debiased."""
+    return list(calibration_inputs(PLAN, wildcards.debiased_reward)["base_inputs"].values())
+
+
+def calibration_settings(wildcards):
+    """The debiased reward's entry (calibration set, policy, sampling, base) as JSON: a change refits."""
+    return CFG.reward_models[wildcards.debiased_reward].model_dump_json()
+
+
+def calibration_evaluation_args(wildcards, input):
+    """`--evaluation PATH` per evaluation file the calibration prompts must not overlap."""
+    return " ".join(f"--evaluation {shlex.quote(p)}" for p in input.evaluation)
+
+
+def calibration_base_args(wildcards):
+    """`--reward-input KEY=PATH` per file of the reward being debiased."""
+    base = calibration_inputs(PLAN, wildcards.debiased_reward)["base_inputs"]
+    return " ".join(f"--reward-input {shlex.quote(f'{key}={path}')}" for key, path in base.items())

@@ -49,13 +49,14 @@ rule score_winrate:
     input:
         generations="results/eval/{evalmodel}/reward-winrate/generations.jsonl",
         reference=lambda w: PLAN.generations_file(PLAN.winrate_reference(w.evalmodel), "reward-winrate"),
-        reward_model=lambda w: PLAN.model_dir(PLAN.winrate_reward_model()),
+        reward=winrate_reward_files,
         prompts=lambda w: PLAN.items_file("reward-winrate"),
     output:
         "results/eval/{evalmodel}/reward-winrate/scores.json",
     params:
         config=CONFIG,
         cell=lambda w: f"--cell {EVAL_MODELS[w.evalmodel].cell}" if EVAL_MODELS[w.evalmodel].cell else "",
+        reward=winrate_reward_args,
     log:
         "results/logs/score/{evalmodel}/reward-winrate.log",
     threads: job_threads("score_winrate")
@@ -66,7 +67,7 @@ rule score_winrate:
     shell:
         "python -m rlmt.cli eval score --config {params.config} --bench reward-winrate --model-name {wildcards.evalmodel} {params.cell} "
         "--items {input.prompts} --generations {input.generations} --reference {input.reference} "
-        "--reward-model {input.reward_model} --out {output} > {log} 2>&1"
+        "{params.reward} --out {output} > {log} 2>&1"
 
 
 rule judge:

@@ -19,6 +19,13 @@ rule rm_pairs:
         limit=lambda w: (f"--limit {CFG.reward_models[w.trained_rm].train.limit}"
                          if CFG.reward_models[w.trained_rm].train.limit else ""),
         max_new_tokens=lambda w: CFG.reward_models[w.trained_rm].train.max_new_tokens,
+        # length balance (optional): pairs whose answers' token ratio, or whose share with the shorter answer
+        # chosen, is out of bounds are dropped and counted in pairs.stats.json
+        balance=lambda w: " ".join(
+            f"--{key.replace('_', '-')} {value}" for key, value in (
+                ("max_length_ratio", CFG.reward_models[w.trained_rm].train.max_length_ratio),
+                ("min_shorter_chosen_share", CFG.reward_models[w.trained_rm].train.min_shorter_chosen_share))
+            if value is not None),
     log:
         "results/logs/rm_pairs/{trained_rm}.log",
     threads: job_threads("rm_pairs")
@@ -28,7 +35,7 @@ rule rm_pairs:
         "../../envs/eval.yaml"
     shell:
         "python -m rlmt.cli data rm-pairs --config {params.config} --reference {input.reference} --policy {input.policy} "
-        "{params.exclude} {params.limit} --max-new-tokens {params.max_new_tokens} --out {output} > {log} 2>&1"
+        "{params.exclude} {params.limit} --max-new-tokens {params.max_new_tokens} {params.balance} --out {output} > {log} 2>&1"
 
 
 rule train_rm:

@@ -28,7 +28,7 @@ rule sft:
 
 rule train:
     input:
-        unpack(lambda w: PLAN.train_inputs(w.cell)),
+        unpack(train_inputs),
         preflight=PREFLIGHT,
     output:
         directory("results/checkpoints/{cell}/final"),
@@ -38,6 +38,7 @@ rule train:
         settings=lambda w: PLAN.settings_digest(cell_algo(w), PLAN.cell_by_name[w.cell]),
         outdir=lambda w: PLAN.checkpoint_dir(w.cell),
         launch=lambda w: PLAN.launch_prefix("train", cell_algo(w)),
+        reward=cell_reward_args,
     log:
         "results/logs/train/{cell}.log",
     threads: job_threads("train", cell_algo)
@@ -47,5 +48,5 @@ rule train:
         "../../envs/train.yaml"
     shell:
         "{params.launch}python -m rlmt.cli train {params.algo} --config {params.config} --cell {wildcards.cell} "
-        "--policy {input.policy} --reward-model {input.reward_model} --train {input.train} --val {input.val} "
+        "--policy {input.policy} {params.reward} --train {input.train} --val {input.val} "
         "--out {params.outdir} > {log} 2>&1"

@@ -53,6 +53,8 @@ RESOURCE_ENTRIES: dict[str, tuple[str, ...]] = {
     "judge": ("judge",),
     "rm_pairs": ("rm_pairs", "generate"),
     "train_rm": ("train_rm", "train"),
+    "rubrics": ("rubrics", "sft_data"),  # a CPU job waiting on a teacher endpoint, like sft_data
+    "reward_calibration": ("reward_calibration", "generate"),  # generation, then scoring
 }
 
 
@@ -376,6 +378,11 @@ class Plan:
                     names.add(judge.api_key_env)
         if self.cfg.generation.backend == "openai" and self.cfg.generation.api_key_env:
             names.add(self.cfg.generation.api_key_env)
+        from rlmt.rewards import reward_api_key_envs
+
+        rewards = {c.rm for c in self.cells} | ({self.winrate_reward_model()} if "reward-winrate" in self.benchmarks else set())
+        for reward in rewards:  # a rubric judge's and its teacher's keys (a mix's parts included)
+            names.update(reward_api_key_envs(reward, self.cfg.reward_models))
         return sorted(names)
 
     # ------------------------------------------------------------------ report

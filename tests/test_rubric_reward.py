@@ -18,6 +18,8 @@ from rlmt.rewards.base import AnswerItem
 from rlmt.rewards.registry import BuildContext
 from rlmt.thinking import WARM_NOTHINK, WARM_THINK
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TOL = 1e-9  # rewards are ratios of small weight sums: equal to the hand value up to float rounding
 
 
@@ -530,7 +532,6 @@ def test_a_killed_grpo_run_resumes_without_re_asking_the_judge_and_the_key_reach
 
 # ------------------------------------------------------------------ config, preflight, CLI, workflow
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _paper_with_rubric(raw: dict, grid_only: bool = True) -> dict:
@@ -669,3 +670,22 @@ def test_rlmt_data_rubrics_writes_the_file_the_training_job_takes(stub_server, t
     assert len(load_rubric_file(out)) == len(PROMPTS) and teacher.answered == len(PROMPTS)
     bad = CliRunner().invoke(app, ["data", "rubrics", "--config", str(config), "--reward", "tiny-rm", "--out", str(out)])
     assert bad.exit_code == 2 and "not a rubric reward" in bad.output
+
+
+def test_the_plan_passes_a_mix_cells_judge_and_teacher_key_variables_to_snakemake():
+    """Snakemake's `envvars:` (Plan.api_key_envs) stops a run at once when a key variable is unset: a cell whose
+    reward is a mix holding a rubric part needs that part's judge key and its rubric teacher's key."""
+    import yaml
+
+    from rlmt.config import parse_config
+    from rlmt.workflow import Plan
+
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    rm = next(iter(raw["reward_models"]))
+    raw["reward_models"]["judged"] = {
+        "kind": "rubric", "judge": {"base_url": "http://127.0.0.1:9/v1", "model": "j", "api_key_env": "RLMT_TEST_JUDGE_KEY"},
+        "rubrics": {"generate": {"base_url": "http://127.0.0.1:9/v1", "model": "t", "api_key_env": "RLMT_TEST_TEACHER_KEY"}}}
+    raw["reward_models"]["both"] = {"kind": "mix", "parts": {rm: 1.0, "judged": 1.0}}
+    assert Plan(parse_config(raw)).api_key_envs() == []  # no cell uses them yet
+    raw["grid"] = [{**raw["grid"][0], "rm": ["both"]}]
+    assert {"RLMT_TEST_JUDGE_KEY", "RLMT_TEST_TEACHER_KEY"} <= set(Plan(parse_config(raw)).api_key_envs())

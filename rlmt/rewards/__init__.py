@@ -82,6 +82,22 @@ def reward_inputs(name: str, specs: Mapping[str, Any]) -> dict[str, str]:
         _resolving.pop()
 
 
+def reward_api_key_envs(name: str, specs: Mapping[str, Any]) -> list[str]:
+    """The environment variables holding API keys that reward `name` (and every entry it names) calls with."""
+    names: set[str] = set()
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        entry = todo.pop()
+        if entry in seen or entry not in specs:
+            continue
+        seen.add(entry)
+        spec = specs[entry]
+        names.update(getattr(spec, "api_key_envs", lambda: [])())
+        todo.extend(getattr(spec, "references", lambda: {})().get("reward_models", []))
+    return sorted(names)
+
+
 def build_reward(name: str, specs: Mapping[str, Any], context: BuildContext) -> AnswerReward:
     """The reward of ``reward_models.<name>`` (`specs`: every entry), built with `context`'s format, device, inputs.
 

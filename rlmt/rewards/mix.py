@@ -63,6 +63,10 @@ class MixSpec(Strict):
             raise ValueError(f"every weight must be a finite number, got {bad}")
         return parts
 
+    def references(self) -> dict[str, list[str]]:
+        """The other config entries this one names, by top-level section."""
+        return {"reward_models": list(self.parts)}
+
 
 def batch_z(scores: Sequence[float]) -> list[float]:
     """``(x - mean) / std`` over `scores` (population std); all zeros when every score is equal."""

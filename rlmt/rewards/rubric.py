@@ -156,6 +156,13 @@ class RubricRewardSpec(Strict):
                                        "than this stops the step.")
     estimate: RubricEstimate = Field(default_factory=RubricEstimate)
 
+    def api_key_envs(self) -> list[str]:
+        """The environment variables holding the keys this reward's jobs send (judge, rubric teacher)."""
+        names = [self.judge.api_key_env]
+        if self.rubrics.generate is not None:
+            names.append(self.rubrics.generate.api_key_env)
+        return [n for n in names if n]
+
 
 # ------------------------------------------------------------------ the reward
 

@@ -23,9 +23,9 @@ rule reward_calibration:
     log:
         "results/logs/reward_calibration/{debiased_reward}.log",
     # generation, then scoring: where generation runs
-    threads: job_threads("generate")
+    threads: job_threads("reward_calibration")
     resources:
-        **job_resources("generate"),
+        **job_resources("reward_calibration"),
     conda:
         "../../envs/eval.yaml"
     shell:

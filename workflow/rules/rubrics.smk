@@ -13,10 +13,10 @@ rule rubrics:
         prompts=lambda w, input: " ".join(f"--prompts {p}" for p in input.prompts),
     log:
         "results/logs/rubrics/{rubric}.log",
-    # a CPU job that waits on an endpoint, like the warm-start teacher's (resources.sft_data)
-    threads: job_threads("sft_data")
+    # a CPU job that waits on an endpoint: resources.rubrics, else the warm-start teacher's (resources.sft_data)
+    threads: job_threads("rubrics")
     resources:
-        **job_resources("sft_data"),
+        **job_resources("rubrics"),
     conda:
         "../../envs/data.yaml"
     shell:

@@ -356,3 +356,26 @@ def test_the_workflow_plans_a_mix_cell_with_every_parts_model(tmp_path):
     winrate = [line for line in proc.stdout.splitlines() if "--bench reward-winrate" in line and "eval score" in line]
     assert winrate and all(re.search(r"--reward both --reward-input tiny-rm=results/models/tiny-rm --reward-input "
                                      r"tiny-rm-b=results/models/tiny-rm-b --out", line) for line in winrate)
+
+
+def test_the_readmes_example_reward_kind_registers_builds_and_scores_answers_only(monkeypatch):
+    """The README's "A reward kind" example, as printed, is a working kind: registered, it builds from a config
+    entry through build_reward (no trainer involved) and scores the extracted answer, never the thought."""
+    import re
+    from typing import Literal  # noqa: F401  (the example's names)
+
+    from rlmt.algorithms.settings import Strict  # noqa: F401
+    from rlmt.rewards import registry
+    from rlmt.rewards.registry import RewardKind  # noqa: F401
+
+    readme = (ROOT / "README.md").read_text()
+    example = next(b for b in re.findall(r"```text\n(.*?)```", readme, re.S) if "rlmt/rewards/keyword.py" in b)
+    namespace = dict(globals(), **locals())
+    exec(compile(example, "README.md:keyword", "exec"), namespace)
+    monkeypatch.setitem(registry._REGISTRY, "keyword", namespace["KIND"])  # removed again after the test
+    specs = {"polite": namespace["KeywordSpec"](kind="keyword", word="please")}
+    reward = NamedReward("polite", specs).build(WARM_THINK)
+    batch = reward.score([[{"role": "user", "content": "hi"}]] * 2,
+                         ["<think>please</think>no", "<think>hm</think>Yes, please."])
+    # by hand: the first output's word is in its thought only, the second's in its answer
+    assert batch.scores == [0.0, 1.0]

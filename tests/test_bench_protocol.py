@@ -132,6 +132,6 @@ def test_cli_score_rejects_bad_input(tmp_path):
     res = runner.invoke(app, [*base, "--bench", "popqa", "--option", "novalue"])
     assert res.exit_code == 2 and "--option: expected KEY=VALUE, got 'novalue'" in res.output
     res = runner.invoke(app, [*base, "--bench", "reward-winrate"])
-    assert res.exit_code == 2 and "needs --reference-generations and --reward-model" in res.output
+    assert res.exit_code == 2 and "needs --reference-generations and the reward's files (--reward-model DIR" in res.output
     res = runner.invoke(app, ["data", "fetch-benchmarks", "--out", str(tmp_path / "d"), "--only", "mmlu"])
     assert res.exit_code == 2 and "unknown benchmark(s) ['mmlu']" in res.output

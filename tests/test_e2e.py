@@ -162,8 +162,10 @@ def test_lc_win_rate_and_head_to_head_are_in_the_report_and_on_their_runs(run):
         lc = scores["metrics"]["lc_win_rate"]
         assert scores["metric_version"] == "5" and lc["n"] == scores["metrics"]["win_rate_both_answered"]["n"]
         if lc["value"] is None:  # no item both answered: nothing to control
-            assert rows[cell]["RM-WR LC"] == "", cell
+            assert rows[cell]["RM-WR LC"] == "" and rows[cell]["RM-WR both"] == "", cell
             continue
+        both = scores["metrics"]["win_rate_both_answered"]["value"]  # the raw rate on the LC's prompts, beside it
+        assert float(rows[cell]["RM-WR both"]) == pytest.approx(both, rel=1e-12, abs=1e-12), cell
         assert float(rows[cell]["RM-WR LC"]) == pytest.approx(lc["value"], rel=1e-12, abs=1e-12), cell
         assert parent(cell).data.metrics["score.reward-winrate.lc"] == pytest.approx(lc["value"], rel=1e-12, abs=1e-12)
 

@@ -9,8 +9,9 @@ three, Avg the mean over the paper's seven main benchmarks a row has (else over 
 has), and a delta the mean paired per-item difference (a failed item counts 0) in points, with a
 seeded percentile bootstrap CI over the paired items.
 
-The reward win rate's files also carry a length-controlled metric and per-item rewards, word counts and
-answer digests: the main table's ``RM-WR LC`` column is the file's ``lc_win_rate``; the think-minus-nothink
+The reward win rate's files also carry the both-answered and length-controlled rates and per-item rewards,
+word counts and answer digests: the main table's ``RM-WR both`` and ``RM-WR LC`` columns are the file's
+``win_rate_both_answered`` and ``lc_win_rate``; the think-minus-nothink
 table's ``RM-WR LC`` rows and the head-to-head table (each think cell against its no-think twin) are
 recomputed here from the per-item files by the stated rules. LC point values come from an independent
 solver (tests/test_length_controlled_winrate.py's); their bootstrap CIs from ``rlmt.stats.length_control``
@@ -77,8 +78,9 @@ def _write_bench_scores(path: Path, bench: str, rng: random.Random, *, drop_item
     metrics = {"score": {"value": value, "ci_low": lo, "ci_high": hi, "n": len(items)}}
     extra = {}
     if bench == "reward-winrate":
-        lc = rng.uniform(20, 80)
-        metrics["lc_win_rate"] = {"value": lc, "ci_low": lc - rng.uniform(1, 9), "ci_high": lc + rng.uniform(1, 9), "n": 5}
+        for name in ("win_rate_both_answered", "lc_win_rate"):
+            v = rng.uniform(20, 80)
+            metrics[name] = {"value": v, "ci_low": v - rng.uniform(1, 9), "ci_high": v + rng.uniform(1, 9), "n": 5}
         extra = {"tie_tolerance": tie_tolerance}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": bench, "protocol": "paper", "metric_version": "1", "n": len(items),
@@ -182,10 +184,11 @@ def test_every_main_table_number_is_the_score_files(report):
             values[bench] = s["value"]
             assert _num(row[label]) == pytest.approx(s["value"], rel=1e-12, abs=1e-12), (model, label)
             assert row[f"{label} CI"] == f"[{s['ci_low']:.1f}, {s['ci_high']:.1f}]", (model, label)
-        # the length-controlled win rate beside the raw one: the file's lc_win_rate, not in any average
-        lc = json.loads(files["reward-winrate"].read_text())["metrics"]["lc_win_rate"]
-        assert _num(row["RM-WR LC"]) == pytest.approx(lc["value"], rel=1e-12, abs=1e-12), model
-        assert row["RM-WR LC CI"] == f"[{lc['ci_low']:.1f}, {lc['ci_high']:.1f}]", model
+        # beside the raw win rate: the file's both-answered and length-controlled rates, not in any average
+        for column, name in (("RM-WR both", "win_rate_both_answered"), ("RM-WR LC", "lc_win_rate")):
+            m = json.loads(files["reward-winrate"].read_text())["metrics"][name]
+            assert _num(row[column]) == pytest.approx(m["value"], rel=1e-12, abs=1e-12), (model, column)
+            assert row[f"{column} CI"] == f"[{m['ci_low']:.1f}, {m['ci_high']:.1f}]", (model, column)
         chat = [values[b] for b in CHAT if b in values]
         if len(chat) == 3:
             assert _num(row["AvgChat"]) == pytest.approx(sum(chat) / 3, rel=1e-12, abs=1e-12), model

@@ -22,7 +22,7 @@ from rlmt.report.banner import markdown_lines as banner_markdown
 from rlmt.report import head_to_head as h2h
 from rlmt.report import length_figures as lf
 from rlmt.report.figures import plot_benchmark_bars, plot_deltas, plot_training_curves, training_histories
-from rlmt.report.tables import COLUMNS, LC_METRICS, load_rows, main_table, think_deltas, to_markdown
+from rlmt.report.tables import COLUMNS, SIDE_METRICS, load_rows, main_table, think_deltas, to_markdown
 from rlmt.workflow import Plan
 
 
@@ -127,9 +127,9 @@ def build_report(plan: Plan, cfg: ReportConfig) -> dict[str, Path]:
 def cell_metrics(row: dict, benchmarks: list[str]) -> dict[str, float | None]:
     """One main-table row -> the metrics of its cell's parent run: score.<benchmark>, score.avg, score.avg_chat."""
     metrics = {f"score.{b}": row.get(COLUMNS.get(b, b)) for b in benchmarks}
-    for b in benchmarks:  # the length-controlled value beside the raw one (score.reward-winrate.lc)
-        if b in LC_METRICS:
-            metrics[f"score.{b}.lc"] = row.get(f"{COLUMNS.get(b, b)} LC")
+    for b in benchmarks:  # the side columns (score.reward-winrate.both, score.reward-winrate.lc)
+        for suffix, _ in SIDE_METRICS.get(b, ()):
+            metrics[f"score.{b}.{suffix.lower()}"] = row.get(f"{COLUMNS.get(b, b)} {suffix}")
     metrics["score.avg"] = row.get("Avg")
     metrics["score.avg_chat"] = row.get("AvgChat")
     return metrics
@@ -160,7 +160,10 @@ def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections:
     lines = ["# RLMT report", "", *banner_markdown(plan.cfg),
              f"{len(plan.cells)} cells; benchmarks: {', '.join(plan.benchmarks)}. "
              "Scores are in points (0–100; WildBench −100..100) with 95 % bootstrap CIs in `main_table.csv`. "
-             "Averages use only the benchmarks a row has (`avg_over`).", "",
+             "Averages use only the benchmarks a row has (`avg_over`)."
+             + (" RM-WR counts a policy without an answer as a loss; `RM-WR both` is the raw rate over the prompts "
+                "both models answered and `RM-WR LC` the length-controlled rate over the same prompts (the win rate "
+                "at equal answer length)." if "reward-winrate" in plan.benchmarks else ""), "",
              "## Main table (paper Table 1 layout)", ""]
     if not table.is_empty():
         md_table = table.select(shown)

@@ -5,10 +5,12 @@ Columns: the paper's seven main benchmarks with AvgChat (WB, AE2, AH2) and Avg (
 any other benchmark the config evaluates (the embedded default: the demo IF set and the reward
 win rate). Averages are taken only over the benchmarks a row has; the ``avg_over`` column says which.
 
-A benchmark with a length-controlled metric (:data:`LC_METRICS`: the reward win rate's ``lc_win_rate``)
-gets a ``<label> LC`` column beside its raw one, and an ``<label> LC`` row beside the raw row in the
-think-minus-nothink table (the LC difference, paired over prompts: :func:`rlmt.report.head_to_head.lc_delta`).
-LC columns are not benchmarks: no average includes them.
+A benchmark with side metrics (:data:`SIDE_METRICS`) gets a column for each beside its headline: the reward
+win rate shows ``RM-WR both`` (its raw rate over the prompts both models answered) and ``RM-WR LC`` (the
+length-controlled rate over the same prompts; compare the two: a missing answer has no length to control
+for). A benchmark with a length-controlled metric (:data:`LC_METRICS`) also gets an ``<label> LC`` row beside
+the raw row in the think-minus-nothink table (the LC difference, paired over prompts:
+:func:`rlmt.report.head_to_head.lc_delta`). Side columns are not benchmarks: no average includes them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ COLUMNS = {  # benchmark -> column label, in the paper's order
     "ifeval": "IFEval", "math-500": "MATH500", "zebralogic": "Zebra",
     "demo-if": "DemoIF", "reward-winrate": "RM-WR",
 }
-# benchmark -> its length-controlled metric in scores.json (shown as "<label> LC" beside the raw column)
+# benchmark -> (suffix, metric in scores.json) shown as "<label> <suffix>" columns beside its headline
+SIDE_METRICS = {"reward-winrate": (("both", "win_rate_both_answered"), ("LC", "lc_win_rate"))}
+# benchmark -> its length-controlled metric
 LC_METRICS = {"reward-winrate": "lc_win_rate"}
 CHAT = ("wildbench", "alpacaeval2", "arenahard-v2")
 MAIN7 = ("wildbench", "alpacaeval2", "arenahard-v2", "creative-writing-v3", "popqa", "ifbench", "mmlu-redux")
@@ -78,12 +82,15 @@ def load_rows(plan: Plan, eval_root: str | Path = "results/eval") -> list[Row]:
     return rows
 
 
-def lc_metric(scores: dict | None, bench: str) -> dict | None:
-    """A collected benchmark entry's length-controlled metric (value, ci_low, ci_high, n), or None."""
-    if not scores or bench not in LC_METRICS:
-        return None
-    metric = (scores.get("all_metrics") or {}).get(LC_METRICS[bench])
+def side_metric(scores: dict | None, name: str) -> dict | None:
+    """A collected benchmark entry's metric ``name`` (value, ci_low, ci_high, n), or None (absent or NaN)."""
+    metric = ((scores or {}).get("all_metrics") or {}).get(name)
     return metric if metric and metric.get("value") is not None else None
+
+
+def lc_metric(scores: dict | None, bench: str) -> dict | None:
+    """A collected benchmark entry's length-controlled metric, or None."""
+    return side_metric(scores, LC_METRICS[bench]) if bench in LC_METRICS else None
 
 
 def _mean(values: list[float]) -> float:
@@ -103,11 +110,11 @@ def main_table(rows: list[Row], benchmarks: list[str]) -> pl.DataFrame:
             rec[label] = s["value"] if s else None
             rec[f"{label} CI"] = (f"[{s['ci_low']:.1f}, {s['ci_high']:.1f}]"
                                   if s and s.get("ci_low") is not None else None)
-            if b in LC_METRICS:
-                lc = lc_metric(s, b)
-                rec[f"{label} LC"] = lc["value"] if lc else None
-                rec[f"{label} LC CI"] = (f"[{lc['ci_low']:.1f}, {lc['ci_high']:.1f}]"
-                                         if lc and lc.get("ci_low") is not None else None)
+            for suffix, name in SIDE_METRICS.get(b, ()):
+                m = side_metric(s, name)
+                rec[f"{label} {suffix}"] = m["value"] if m else None
+                rec[f"{label} {suffix} CI"] = (f"[{m['ci_low']:.1f}, {m['ci_high']:.1f}]"
+                                               if m and m.get("ci_low") is not None else None)
         chat = [r.scores[b]["value"] for b in CHAT if b in r.scores]
         rec["AvgChat"] = _mean(chat) if len(chat) == len(CHAT) else None
         main = [b for b in MAIN7 if b in r.scores]

@@ -371,6 +371,11 @@ def test_grpo_trains_with_the_rubric_reward_and_with_the_mix(rubric_setup, tiny_
         assert (final / "model.safetensors").is_file()
         state = json.loads((tmp_path / name / "step-2" / "trainer_state.json").read_text())
         assert state["global_step"] == 2
+        # the reward's events reach the step's metrics (TRL's log_metric): judge requests and cache hits per
+        # answer (a mix names its part's events after the part)
+        event = "reward/judge_{}_per_answer" if name == "rub" else "reward/rub/judge_{}_per_answer"
+        logged = [h for h in state["log_history"] if event.format("requests") in h]
+        assert len(logged) == 2 and all(h[event.format("cache_hits")] >= 0 for h in logged)
         # 2 steps x 2 prompts x 2 answers: at most 8 distinct judged answers per run (fewer if empty or equal)
         assert 0 < srv.answered - before <= 8 or name == "rub-mix"
     assert srv.faults_served == ["429", "500", "body", "503"]
@@ -391,6 +396,11 @@ def test_ppo_trains_with_the_rubric_reward_and_with_the_mix(rubric_setup, tiny_z
         history = json.loads((tmp_path / name / "step-2" / "trainer_state.json").read_text())["log_history"]
         assert [h["step"] for h in history] == [1, 2]
         assert (final / "model.safetensors").is_file()
+        # the reward's events per answer are step metrics; the first run's first step asks the judge afresh
+        event = "reward/judge_requests_per_answer" if name == "rub" else "reward/rub/judge_requests_per_answer"
+        assert all(event in h for h in history)
+        if name == "rub":
+            assert history[0][event] > 0
 
 
 @pytest.mark.slow

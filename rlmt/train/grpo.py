@@ -99,7 +99,11 @@ class AnswerRewardWithLogging:
 
     def __call__(self, prompts, completions, log_metric=None, **kwargs) -> list[float]:
         scores = self.reward_fn(prompts=prompts, completions=completions, **kwargs)
-        found = self.reward_fn.last_batch.extractions  # the reward's one extraction of each output
+        batch = self.reward_fn.last_batch
+        found = batch.extractions  # the reward's one extraction of each output
+        if log_metric is not None and found:  # TRL averages over processes: equal batches give the global share
+            for name, count in sorted(batch.counts.items()):
+                log_metric(f"reward/{name}_per_answer", count / len(found))
         texts = completions
         self.rollouts.record(self._rollout_rows(scores, found, kwargs.get("completion_ids")))
         if self.buffer is not None:

@@ -78,6 +78,7 @@ class PPOBatch:
     thought_tokens: list[int] = field(default_factory=list)
     malformed: list[bool] = field(default_factory=list)
     answer_missing: list[bool] = field(default_factory=list)
+    reward_counts: dict[str, int] = field(default_factory=dict)  # the reward's events (judge_failed, ...)
 
 
 # ----------------------------------------------------------------------------- the training function
@@ -164,6 +165,7 @@ def train_ppo(policy_dir: str | Path, reward: Any, train_path: str | Path,
         metrics = ppo_update(accelerator, model, optimizer, batch, settings)
         rollouts = _step_rollouts(accelerator, batch, step)
         metrics.update(_rollout_metrics(accelerator, batch, rollouts, with_kl=reference is not None))
+        metrics.update(_reward_event_shares(accelerator, batch.reward_counts, len(batch.rollout)))
         state["global_step"] = step
         state["log_history"].append({"step": step, **metrics})
         _log(accelerator, metrics, step)
@@ -235,7 +237,8 @@ def make_experience(accelerator, model, reference, tokenizer, scorer: AnswerRewa
     return PPOBatch(rollout=rollout, scores=scores, values=values, advantages=advantages, returns=returns, kl=kl,
                     answer_tokens=_token_counts(tokenizer, [e.answer for e in found]),
                     thought_tokens=_token_counts(tokenizer, [e.thought for e in found]),
-                    malformed=[not e.well_formed for e in found], answer_missing=[not e.answer_found for e in found])
+                    malformed=[not e.well_formed for e in found], answer_missing=[not e.answer_found for e in found],
+                    reward_counts=dict(rewarded.counts))
 
 
 def ppo_update(accelerator, model, optimizer, batch: PPOBatch, settings: PPOConfig) -> dict[str, float]:
@@ -486,6 +489,17 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
 
 def _device_name(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else str(device)
+
+
+def _reward_event_shares(accelerator, counts: dict[str, int], n: int) -> dict[str, float]:
+    """``reward/<event>_per_answer``: per answer of this step (every process's), how often the reward counted an
+    event (a rubric judge's ``judge_failed``, a classifier's ``prompt_truncated``, ...); GRPO logs the same."""
+    from accelerate.utils import gather_object
+
+    gathered = gather_object([(counts, n)]) if accelerator.num_processes > 1 else [(counts, n)]
+    total = sum(k for _, k in gathered)
+    names = sorted({name for c, _ in gathered for name in c})
+    return {f"reward/{name}_per_answer": sum(c.get(name, 0) for c, _ in gathered) / total for name in names} if total else {}
 
 
 def _token_counts(tokenizer, texts: list[str]) -> list[int]:

@@ -49,9 +49,6 @@ class Rollout:
     prompt_width: int
     finished: list[bool] = field(default_factory=list)  # ended by EOS or a stop string (not the length cap)
     n_prompt_truncated: int = 0
-    malformed_fraction: float = 0.0  # filled in by the reward step, as are the two means below
-    thought_tokens_mean: float = 0.0  # policy tokens of the extracted thought
-    answer_tokens_mean: float = 0.0   # policy tokens of the extracted answer (what the reward model saw)
 
     @property
     def response_ids(self) -> torch.Tensor:

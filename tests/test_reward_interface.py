@@ -379,3 +379,51 @@ def test_the_readmes_example_reward_kind_registers_builds_and_scores_answers_onl
                          ["<think>please</think>no", "<think>hm</think>Yes, please."])
     # by hand: the first output's word is in its thought only, the second's in its answer
     assert batch.scores == [0.0, 1.0]
+
+
+def test_the_report_builds_unchanged_for_cells_rewarded_by_a_rubric_judge_and_a_mix(tmp_path):
+    """The report reads score files, whatever scored the rollouts: a grid whose cells are rewarded by a rubric
+    judge and by a mix (and whose reward win rate is judged by the mix) gets its main table, think deltas and
+    head-to-head rows, one per cell, as a classifier grid does."""
+    import csv
+    import random
+
+    from test_report_numbers import LABELS, N_ITEMS, _write_bench_scores
+
+    from rlmt.config import parse_config
+    from rlmt.report.build import ReportConfig, build_report
+    from rlmt.report.collect import CollectConfig, collect_model_scores
+    from rlmt.workflow import Plan
+
+    raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    raw["reward_models"]["judged"] = {
+        "kind": "rubric", "judge": {"base_url": "http://127.0.0.1:9/v1", "model": "j", "api_key_env": None},
+        "rubrics": {"column": "rubric", "path": str(tmp_path / "rubrics.jsonl")}}
+    raw["reward_models"]["mixed"] = {"kind": "mix", "parts": {"tiny-rm": 1.0, "judged": 1.0}}
+    raw["grid"] = [{"algo": ["grpo"], "base": ["llama-base"], "start": ["warm-start"], "think": [True, False],
+                    "rm": ["judged", "mixed"], "mixture": ["demo"]}]
+    raw["evaluation"]["benchmarks"] = {b: {"limit": N_ITEMS} for b in LABELS}
+    raw["evaluation"]["benchmarks"]["reward-winrate"]["options"] = {"reward_model": "mixed"}
+    plan = Plan(parse_config(raw), root=str(tmp_path / "results"))
+    assert len(plan.cell_names) == 4
+    rng = random.Random(5)
+    for model in plan.eval_models:
+        if not plan.benchmarks_for(model):
+            continue
+        files = [Path(plan.scores_file(model, b)) for b in LABELS]
+        for b, path in zip(LABELS, files):
+            _write_bench_scores(path, b, rng, drop_item=False)
+        collect_model_scores(CollectConfig(model=model, cell=model if model in plan.cell_by_name else None), files,
+                             plan.scores_file(model))
+    out = tmp_path / "report"
+    build_report(plan, ReportConfig(out_dir=str(out), eval_root=str(tmp_path / "results/eval"),
+                                    tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}"))
+    with (out / "main_table.csv").open() as f:
+        table = list(csv.DictReader(f))
+    text = (out / "main_table.csv").read_text()
+    assert all(cell in text for cell in plan.cell_names), text[:500]
+    assert len(table) >= 4
+    with (out / "head_to_head.csv").open() as f:
+        pairs = list(csv.DictReader(f))
+    assert len(pairs) == 2  # judged and mixed: each think cell against its no-think twin
+    assert (out / "report.md").read_text().count("grpo__llama-base__warm-start__think__") >= 2

@@ -141,7 +141,7 @@ class Plan:
         """
         spec = self.cfg.reward_models[rm].train
         exclude = [f"{self.root}/data/mixtures/{m}/{split}.parquet" for m in sorted(self.cfg.mixtures)
-                   for split in ("train", "val")]
+                   for split in ("train", "val", "tune")]
         exclude += [self.items_file(b) for b in self.benchmarks]
         return {"policy": self.model_dir(spec.policy or spec.backbone), "exclude": exclude}
 
@@ -263,9 +263,12 @@ class Plan:
         return f"{self.root}/data/benchmarks/{bench}/items.jsonl"
 
     def items_inputs(self, bench: str) -> list[str]:
-        """Files a benchmark's items are made from (the win rate's come from a mixture's val split)."""
+        """Files a benchmark's items are made from (the win rate's come from a mixture's val split, or its tuning
+        split with the option ``split: tune``)."""
         if bench == "reward-winrate":
-            return [f"{self.root}/data/mixtures/{self.winrate_mixture()}/val.parquet"]
+            opts = self.cfg.evaluation.benchmarks.get("reward-winrate")
+            split = (opts.options.get("split") if opts else None) or "val"
+            return [f"{self.root}/data/mixtures/{self.winrate_mixture()}/{split}.parquet"]
         return []
 
     def items_options(self, bench: str) -> dict[str, Any]:

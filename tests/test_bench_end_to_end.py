@@ -197,3 +197,19 @@ def test_identical_answers_tie_whatever_the_batching(mixture_dir, scorer):
         with pytest.raises(BenchmarkError, match="option 'tie_tolerance'"):
             get_benchmark("reward-winrate", mixture_dir=str(mixture_dir), tie_tolerance=bad).score(
                 items, _rows(items, answers), reference_generations=_rows(items, reference), scorer=scorer)
+
+
+def test_reward_winrate_reads_the_tuning_split_when_asked_and_never_another(mixture_dir, tmp_path):
+    """Option split: tune reads <mixture_dir>/tune.parquet (hyperparameters chosen there never see the evaluation
+    prompts); the default is val; any other split (train: the training prompts) is refused."""
+    from rlmt.benchmarks.base import BenchmarkError
+
+    tune = pl.read_parquet(mixture_dir / "val.parquet").with_columns(pl.col("id").str.replace("wc-", "tune-"))
+    tune.head(2).write_parquet(mixture_dir / "tune.parquet")
+    assert [i.id for i in get_benchmark("reward-winrate", mixture_dir=str(mixture_dir)).load_items(None)] == \
+        ["wc-0", "wc-1", "wc-2", "wc-3"]
+    tuned = get_benchmark("reward-winrate", mixture_dir=str(mixture_dir), split="tune").load_items(None)
+    assert [i.id for i in tuned] == ["tune-0", "tune-1"]
+    with pytest.raises(BenchmarkError, match="option 'split' must be one of"):
+        get_benchmark("reward-winrate", mixture_dir=str(mixture_dir), split="train").load_items(None)
+    (mixture_dir / "tune.parquet").unlink()

@@ -2,7 +2,8 @@
 
 The embedded default's headline metric: it needs no benchmark download and no API, only the
 reward model and held-out prompts of the training mixture (``<mixture_dir>/val.parquet``, option
-``mixture_dir``). For every prompt the reward model scores both *answers* (thoughts already
+``mixture_dir``; option ``split: tune`` reads the mixture's tuning split instead, for choosing
+hyperparameters without touching the evaluation prompts). For every prompt the reward model scores both *answers* (thoughts already
 stripped by :func:`rlmt.thinking.extract` in each model's generations file — the two models may
 use different thinking formats, so the scorer must not extract again: it is given the answers
 and must be built with the non-thinking format).
@@ -116,6 +117,18 @@ def _length_controlled(both_answered: list[ItemScore], seed: int) -> tuple[Metri
     return Metric(fit.value, lo, hi, fit.n), about
 
 
+WINRATE_SPLITS = ("val", "tune")  # the evaluation prompts; the tuning prompts (mixtures.<name>.n_tune)
+
+
+def winrate_split(options: dict) -> str:
+    """The mixture split the win rate's prompts come from (option ``split``, default ``val``)."""
+    split = options.get("split", "val")
+    if split not in WINRATE_SPLITS:
+        raise BenchmarkError(f"reward-winrate: option 'split' must be one of {list(WINRATE_SPLITS)}, got {split!r} "
+                             "(never the training prompts)")
+    return split
+
+
 def _tie_tolerance(options: dict) -> float:
     raw = options.get("tie_tolerance", DEFAULT_TIE_TOLERANCE)
     try:
@@ -138,7 +151,7 @@ class RewardWinRate(Benchmark):
         mixture_dir = self.options.get("mixture_dir")
         if not mixture_dir:
             raise BenchmarkError("reward-winrate: option 'mixture_dir' (a mixture directory with val.parquet) is required")
-        path = Path(mixture_dir) / "val.parquet"
+        path = Path(mixture_dir) / f"{winrate_split(self.options)}.parquet"
         if not path.exists():
             raise BenchmarkError(f"reward-winrate: {path} not found")
         import polars as pl

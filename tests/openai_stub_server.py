@@ -13,16 +13,17 @@ A real HTTP server (``ThreadingHTTPServer`` on 127.0.0.1, a port the OS picks) s
 
 Every request is recorded: ``requests`` (all), ``in_flight`` (received, not yet answered), ``answered`` (200 with a completion), ``digests`` (a digest of
 each answered request's model, messages and sampling parameters, in order), ``headers_seen`` (names lower-cased).
+The HTTP plumbing (port, start/stop, request checks, bodies) is tests/openai_server.py's ``LoopbackServer``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from openai_server import LoopbackHandler, LoopbackServer, completion_body, word_usage
 
 FAULTS = ("429", "500", "503", "body", "hang")
 
@@ -33,18 +34,22 @@ def request_digest(body: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-class ScriptedOpenAIServer:
+class ScriptedOpenAIServer(LoopbackServer):
+    model_id = "stub"
+    bad_key_message = "invalid api key"
+    truncated_body = b'{"choices": [{"message": {"content"'
+
     def __init__(self, reply: Callable[[dict], str], *, faults: Sequence[str] = (), latency_s: float = 0.0,
                  hang_s: float = 3.0, required_key: str | None = None):
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
             raise ValueError(f"unknown faults {unknown}; allowed: {FAULTS}")
+        super().__init__()
         self.reply = reply
         self.faults = list(faults)
         self.latency_s = latency_s
         self.hang_s = hang_s
         self.required_key = required_key
-        self.lock = threading.Lock()
         self.requests = 0
         self.in_flight = 0  # requests received and not yet answered
         self.answered = 0
@@ -52,111 +57,47 @@ class ScriptedOpenAIServer:
         self.digests: list[str] = []
         self.bodies: list[dict] = []
         self.headers_seen: list[dict] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+    def handle_post(self, handler: LoopbackHandler) -> None:
+        with self.lock:
+            self.in_flight += 1
+        try:
+            self._answer(handler)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
-    def start(self) -> "ScriptedOpenAIServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> "ScriptedOpenAIServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def _send(self, code: int, payload: bytes, headers: dict | None = None) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                try:
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up first (a "hang" fault)
-                    pass
-
-            def do_GET(self):
-                if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "stub", "object": "model"}]}).encode())
-                else:
-                    self._send(404, b'{"error": {"message": "not found"}}')
-
-            def do_POST(self):
-                with server.lock:
-                    server.in_flight += 1
-                try:
-                    self._post()
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-            def _post(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with server.lock:
-                    server.requests += 1
-                    server.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
-                    fault = server.faults.pop(0) if server.faults else None
-                    if fault:
-                        server.faults_served.append(fault)
-                if server.required_key and self.headers.get("Authorization") != f"Bearer {server.required_key}":
-                    self._send(401, b'{"error": {"message": "invalid api key"}}')
-                    return
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    self._send(404, b'{"error": {"message": "not found"}}')
-                    return
-                try:
-                    body = json.loads(raw)
-                except json.JSONDecodeError:
-                    self._send(400, b'{"error": {"message": "invalid json"}}')
-                    return
-                if fault == "hang":
-                    time.sleep(server.hang_s)
-                    self._send(504, b'{"error": {"message": "gateway timeout"}}')
-                    return
-                if fault in ("429", "500", "503"):
-                    self._send(int(fault), json.dumps({"error": {"message": f"scripted {fault}"}}).encode(),
-                               {"Retry-After": "0"} if fault == "429" else None)
-                    return
-                if fault == "body":
-                    self._send(200, b'{"choices": [{"message": {"content"')
-                    return
-                if server.latency_s:
-                    time.sleep(server.latency_s)
-                text = server.reply(body)
-                usage = {"prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body.get("messages", [])),
-                         "completion_tokens": len(text.split())}
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                payload = {"id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()),
-                           "model": body.get("model", "stub"),
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                        "finish_reason": "stop"}],
-                           "usage": usage}
-                with server.lock:
-                    server.answered += 1
-                    server.digests.append(request_digest(body))
-                    server.bodies.append(body)
-                self._send(200, json.dumps(payload).encode())
-
-        return Handler
+    def _answer(self, handler: LoopbackHandler) -> None:
+        raw = handler.read_raw()
+        with self.lock:
+            self.requests += 1
+            self.headers_seen.append(handler.lower_headers())
+            fault = self.faults.pop(0) if self.faults else None
+            if fault:
+                self.faults_served.append(fault)
+        body = self.checked_json(handler, raw)
+        if body is None:
+            return
+        if fault == "hang":
+            time.sleep(self.hang_s)
+            handler.send_error_message(504, "gateway timeout")
+            return
+        if fault in ("429", "500", "503"):
+            handler.send_error_message(int(fault), f"scripted {fault}", {"Retry-After": "0"} if fault == "429" else None)
+            return
+        if fault == "body":
+            handler.send_truncated()
+            return
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        text = self.reply(body)
+        payload = completion_body([text], model=body.get("model", "stub"), completion_id="chatcmpl-stub",
+                                  created=int(time.time()), usage=word_usage(body, [text]))
+        with self.lock:
+            self.answered += 1
+            self.digests.append(request_digest(body))
+            self.bodies.append(body)
+        handler.send(200, payload)
 
 
 # ------------------------------------------------------------------ scripted judges and teachers

@@ -12,84 +12,48 @@ get ``default``. A step is a dict:
 - ``{"malformed": True}``: HTTP 200 with a cut-off JSON body.
 
 It records, per request, the arrival time (``time.monotonic()``) and the headers with lower-case names.
+The HTTP plumbing (port, start/stop, bodies) is tests/openai_server.py's ``LoopbackServer``.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from openai_server import LoopbackHandler, LoopbackServer, completion_body
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
+    model_id = "scripted"
+    quiet_errors = True  # a client that hung up on a hang: expected
+
     def __init__(self, script: list[dict], default: dict | None = None):
+        super().__init__()
         self.script = list(script)
         self.default = dict(default or {})
-        self.lock = threading.Lock()
         self.arrivals: list[float] = []
         self.headers: list[dict[str, str]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._server.handle_error = lambda request, address: None  # a client that hung up on a hang: expected
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
 
     @property
     def requests(self) -> int:
         with self.lock:
             return len(self.arrivals)
 
-    def __enter__(self) -> "ScriptedServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code: int, payload: bytes, headers: dict | None = None) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with server.lock:
-                    k = len(server.arrivals)
-                    server.arrivals.append(time.monotonic())
-                    server.headers.append({name.lower(): value for name, value in self.headers.items()})
-                step = server.script[k] if k < len(server.script) else server.default
-                if step.get("status"):
-                    message = f"scripted {step['status']}"
-                    if step.get("echo_auth"):
-                        message += f" for {self.headers.get('Authorization')}"
-                    body = json.dumps({"error": {"message": message}}).encode()
-                    self._send(step["status"], body, step.get("headers"))
-                    return
-                if step.get("malformed"):
-                    self._send(200, b'{"choices": [{"mess')
-                    return
-                time.sleep(step.get("hang_s", 0.0))
-                body = {"id": f"chatcmpl-{k}", "object": "chat.completion", "created": 0, "model": "scripted",
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                     "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                self._send(200, json.dumps(body).encode())
-
-        return Handler
+    def handle_post(self, handler: LoopbackHandler) -> None:
+        handler.read_raw()
+        with self.lock:
+            k = len(self.arrivals)
+            self.arrivals.append(time.monotonic())
+            self.headers.append(handler.lower_headers())
+        step = self.script[k] if k < len(self.script) else self.default
+        if step.get("status"):
+            message = f"scripted {step['status']}"
+            if step.get("echo_auth"):
+                message += f" for {handler.headers.get('Authorization')}"
+            handler.send_error_message(step["status"], message, step.get("headers"))
+            return
+        if step.get("malformed"):
+            handler.send_truncated()
+            return
+        time.sleep(step.get("hang_s", 0.0))
+        handler.send(200, completion_body(["ok"], model="scripted", completion_id=f"chatcmpl-{k}", created=0,
+                                          usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}))

@@ -372,7 +372,7 @@ def test_the_readmes_example_reward_kind_registers_builds_and_scores_answers_onl
     example = next(b for b in re.findall(r"```text\n(.*?)```", readme, re.S) if "rlmt/rewards/keyword.py" in b)
     namespace = dict(globals(), **locals())
     exec(compile(example, "README.md:keyword", "exec"), namespace)
-    monkeypatch.setitem(registry._REGISTRY, "keyword", namespace["KIND"])  # removed again after the test
+    monkeypatch.setitem(registry._KINDS._items, "keyword", namespace["KIND"])  # removed again after the test
     specs = {"polite": namespace["KeywordSpec"](kind="keyword", word="please")}
     reward = NamedReward("polite", specs).build(WARM_THINK)
     batch = reward.score([[{"role": "user", "content": "hi"}]] * 2,

@@ -15,36 +15,31 @@ from __future__ import annotations
 from rlmt.algorithms import dpo, grpo, ppo, sft
 from rlmt.algorithms.base import Algorithm, GeometryProblem
 from rlmt.algorithms.schedule import Schedule
+from rlmt.named_registry import NamedRegistry
 
 __all__ = ["Algorithm", "GeometryProblem", "Schedule", "cell_algorithms", "get", "register", "registered"]
 
-_REGISTRY: dict[str, Algorithm] = {}
+_ALGORITHMS: NamedRegistry[Algorithm] = NamedRegistry("algorithm")
 
 
 def register(algorithm: Algorithm) -> Algorithm:
     """Add `algorithm` under its name (registration order is the config's field order)."""
-    if algorithm.name in _REGISTRY:
-        raise ValueError(f"algorithm {algorithm.name!r} is already registered")
-    _REGISTRY[algorithm.name] = algorithm
-    return algorithm
+    return _ALGORITHMS.register(algorithm)
 
 
 def get(name: str) -> Algorithm:
     """The algorithm registered as `name`."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown algorithm {name!r}; registered: {sorted(_REGISTRY)}") from None
+    return _ALGORITHMS.get(name)
 
 
 def registered() -> tuple[Algorithm, ...]:
     """Every algorithm, in registration order."""
-    return tuple(_REGISTRY.values())
+    return _ALGORITHMS.all()
 
 
 def cell_algorithms() -> tuple[str, ...]:
     """The names a grid cell's ``algo`` may take (every algorithm but the warm-start SFT stage)."""
-    return tuple(a.name for a in _REGISTRY.values() if a.trains_cell)
+    return tuple(a.name for a in _ALGORITHMS.all() if a.trains_cell)
 
 
 _BUILTIN = (sft, grpo, ppo, dpo)

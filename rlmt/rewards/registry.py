@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from rlmt.named_registry import NamedRegistry
+
 if TYPE_CHECKING:
     from rlmt.rewards.base import AnswerReward
     from rlmt.thinking import ThinkingFormat
@@ -55,25 +57,19 @@ class RewardKind:
     doc: str = ""
 
 
-_REGISTRY: dict[str, RewardKind] = {}
+_KINDS: NamedRegistry[RewardKind] = NamedRegistry("reward kind")
 
 
 def register(kind: RewardKind) -> RewardKind:
     """Add `kind` under its name."""
-    if kind.name in _REGISTRY:
-        raise ValueError(f"reward kind {kind.name!r} is already registered")
-    _REGISTRY[kind.name] = kind
-    return kind
+    return _KINDS.register(kind)
 
 
 def get(name: str) -> RewardKind:
     """The reward kind registered as `name`."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown reward kind {name!r}; registered: {sorted(_REGISTRY)}") from None
+    return _KINDS.get(name)
 
 
 def registered() -> tuple[RewardKind, ...]:
     """Every kind, in registration order."""
-    return tuple(_REGISTRY.values())
+    return _KINDS.all()

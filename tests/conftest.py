@@ -53,6 +53,16 @@ def pytest_configure(config) -> None:
             f"{SHARED_DATA} does not exist. Lay shared/ beside the checkout or point RLMT_DATA_DIR at the data.")
 
 
+@pytest.fixture(scope="module")
+def paper_judge_key():
+    """OPENAI_API_KEY set to a placeholder for a module: config/paper.yaml's rubric cells block in the preflight
+    while their judge's key variable is unset (as a user's shell would without `export OPENAI_API_KEY=...`);
+    the preflight reads only that it is set, and sends nothing."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENAI_API_KEY", "sk-preflight-test-placeholder")
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """$RLMT_DATA_DIR, else ../shared/data (CI must have one: see pytest_configure). Outside CI the

@@ -170,10 +170,8 @@ def test_geometry_by_hand(algo, settings, world, want):
     assert (problem[0] if problem else None) == want
 
 
-def test_preflight_blocks_a_ppo_mini_batch_larger_than_the_step(tmp_path, monkeypatch):
+def test_preflight_blocks_a_ppo_mini_batch_larger_than_the_step(tmp_path, paper_judge_key):
     from rlmt.preflight import run
-
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-preflight-test-placeholder")  # the rubric cells' judge key is set
 
     raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     raw = copy.deepcopy(raw)

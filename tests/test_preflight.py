@@ -18,12 +18,8 @@ RAW = yaml.safe_load(PAPER.read_text())
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _judge_key_is_set():
-    """The paper grid's rubric cells block while their judge's key variable is unset (as a user's shell would
-    without `export OPENAI_API_KEY=...`); the preflight reads only that it is set, never sends it."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OPENAI_API_KEY", "sk-preflight-test-placeholder")
-        yield
+def _judge_key_is_set(paper_judge_key):
+    """The paper grid's rubric cells need their judge's key variable (conftest.paper_judge_key)."""
 
 
 def _seed(tmp_path: Path, change) -> Path:

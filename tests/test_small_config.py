@@ -154,8 +154,10 @@ def test_small_plan_trains_its_reward_model_and_compares_each_cell_with_its_own_
     assert plan.benchmarks_for(THINK) == ["reward-winrate", "ifeval"]
     inputs = plan.rm_pairs_inputs("smol-rm")
     assert inputs["policy"] == "results/models/smollm2-instruct"
+    # the reward model's pairs share no prompt with the mixture's splits (the tuning split included) or the items
     assert set(inputs["exclude"]) == {"results/data/mixtures/wildchat-if/train.parquet",
                                       "results/data/mixtures/wildchat-if/val.parquet",
+                                      "results/data/mixtures/wildchat-if/tune.parquet",
                                       "results/data/benchmarks/reward-winrate/items.jsonl",
                                       "results/data/benchmarks/ifeval/items.jsonl"}
 
@@ -238,7 +240,7 @@ def test_small_config_dry_run_plans_the_whole_dag(tmp_path):
     assert "results/eval/smollm2-instruct/reward-winrate" not in out
     rm_pairs = next(line for line in out.splitlines() if "rlmt.cli data rm-pairs" in line)
     for excluded in ("results/data/mixtures/wildchat-if/train.parquet", "results/data/mixtures/wildchat-if/val.parquet",
-                     "results/data/benchmarks/ifeval/items.jsonl", "results/data/benchmarks/reward-winrate/items.jsonl"):
+                     "results/data/mixtures/wildchat-if/tune.parquet", "results/data/benchmarks/ifeval/items.jsonl", "results/data/benchmarks/reward-winrate/items.jsonl"):
         assert f"--exclude {excluded}" in rm_pairs
     assert "alpaca_eval_gpt4_baseline.json" in rm_pairs and "--limit 160" in rm_pairs
     train_rm = next(line for line in out.splitlines() if "rlmt.cli train rm" in line)
@@ -248,9 +250,10 @@ def test_small_config_dry_run_plans_the_whole_dag(tmp_path):
         line = next(l for l in out.splitlines() if "--bench reward-winrate" in l and f"--model-name {cell} " in l
                     and "eval score" in l)
         assert f"--reference results/eval/{start}/reward-winrate/generations.jsonl" in line
-        assert "--reward-model results/models/smol-rm" in line
+        # the reward by name, with its one file (the classifier's model dir, keyed by the entry's name)
+        assert "--reward smol-rm --reward-input smol-rm=results/models/smol-rm " in line
         train = next(l for l in out.splitlines() if "rlmt.cli train grpo" in l and f"--cell {cell} " in l)
-        assert f"--policy results/models/{start} " in train and "--reward-model results/models/smol-rm " in train
+        assert f"--policy results/models/{start} " in train and "--reward-input smol-rm=results/models/smol-rm " in train
 
 
 def test_ifeval_items_are_all_541(tmp_path):

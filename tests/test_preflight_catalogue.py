@@ -55,7 +55,7 @@ def paper_report():
 def test_the_paper_grid_passes_with_every_gpu_job_measured(paper_report):
     assert paper_report.blockers == []
     budgets = {(cell, b.job): b for cell, b in paper_report.budgets}
-    assert len(budgets) == 45 + 32  # every training job and the SFT job of each of the 32 warm-start cells
+    assert len(budgets) == 47 + 34  # every training job and the SFT job of each of the 34 warm-start cells
     for (cell, job), b in budgets.items():
         assert b.memory_parts and b.memory <= 0.9 * b.usable, (cell, job)  # the acceptance's line
         assert b.estimate.hours <= b.limit_hours, (cell, job)

@@ -217,7 +217,8 @@ def test_paper_grid_has_the_ablation_axes():
     cells = cfg.cells()
     assert len(cells) >= 40
     assert {c.algo for c in cells} == {"grpo", "ppo", "dpo"}
-    assert {c.rm for c in cells} == {"skywork-v1", "skywork-v2", "armorm"}
+    # the paper's three reward models, and the rubric judge and its mix with skywork-v1 (an extension, issue 33)
+    assert {c.rm for c in cells} == {"skywork-v1", "skywork-v2", "armorm", "rubric-gpt41mini", "skywork-v1-rubric"}
     assert {c.mixture for c in cells} == {"wildchat-if", "ultrafeedback", "tulu3-random"}
     instruct_think = cfg.cell("grpo__llama-instruct__warm-start__think__skywork-v1__wildchat-if")
     grpo = cfg.settings("grpo", instruct_think)

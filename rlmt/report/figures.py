@@ -69,17 +69,13 @@ def plot_training_curves(histories: dict[str, dict[str, list]], out_dir: Path) -
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for cell, points in sorted(series.items()):
             steps, values = zip(*points)
-            ax.plot(steps, values, marker="o", markersize=3, label=_short(cell))
+            ax.plot(steps, values, marker="o", markersize=3, label=short_cell_label(cell))
         ax.set_xlabel("training step")
         ax.set_ylabel(curve.replace("_", " "))
         ax.set_title(f"{curve.replace('_', ' ')} over training")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path = out_dir / f"train_{curve}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"train_{curve}.png"))
     return written
 
 
@@ -98,15 +94,11 @@ def plot_benchmark_bars(table: pl.DataFrame, benchmarks: list[str], out_dir: Pat
         for bar, t in zip(bars, sub["think"]):
             if t == "✓":
                 bar.set_hatch("//")
-        ax.set_xticks(range(sub.height), [_short(m) for m in sub["model"]], rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(range(sub.height), [short_cell_label(m) for m in sub["model"]], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(label)
         ax.set_title(f"{label} by model (hatched/blue: thinking)")
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"bench_{_slug(label)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"bench_{_slug(label)}.png"))
     return written
 
 
@@ -125,14 +117,19 @@ def plot_deltas(deltas: pl.DataFrame, out_dir: Path) -> list[Path]:
     ax.set_yticks(range(len(d)), labels, fontsize=7)
     ax.set_xlabel("think − nothink (points, 95 % paired bootstrap CI)")
     ax.set_title("Does thinking help?")
+    return [save_figure(fig, out_dir / "think_deltas.png")]
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Lay `fig` out, write it to `path` and close it (every report figure ends so)."""
     fig.tight_layout()
-    path = out_dir / "think_deltas.png"
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
-    return [path]
+    return path
 
 
-def _short(name: str) -> str:
+def short_cell_label(name: str) -> str:
+    """A cell or model name as a figure label: the default start and the separators dropped."""
     return name.replace("__warm-start", "").replace("__", " ")
 
 

@@ -39,6 +39,7 @@ from rlmt.diagnostics import (  # noqa: E402
     run_verdict,
     verdict_since,
 )
+from rlmt.report.figures import save_figure, short_cell_label  # noqa: E402
 from rlmt.stats.correlation import pearson, spearman  # noqa: E402
 
 # benchmarks whose headline is a win rate (0-100) against a reference: the Pareto view's y axis
@@ -94,13 +95,9 @@ def plot_reward_vs_length(cells: list[CellLength], out_dir: Path) -> list[Path]:
         ax.set_ylabel("reward")
         verdict = f" — {c.verdict.label}" if c.verdict else ""
         what = "samples its pairs came from" if c.algo == "dpo" else "rollouts"
-        ax.set_title(f"{_short(c.cell)}{verdict}\nreward against answer length, {what}", fontsize=9)
+        ax.set_title(f"{short_cell_label(c.cell)}{verdict}\nreward against answer length, {what}", fontsize=9)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"length_reward_vs_answer__{_slug(c.cell)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"length_reward_vs_answer__{_slug(c.cell)}.png", dpi=110))
     return written
 
 
@@ -125,7 +122,7 @@ def plot_length_correlation(cells: list[CellLength], out_dir: Path) -> list[Path
     undefined = [cell for cell, points in series.items() if all(p is None and r is None for _, p, r in points)]
     if undefined:  # said on the figure rather than left out: a cell whose answers never vary in length is news
         ax.text(0.01, 0.02, "no correlation defined (constant reward or answer length in every step): "
-                + ", ".join(_short(c) for c in sorted(undefined)), transform=ax.transAxes, fontsize=6, va="bottom")
+                + ", ".join(short_cell_label(c) for c in sorted(undefined)), transform=ax.transAxes, fontsize=6, va="bottom")
     for i, (cell, points) in enumerate(sorted(series.items())):
         colour = f"C{i % 10}"
         spearman_xy = [(step, rho) for step, _, rho in points if rho is not None]
@@ -134,7 +131,7 @@ def plot_length_correlation(cells: list[CellLength], out_dir: Path) -> list[Path
             if xy:
                 xs, ys = zip(*xy)
                 ax.plot(xs, ys, style, color=colour, marker="o", markersize=3,
-                        label=f"{_short(cell)} ({label})")
+                        label=f"{short_cell_label(cell)} ({label})")
     ax.axhline(0, color="grey", lw=1)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("training step")
@@ -143,11 +140,7 @@ def plot_length_correlation(cells: list[CellLength], out_dir: Path) -> list[Path
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    path = out_dir / "length_correlation.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out_dir / "length_correlation.png")]
 
 
 def mean_answer_words(generations: Path) -> float | None:
@@ -192,7 +185,7 @@ def plot_winrate_pareto(rows, benchmarks: list[str], eval_root: str | Path, out_
             err = [[y - lo], [hi - y]] if lo is not None and hi is not None else None
             ax.errorbar(x, y, yerr=err, fmt="^" if r.think else "o", color="#4C72B0" if r.cell else "#DD8452",
                         capsize=2, markersize=5, alpha=0.85)
-            ax.annotate(_short(r.model), (x, y), fontsize=5, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(short_cell_label(r.model), (x, y), fontsize=5, xytext=(3, 3), textcoords="offset points")
         front = pareto_front([(x, y) for _, x, y, _, _ in pts])
         ax.plot(*zip(*front), "-", color="#C44E52", lw=1.2, label="Pareto front (no model shorter and better)")
         ax.set_xlabel(f"mean answer length on {bench} (words)")
@@ -201,11 +194,7 @@ def plot_winrate_pareto(rows, benchmarks: list[str], eval_root: str | Path, out_
                      "triangles: thinking)", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path = out_dir / f"length_winrate_pareto__{_slug(bench)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"length_winrate_pareto__{_slug(bench)}.png"))
     return written
 
 
@@ -250,10 +239,6 @@ def html_section(cells: list[CellLength]) -> str:
                                       for k in ("cell", "verdict", "since step", "detail")) + "</tr>")
     parts.append("</table>")
     return "\n".join(parts)
-
-
-def _short(name: str) -> str:
-    return name.replace("__warm-start", "").replace("__", " ")
 
 
 def _slug(label: str) -> str:

@@ -47,13 +47,18 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """The store of a real two-cell Snakemake run (tests/test_e2e.py's grid), or $RLMT_UI_STORE_DIR's."""
+    """The store of a real two-cell Snakemake run (tests/test_e2e.py's settings), or $RLMT_UI_STORE_DIR's."""
     if os.environ.get("RLMT_UI_STORE_DIR"):  # a run made earlier by this same fixture, to iterate on the UI checks
         return Path(os.environ["RLMT_UI_STORE_DIR"])
     from test_e2e import _mini_config, _snakemake
 
     workdir = tmp_path_factory.mktemp("ui")
     cfg = _mini_config()
+    # Two cells (GRPO think, DPO no-think): enough for parents, children and a sort; the e2e grid's third is not needed.
+    cfg["grid"] = [
+        {"algo": ["grpo"], "base": ["llama-base"], "start": ["warm-start"], "think": [True], "rm": ["tiny-rm"], "mixture": ["demo"]},
+        {"algo": ["dpo"], "base": ["llama-base"], "start": ["warm-start"], "think": [False], "rm": ["tiny-rm"], "mixture": ["demo"]},
+    ]
     # The tiny policies score 0 on demo-if; the reward-model win rate is what sets the two cells' score.avg apart.
     cfg["evaluation"]["benchmarks"] = {"demo-if": {"limit": 4}, "reward-winrate": {"limit": 8}}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))

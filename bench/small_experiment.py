@@ -7,13 +7,16 @@
 
 Snakemake runs in ``--workdir`` (its ``results/`` must not exist: a clean run, never a partly cached one)
 with the config file(s) given; ``--overlay`` files are merged over the config first (nested mappings merged,
-other values replaced) into ``<workdir>/config.yaml``. Printed at the end: the wall time, the peak memory
-of the whole job tree (the largest sum of RSS over Snakemake and every process under it, sampled every
-``--sample-s`` seconds: an underestimate by at most what a job allocates and frees between two samples),
-the machine's load average before the run, and the results table (``table()``, also written to
-``<workdir>/small_experiment.md``). ``--continue`` goes on with an interrupted run in the same workdir
-(Snakemake redoes only what is missing; generation files resume where they stopped) and appends its part's
-wall time, peak and table to that file; the first header's wall time is then not the whole run's.
+other values replaced, a null value removes its key) into ``<workdir>/config.yaml``. Printed at the end: the
+wall time, the peak memory of the whole job tree (the largest sum of RSS over Snakemake and every process under
+it, sampled every ``--sample-s`` seconds: an underestimate by at most what a job allocates and frees between two
+samples), the machine's load average before the run, and the results tables (``table()``, also written to
+``<workdir>/small_experiment.md``): per cell the raw and length-controlled win rates, IFEval, the format rate, the
+within-step reward-length correlation of its rollouts and its length verdict; then the head-to-head comparisons
+on the same prompts (think against no-think, a length-corrected reward's cell against the plain one's).
+``--continue`` goes on with an interrupted run in the same workdir (Snakemake redoes only what is missing;
+generation files resume where they stopped) and appends its part's wall time, peak and table to that file; the
+first header's wall time is then not the whole run's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -35,9 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def merge(base: dict, over: dict) -> dict:
+    """`over` merged into `base`: nested mappings merged, other values replaced, a null value removes the key."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -158,8 +166,64 @@ def _winrate_both(scores: dict | None) -> str:
     return f"{_metric(scores, 'win_rate_both_answered')} (n={scores['metrics']['win_rate_both_answered']['n']})"
 
 
+def _length_columns(run_dir: Path) -> tuple[str, str]:
+    """(the within-step reward-length Spearman over the run's rollouts: mean [min, max] over steps; the length
+    verdict) of a trained cell (rlmt.diagnostics files in its checkpoint dir)."""
+    from rlmt.diagnostics import load_verdict, read_rollouts
+    from rlmt.report.length_figures import step_correlations
+
+    rhos = [rho for _, _, rho in step_correlations(read_rollouts(run_dir)) if rho is not None]
+    corr = f"{sum(rhos) / len(rhos):+.2f} [{min(rhos):+.2f}, {max(rhos):+.2f}]" if rhos else "n/a"
+    verdict = load_verdict(run_dir)
+    return corr, (verdict.label if verdict else "n/a")
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _pair_line(label: str, a: str, b: str, numbers: dict) -> str:
+    def ci(v, lo, hi):
+        return "n/a" if _missing(v) else f"{v:.1f}" + ("" if _missing(lo) else f" [{lo:.1f}, {hi:.1f}]")
+
+    return (f"| {label} | {a} | {b} | {numbers['n_paired']} | "
+            f"{ci(numbers['win_rate'], numbers['ci_low'], numbers['ci_high'])} | "
+            f"{ci(numbers['lc_win_rate'], numbers['lc_ci_low'], numbers['lc_ci_high'])} | "
+            f"{numbers['n_both_answered']} | "
+            + ("n/a" if _missing(numbers["mean_word_difference"]) else f"{numbers['mean_word_difference']:+.1f}") + " |")
+
+
+def head_to_head_lines(plan, res: Path) -> list[str]:
+    """Paired comparisons on the same held-out prompts and reward model: each think cell against its no-think
+    twin, and each cell on a length-corrected reward against the same cell on the reward it corrects."""
+    from rlmt.report.head_to_head import paired, read_answers, twins
+    from rlmt.stats.paired_rewards import DEFAULT_TIE_TOLERANCE
+
+    pairs = [("think vs no-think", t, n) for t, n in twins(plan)]
+    for cell in plan.cells:
+        base = getattr(plan.cfg.reward_models[cell.rm], "base", None)
+        if base is not None:
+            plain = cell.model_copy(update={"rm": base}).name
+            if plain in plan.cell_by_name:
+                pairs.append((f"{cell.rm} vs {base}", cell.name, plain))
+    lines = ["", "Head to head, paired over the held-out prompts (the win-rate reward model; LC: read at equal "
+             "answer length; word difference: first minus second, over the prompts both answered):", "",
+             "| comparison | first | second | prompts | win rate of first [95% CI] | LC win rate [95% CI] | "
+             "both answered | mean word difference |", "|---|---|---|---|---|---|---|---|"]
+    for label, a, b in pairs:
+        fa, fb = (res / "eval" / c / "reward-winrate" / "per_item.jsonl" for c in (a, b))
+        if not (fa.is_file() and fb.is_file()):
+            lines.append(f"| {label} | {a} | {b} | n/a | n/a | n/a | n/a | n/a |")
+            continue
+        tol = max((_json(f.with_name("scores.json")) or {}).get("extra", {}).get("tie_tolerance", DEFAULT_TIE_TOLERANCE)
+                  for f in (fa, fb))
+        lines.append(_pair_line(label, a, b, paired(read_answers(fa), read_answers(fb), tol)))
+    return lines if pairs else []
+
+
 def table(workdir: Path, cfg: dict) -> str:
-    """The results table of a finished run, read from its files (scores.json, generations, rm_eval.json)."""
+    """The results tables of a finished run, read from its files (scores.json, per-item files, generations,
+    rollout diagnostics, rm_eval.json, calibration.json)."""
     sys.path.insert(0, str(ROOT))
     from rlmt.config import parse_config
     from rlmt.workflow import Plan
@@ -175,10 +239,14 @@ def table(workdir: Path, cfg: dict) -> str:
                          f"on {held['n']} pairs ({ev['train_pairs']} training pairs, train loss {ev['train_loss']:.3f})")
         else:
             lines.append(f"Reward model {rm}: no rm_eval.json")
-    lines += ["", "| cell | reference | reward win rate [95% CI] | win rate, both answered | IFEval prompt strict | "
-              "prompt loose | inst strict | inst loose | format rate % (IFEval) | tag in answer % (IFEval) | "
-              "thought words (IFEval) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, spec in plan.cfg.reward_models.items():
+        if spec.kind != "classifier" and any(c.rm == name for c in plan.cells):
+            lines.append(f"Reward {name} ({spec.kind}): {spec.describe(name, str(res))}")
+    lines += ["", "| cell | reference | reward win rate [95% CI] | LC win rate [95% CI] | win rate, both answered | "
+              "IFEval prompt strict | prompt loose | inst strict | inst loose | format rate % (IFEval) | "
+              "tag in answer % (IFEval) | thought words (IFEval) | reward-length Spearman in rollouts, mean "
+              "[min, max] over steps | length verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     baselines = plan.cfg.evaluation.baselines  # untrained models: IFEval only, no win rate
     for cell in [*plan.cell_names, *baselines]:
         wr = _json(res / "eval" / cell / "reward-winrate" / "scores.json")
@@ -187,8 +255,11 @@ def table(workdir: Path, cfg: dict) -> str:
         ife_metrics = [_metric(ife, k) for k in ("prompt_strict", "prompt_loose",
                                                    "instruction_strict", "instruction_loose")]
         reference = "(untrained)" if cell in baselines else plan.winrate_reference(cell)
-        lines.append(f"| {cell} | {reference} | {_metric(wr, 'win_rate')} | {_winrate_both(wr)} | "
-                     + " | ".join(ife_metrics) + f" | {rate} | {leaked} | {thought} |")
+        corr, verdict = ("n/a", "n/a") if cell in baselines else _length_columns(Path(workdir / plan.checkpoint_dir(cell)))
+        lines.append(f"| {cell} | {reference} | {_metric(wr, 'win_rate')} | {_metric(wr, 'lc_win_rate')} | "
+                     f"{_winrate_both(wr)} | " + " | ".join(ife_metrics)
+                     + f" | {rate} | {leaked} | {thought} | {corr} | {verdict} |")
+    lines += head_to_head_lines(plan, res)
     return "\n".join(lines)
 
 

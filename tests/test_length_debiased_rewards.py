@@ -282,7 +282,7 @@ def test_calibration_job_inputs_exclude_every_evaluation_set():
         "kind": "length_debiased", "base": "tiny-rm", "tokenizer_model": "llama-base",
         "calibration": {"mixture": "demo", "split": "train", "policy": "llama-base__sft__nothink__demo-sft"}}
     plan = Plan(parse_config(raw))
-    assert calibrated_rewards(plan.cfg) == ["tiny-rm-debiased"]
+    assert calibrated_rewards(plan.cfg) == ["tiny-rm-debiased", "tiny-rm-odin"]  # this one and the default's own, by name
     inputs = calibration_inputs(plan, "tiny-rm-debiased")
     assert inputs["prompts"] == "results/data/mixtures/demo/train.parquet"
     assert inputs["policy"] == "results/models/llama-base__sft__nothink__demo-sft"

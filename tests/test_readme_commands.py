@@ -99,9 +99,11 @@ def job_counts(out: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-# config/config.yaml's grid by hand: grpo/ppo/dpo x llama-base/qwen-base x think/nothink, warm start, tiny-rm, demo
-DEFAULT_CELLS = sorted(f"{a}__{b}__warm-start__{t}__tiny-rm__demo" for a in ("grpo", "ppo", "dpo")
-                       for b in ("llama-base", "qwen-base") for t in ("think", "nothink"))
+# config/config.yaml's grid by hand: grpo/ppo/dpo x llama-base/qwen-base x think/nothink, warm start, tiny-rm, demo;
+# and GRPO llama-base think on the length-debiased tiny-rm-odin
+DEFAULT_CELLS = sorted([*(f"{a}__{b}__warm-start__{t}__tiny-rm__demo" for a in ("grpo", "ppo", "dpo")
+                          for b in ("llama-base", "qwen-base") for t in ("think", "nothink")),
+                        "grpo__llama-base__warm-start__think__tiny-rm-odin__demo"])
 
 
 def _cells_default(o: Outcome) -> None:
@@ -133,8 +135,10 @@ def _one_cell(o: Outcome) -> None:
 def _dry_run_all(o: Outcome) -> None:
     assert o.code == 0, o.out
     counts = job_counts(o.out)
-    # the README's 88 jobs: 12 trainings, 4 SFT policies (2 families x think/nothink), one report
-    assert (counts["total"], counts["train"], counts["sft"], counts["report"]) == (88, 12, 4, 1)
+    # the README's 95 jobs: 13 trainings, 4 SFT policies (2 families x think/nothink), one length calibration
+    # (the debiased reward's fit), one report
+    assert (counts["total"], counts["train"], counts["sft"], counts["reward_calibration"], counts["report"]) == \
+        (95, 13, 4, 1, 1)
 
 
 def _profile_installed(o: Outcome) -> None:

@@ -69,4 +69,4 @@ def test_the_default_configs_report_opens_with_the_banner(tmp_path, monkeypatch)
 def test_a_config_with_a_real_model_has_no_banner(tmp_path, monkeypatch):
     md, page = _report(tmp_path, _with_real_policy(tmp_path), monkeypatch)
     assert "Plumbing demo" not in md and "Plumbing demo" not in page
-    assert md.splitlines()[2].startswith("12 cells;")
+    assert md.splitlines()[2].startswith("13 cells;")

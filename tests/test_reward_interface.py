@@ -352,7 +352,12 @@ def test_the_workflow_plans_a_mix_cell_with_every_parts_model(tmp_path):
     mix = [line for line in train if "__both__" in line]
     assert mix and all("--reward-input tiny-rm=results/models/tiny-rm --reward-input "
                        "tiny-rm-b=results/models/tiny-rm-b" in line for line in mix)
-    assert all("--reward-input tiny-rm=results/models/tiny-rm --train" in line for line in train if line not in mix)
+    odin = [line for line in train if "__tiny-rm-odin__" in line]  # the default's length-debiased cell: tiny-rm, its fit
+    assert len(odin) == 1 and "--reward-input tiny-rm=results/models/tiny-rm --reward-input tiny-rm-odin:tokenizer=" \
+        "results/models/llama-base --reward-input tiny-rm-odin:calibration=results/rewards/tiny-rm-odin/" \
+        "calibration.json --train" in odin[0]
+    assert all("--reward-input tiny-rm=results/models/tiny-rm --train" in line for line in train
+               if line not in mix and line not in odin)
     winrate = [line for line in proc.stdout.splitlines() if "--bench reward-winrate" in line and "eval score" in line]
     assert winrate and all(re.search(r"--reward both --reward-input tiny-rm=results/models/tiny-rm --reward-input "
                                      r"tiny-rm-b=results/models/tiny-rm-b --out", line) for line in winrate)

@@ -78,6 +78,41 @@ def test_the_gemma_zero_overlay_plans_zero_cells_against_their_own_prompted_star
     assert not report.blockers, [(f.cell, f.key, f.message) for f in report.blockers]
 
 
+def test_an_overlay_merges_mappings_replaces_values_and_removes_keys_set_to_null():
+    merge = _bench_module().merge
+    base = {"a": {"x": 1, "y": {"p": 1}}, "b": [1, 2], "c": 3}
+    assert merge(base, {"a": {"y": {"q": 2}}, "b": [3], "c": None}) == {"a": {"x": 1, "y": {"p": 1, "q": 2}}, "b": [3]}
+    assert base == {"a": {"x": 1, "y": {"p": 1}}, "b": [1, 2], "c": 3}  # the base is not changed
+
+
+def test_the_length_debiased_overlay_fits_on_the_tuning_split_and_adds_one_think_cell(tmp_path):
+    """config/small_length_debiased.yaml: the third cell trains on smol-rm minus its length trend, fitted on the SFT
+    think start's answers to the tuning prompts; the win rate still judges every cell with smol-rm."""
+    from rlmt.preflight import run as preflight
+    from rlmt.rewards.calibration import calibration_inputs
+
+    cfg = _bench_module().effective_config(SMALL, [ROOT / "config/small_length_debiased.yaml"])
+    plan = Plan(parse_config(cfg))
+    odin = "grpo__smollm2-instruct__warm-start__think__smol-rm-odin__wildchat-if"
+    assert plan.cell_names == [THINK, NOTHINK, odin]
+    inputs = calibration_inputs(plan, "smol-rm-odin")
+    assert inputs["prompts"] == "results/data/mixtures/wildchat-if/tune.parquet"
+    assert inputs["policy"] == "results/models/smollm2-instruct__sft__think__demo-sft"
+    assert "results/data/mixtures/wildchat-if/val.parquet" in inputs["evaluation"]
+    assert plan.winrate_reward_model() == "smol-rm" and plan.winrate_reference(odin) == plan.winrate_reference(THINK)
+    assert cfg["mixtures"]["wildchat-if"]["n_tune"] == 48
+    (tmp_path / "merged.yaml").write_text(yaml.safe_dump(cfg))
+    report = preflight(tmp_path / "merged.yaml")
+    assert not report.blockers, [(f.cell, f.key, f.message) for f in report.blockers]
+
+
+def test_the_tuning_overlay_scores_the_win_rate_on_the_tuning_split_only():
+    cfg = _bench_module().effective_config(SMALL, [ROOT / "config/small_tune.yaml"])
+    plan = Plan(parse_config(cfg))
+    assert plan.benchmarks == ["reward-winrate"] and plan.cfg.evaluation.baselines == []
+    assert plan.cfg.evaluation.benchmarks["reward-winrate"].options == {"reward_model": "smol-rm", "split": "tune"}
+
+
 def test_the_bench_attributes_its_memory_peak_to_the_pipeline_command_running_then():
     """A real child process whose command line is a pipeline command's holds 300 MB; the sampler names it with
     a peak of at least that, and a command that is not the pipeline's gets no label."""
@@ -117,7 +152,8 @@ def test_the_bench_table_shows_the_both_answered_win_rate_and_thinking_tags_leak
         return {"value": value, "ci_low": lo, "ci_high": hi, "n": n}
 
     write(res / "eval" / THINK / "reward-winrate" / "scores.json", json.dumps({"metrics": {
-        "win_rate": metric(73.4, 62.5, 83.6, 64), "win_rate_both_answered": metric(60.0, 42.9, 74.3, 35)}}))
+        "win_rate": metric(73.4, 62.5, 83.6, 64), "win_rate_both_answered": metric(60.0, 42.9, 74.3, 35),
+        "lc_win_rate": metric(55.2, 41.0, 69.9, 35)}}))
     write(res / "eval" / NOTHINK / "reward-winrate" / "scores.json",
           json.dumps({"metrics": {"win_rate": metric(64.8, 53.1, 76.6, 64)}}))
     rows = [  # thoughts of 3, 1, 2 and 0 words; one well-formed; two with a tag in the answer
@@ -127,16 +163,29 @@ def test_the_bench_table_shows_the_both_answered_win_rate_and_thinking_tags_leak
         {"well_formed": False, "issues": ["missing-delimiter"], "thought": ""},
     ]
     write(res / "eval" / THINK / "ifeval" / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    # two steps of rollouts: reward rises with answer length in the first (Spearman +1), falls in the second (-1)
+    steps = [{"step": 1, "reward": [0.1, 0.5, 0.9], "answer_tokens": [10, 20, 30]},
+             {"step": 2, "reward": [0.9, 0.5, 0.2], "answer_tokens": [10, 20, 35]}]
+    write(res / "checkpoints" / THINK / "diagnostics" / "rollouts.jsonl", "".join(
+        json.dumps({**r, "thought_tokens": [5, 5, 5], "clipped": [0, 0, 0], "malformed": [0, 0, 0]}) + "\n"
+        for r in steps))
+    write(res / "checkpoints" / THINK / "diagnostics" / "verdict.json",
+          json.dumps({"label": "insufficient data", "rule": "rl", "n_steps": 2}))
     lines = {line.split(" | ")[0].lstrip("| "): line for line in bench.table(tmp_path, raw).splitlines()
              if line.startswith("| ")}
     think = lines[THINK].strip("| ").split(" | ")
-    assert think[2:4] == ["73.4 [62.5, 83.6]", "60.0 [42.9, 74.3] (n=35)"]
-    assert think[-3:] == ["25.0", "50.0", "2"]  # format rate, tag in answer %, mean thought words (6 / 4 -> 2)
+    assert think[2:5] == ["73.4 [62.5, 83.6]", "55.2 [41.0, 69.9]", "60.0 [42.9, 74.3] (n=35)"]
+    # format rate, tag in answer %, mean thought words (6 / 4 -> 2); within-step Spearman mean [min, max]; verdict
+    assert think[-5:] == ["25.0", "50.0", "2", "+0.00 [-1.00, +1.00]", "insufficient data"]
     nothink = lines[NOTHINK].strip("| ").split(" | ")
-    assert nothink[2:4] == ["64.8 [53.1, 76.6]", "n/a"]
+    assert nothink[2:5] == ["64.8 [53.1, 76.6]", "n/a", "n/a"]
+    assert nothink[-2:] == ["n/a", "n/a"]  # no rollouts recorded, no verdict
     header = lines["cell"].strip("| ").split(" | ")
-    assert header[3] == "win rate, both answered" and header[-2] == "tag in answer % (IFEval)"
+    assert header[3] == "LC win rate [95% CI]" and header[4] == "win rate, both answered"
+    assert header[-4] == "tag in answer % (IFEval)" and header[-1] == "length verdict"
     assert len(header) == len(think) == len(nothink)
+    # the head-to-head table lists the think cell against its twin; no per-item files here: nothing to pair
+    assert lines["think vs no-think"].strip("| ").split(" | ")[1:] == [THINK, NOTHINK] + ["n/a"] * 5
 
 
 def test_small_plan_trains_its_reward_model_and_compares_each_cell_with_its_own_start(raw):

@@ -42,9 +42,11 @@ def test_rlmt_config_cells_lists_the_grid_as_the_readme_says():
     """`rlmt config cells` (README), in the checkout: the default grid's cells; `-c config/paper.yaml` the paper's."""
     rlmt = [str(Path(sys.executable).parent / "rlmt"), "config", "cells"]
     listed = subprocess.run(rlmt, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout.split()
-    # config/config.yaml by hand: grpo/ppo/dpo x llama-base/qwen-base x think/nothink, warm start, tiny-rm, demo
-    assert sorted(listed) == sorted(f"{algo}__{base}__warm-start__{think}__tiny-rm__demo" for algo in ("grpo", "ppo", "dpo")
-                                    for base in ("llama-base", "qwen-base") for think in ("think", "nothink"))
+    # config/config.yaml by hand: grpo/ppo/dpo x llama-base/qwen-base x think/nothink, warm start, tiny-rm, demo;
+    # and GRPO llama-base think on the length-debiased tiny-rm-odin
+    assert sorted(listed) == sorted([*(f"{algo}__{base}__warm-start__{think}__tiny-rm__demo" for algo in ("grpo", "ppo", "dpo")
+                                       for base in ("llama-base", "qwen-base") for think in ("think", "nothink")),
+                                     "grpo__llama-base__warm-start__think__tiny-rm-odin__demo"])
     paper = subprocess.run([*rlmt, "-c", "config/paper.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                            check=True).stdout.split()
     # config/paper.yaml's grid rows by hand: GRPO 8 + 4 (zero) + 4 (RM ablation) + 2 (mixtures) + 2 (SFT teacher)

@@ -21,6 +21,7 @@ from rlmt.report.banner import banner_text
 from rlmt.report.banner import markdown_lines as banner_markdown
 from rlmt.report import head_to_head as h2h
 from rlmt.report import length_figures as lf
+from rlmt.report import rewards_section
 from rlmt.report.figures import plot_benchmark_bars, plot_deltas, plot_training_curves, training_histories
 from rlmt.report.tables import COLUMNS, SIDE_METRICS, load_rows, main_table, think_deltas, to_markdown
 from rlmt.workflow import Plan
@@ -179,6 +180,7 @@ def _markdown(plan, table, deltas, shown, fig_paths, links, out: Path, sections:
     lines += ["", *sections, "## Thinking minus non-thinking (paired bootstrap over items)", "", to_markdown(deltas), ""]
     lines += h2h.markdown(pairs, links) if pairs is not None else []
     lines += lf.markdown(lengths) if lengths is not None else []
+    lines += rewards_section.markdown(plan)
     lines += ["## Figures", ""]
     for p in fig_paths:
         lines.append(f"![{p.stem}]({p.relative_to(out)})")
@@ -233,6 +235,7 @@ def _html(plan, table, deltas, shown, fig_paths, links, out: Path, *, store: str
         parts.append("</table>")
     parts += h2h.html(pairs, links) if pairs is not None else []
     parts += [lf.html_section(lengths)] if lengths is not None else []
+    parts.append(rewards_section.html_section(plan))
     parts.append("<h2>Figures</h2>")
     for p in fig_paths:
         parts.append(f"<figure><img src='{esc(str(p.relative_to(out)))}'><figcaption>{esc(p.stem)}</figcaption></figure>")

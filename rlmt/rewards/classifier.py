@@ -99,6 +99,18 @@ class RewardModelSpec(Strict):
     max_tokens_per_batch: int = Field(default=16384, ge=1, description="Padded tokens per reward-model forward pass "
                                       "(length-bucketed batches; 1 scores one answer at a time).")
 
+    def describe(self, name: str, results_root: str | Path = "results") -> str:
+        """One line for the report: where the model comes from."""
+        if self.train is not None:
+            t = self.train
+            balance = [f"length ratio <= {t.max_length_ratio}"] if t.max_length_ratio else []
+            balance += [f">= {t.min_shorter_chosen_share:.0%} of pairs with the shorter answer chosen"] \
+                if t.min_shorter_chosen_share else []
+            return (f"Bradley-Terry classifier trained here on {t.backbone}"
+                    + (f" (first {t.keep_layers} layers)" if t.keep_layers else "")
+                    + (f"; length-balanced pairs: {', '.join(balance)}" if balance else ""))
+        return f"Bradley-Terry classifier `{self.source}`"
+
     @model_validator(mode="after")
     def _one_origin(self) -> "RewardModelSpec":
         if (self.source is None) == (self.train is None):

@@ -71,6 +71,12 @@ class LengthPenaltySpec(Strict):
         """The other config entries this one names, by top-level section (for the config's reference check)."""
         return {"reward_models": [self.base], "models": [self.tokenizer_model]}
 
+    def describe(self, name: str, results_root: str | Path = "results") -> str:
+        """One line for the report: the penalty's shape."""
+        return (f"{self.base} + {self.coefficient:g} x DAPO soft overlong punishment on answer tokens "
+                f"(0 up to {self.max_answer_tokens - self.soft_punish_cache}, -1 from {self.max_answer_tokens}; "
+                f"{self.tokenizer_model}'s tokenizer)")
+
     @model_validator(mode="after")
     def _cache_within_budget(self) -> "LengthPenaltySpec":
         if self.soft_punish_cache > self.max_answer_tokens:
@@ -109,6 +115,22 @@ class LengthDebiasedSpec(Strict):
         start policy's dir name, which the plan checks)."""
         return {"reward_models": [self.base], "models": [self.tokenizer_model],
                 "mixtures": [self.calibration.mixture]}
+
+    def describe(self, name: str, results_root: str | Path = "results") -> str:
+        """One line for the report: the correction and, once fitted, its line and the correlation it removed."""
+        c = self.calibration
+        text = (f"{self.base} - slope x (answer tokens - mean), ODIN-style; fitted on {c.policy}'s answers to "
+                f"{c.n_prompts or 'all'} {c.mixture}/{c.split} prompts")
+        path = Path(results_root) / calibration_file(name)
+        if not path.exists():
+            return text + " (not fitted yet)"
+        fit = json.loads(path.read_text())
+        r_before, r_after = fit.get("pearson_before"), fit.get("pearson_after")
+        corr = (f"reward-length Pearson r {r_before:+.2f} -> {r_after:+.2f}" if r_before is not None
+                and r_after is not None else "reward-length r undefined (constant scores)")
+        dropped = fit.get("n_malformed_excluded") or 0
+        return text + (f": slope {fit['slope']:+.4g} per token, mean {fit['mean_length']:.1f} tokens, "
+                       f"{corr} on {fit['n']} answers" + (f" ({dropped} malformed left out)" if dropped else ""))
 
 
 # ---------------------------------------------------------------------- answer length

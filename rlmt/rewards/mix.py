@@ -33,6 +33,7 @@ itself, is a config error. Imports nothing heavy.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 from pydantic import Field, field_validator
@@ -66,6 +67,11 @@ class MixSpec(Strict):
     def references(self) -> dict[str, list[str]]:
         """The other config entries this one names, by top-level section."""
         return {"reward_models": list(self.parts)}
+
+    def describe(self, name: str, results_root: str | Path = "results") -> str:
+        """One line for the report: the weighted parts."""
+        terms = " + ".join(f"{w:g}·z({name})" for name, w in self.parts.items())
+        return f"mix: {terms}, each part z-normalised over the scored batch"
 
 
 def batch_z(scores: Sequence[float]) -> list[float]:

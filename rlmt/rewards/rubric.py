@@ -156,6 +156,12 @@ class RubricRewardSpec(Strict):
                                        "than this stops the step.")
     estimate: RubricEstimate = Field(default_factory=RubricEstimate)
 
+    def describe(self, name: str, results_root: str | Path = "results") -> str:
+        """One line for the report: judge, mode and where the rubrics come from."""
+        source = (f"written by {self.rubrics.generate.model}" if self.rubrics.generate is not None
+                  else f"column `{self.rubrics.column}`")
+        return f"rubric judge {self.judge.model} ({self.mode}), rubrics {source}"
+
     def api_key_envs(self) -> list[str]:
         """The environment variables holding the keys this reward's jobs send (judge, rubric teacher)."""
         names = [self.judge.api_key_env]

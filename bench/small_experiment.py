@@ -196,8 +196,7 @@ def _pair_line(label: str, a: str, b: str, numbers: dict) -> str:
 def head_to_head_lines(plan, res: Path) -> list[str]:
     """Paired comparisons on the same held-out prompts and reward model: each think cell against its no-think
     twin, and each cell on a length-corrected reward against the same cell on the reward it corrects."""
-    from rlmt.report.head_to_head import paired, read_answers, twins
-    from rlmt.stats.paired_rewards import DEFAULT_TIE_TOLERANCE
+    from rlmt.report.head_to_head import paired, read_answers, tie_tolerance, twins
 
     pairs = [("think vs no-think", t, n) for t, n in twins(plan)]
     for cell in plan.cells:
@@ -215,8 +214,7 @@ def head_to_head_lines(plan, res: Path) -> list[str]:
         if not (fa.is_file() and fb.is_file()):
             lines.append(f"| {label} | {a} | {b} | n/a | n/a | n/a | n/a | n/a |")
             continue
-        tol = max((_json(f.with_name("scores.json")) or {}).get("extra", {}).get("tie_tolerance", DEFAULT_TIE_TOLERANCE)
-                  for f in (fa, fb))
+        tol = tie_tolerance(fa.with_name("scores.json"), fb.with_name("scores.json"))
         lines.append(_pair_line(label, a, b, paired(read_answers(fa), read_answers(fb), tol)))
     return lines if pairs else []
 

@@ -131,16 +131,16 @@ def lc_delta(think: dict[str, Answer], nothink: dict[str, Answer]) -> tuple[floa
     return delta, lo, hi, len(common)
 
 
-def _tie_tolerance(*scores: dict) -> float:
-    """The larger of the cells' reward win rate tie tolerances (their ``scores.json``), else the default."""
+def tie_tolerance(*score_files: str | Path | None) -> float:
+    """The larger of the tie tolerances the reward win rate's ``scores.json`` files state, else the default."""
     found = []
-    for s in scores:
-        source = s.get("source")
+    for source in score_files:
         if source and Path(source).exists():
             tol = json.loads(Path(source).read_text(encoding="utf-8")).get("extra", {}).get("tie_tolerance")
             if tol is not None:
                 found.append(float(tol))
     return max(found) if found else DEFAULT_TIE_TOLERANCE
+
 
 
 def twins(plan: Plan) -> list[tuple[str, str]]:
@@ -169,7 +169,7 @@ def head_to_head(plan: Plan, rows: Iterable[Any]) -> pl.DataFrame:
             continue
         if not (Path(ts["per_item"]).exists() and Path(ns["per_item"]).exists()):
             continue
-        tol = _tie_tolerance(ts, ns)
+        tol = tie_tolerance(ts.get("source"), ns.get("source"))
         numbers = paired(read_answers(ts["per_item"]), read_answers(ns["per_item"]), tol)
         records.append({"backbone": t.backbone, "start": t.start, "stage": t.stage, "think_cell": think_cell,
                         "nothink_cell": nothink_cell, **numbers, "tie_tolerance": tol})

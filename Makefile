@@ -43,7 +43,7 @@ test-random: test-deps
 test-slurm: test-deps
 	$(PYTEST) -m slurm
 
-# The reduced config/small.yaml run on the real SmolLM2 and data (tests/small_overlay.yaml; 26 jobs): a CI step of its own.
+# The reduced config/small.yaml run with its length-debiased overlay on the real SmolLM2 and data (tests/small_overlay*.yaml; 35 jobs): a CI step of its own.
 test-small: test-deps
 	$(PYTEST) -m small_wiring
 

@@ -354,9 +354,10 @@ def test_sft_template_check_accepts_smollm2_with_the_shipped_template_only():
 @pytest.mark.small_wiring
 @pytest.mark.timeout(3600)
 def test_reduced_small_experiment_runs_end_to_end(tmp_path):
-    """Every rule of config/small.yaml's DAG on the real SmolLM2 and real data, reduced by tests/small_overlay.yaml
-    (a few prompts, one step, a few tokens), through the bench script: the numbers mean nothing, the files do.
-    Its 26 jobs on the real model outgrow the suite's time: a CI step of its own (.ci/run), outside `make test`:
+    """Every rule of config/small.yaml's DAG with the length-debiased overlay (config/small_length_debiased.yaml) on
+    the real SmolLM2 and real data, reduced by tests/small_overlay.yaml and tests/small_overlay_debiased.yaml (a few
+    prompts, one step, a few tokens), through the bench script: the numbers mean nothing, the files do. Its jobs on
+    the real model outgrow the suite's time: a CI step of its own (.ci/run), outside `make test`:
 
         make test-small        # = .venv/bin/python -m pytest -q -m small_wiring
     """
@@ -364,8 +365,10 @@ def test_reduced_small_experiment_runs_end_to_end(tmp_path):
     _needs_smollm2()
     work = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "small_experiment.py"), "--overlay",
-                           str(ROOT / "tests" / "small_overlay.yaml"), "--workdir", str(work)],
+    overlays = [ROOT / "config" / "small_length_debiased.yaml", ROOT / "tests" / "small_overlay.yaml",
+                ROOT / "tests" / "small_overlay_debiased.yaml"]
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "small_experiment.py"),
+                           *(arg for path in overlays for arg in ("--overlay", str(path))), "--workdir", str(work)],
                           cwd=ROOT, capture_output=True, text=True, timeout=3000, env=env)
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in (work / "results" / "logs").rglob("*.log"))
@@ -380,7 +383,10 @@ def test_reduced_small_experiment_runs_end_to_end(tmp_path):
 
     rm_config = AutoConfig.from_pretrained(res / "models" / "smol-rm")  # num_labels is id2label's length
     assert rm_config.num_hidden_layers == 2 and rm_config.num_labels == 1
-    for cell in (THINK, NOTHINK):
+    odin = THINK.replace("__smol-rm__", "__smol-rm-odin__")
+    fit = json.loads((res / "rewards" / "smol-rm-odin" / "calibration.json").read_text())
+    assert fit["split"] == "tune" and fit["n"] + fit["n_malformed_excluded"] == 6
+    for cell in (THINK, NOTHINK, odin):
         wr = json.loads((res / "eval" / cell / "reward-winrate" / "scores.json").read_text())
         assert wr["n"] == 4 and 0 <= wr["metrics"]["win_rate"]["value"] <= 100
         ife = json.loads((res / "eval" / cell / "ifeval" / "scores.json").read_text())
@@ -389,7 +395,10 @@ def test_reduced_small_experiment_runs_end_to_end(tmp_path):
     assert (res / "report" / "report.md").is_file()
     assert "wall time:" in proc.stdout and "peak memory of the job tree:" in proc.stdout
     assert f"| {THINK} | smollm2-instruct__sft__think__demo-sft |" in proc.stdout
-    assert "held-out pairwise accuracy" in proc.stdout
+    assert f"| {odin} | smollm2-instruct__sft__think__demo-sft |" in proc.stdout
+    assert "held-out pairwise accuracy" in proc.stdout and "Reward smol-rm-odin (length_debiased): " in proc.stdout
+    assert f"| think vs no-think | {THINK} | {NOTHINK} | 4 |" in proc.stdout
+    assert f"| smol-rm-odin vs smol-rm | {odin} | {THINK} | 4 |" in proc.stdout
 
 
 def test_prepare_refuses_a_trained_reward_model_naming_the_rule(tmp_path):

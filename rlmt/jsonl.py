@@ -1,4 +1,4 @@
-"""Reading JSON-lines files line by line: each non-blank line must be a UTF-8 JSON object.
+"""Reading JSON-lines files line by line: each non-blank line must be a UTF-8 JSON object; writing one whole.
 
 One reader for every line-numbered JSONL input (reward pairs, SFT rows, benchmark generations,
 teacher outputs). The file is read as bytes and each line decoded on its own, so one bad line
@@ -15,11 +15,15 @@ A line is malformed, with one of these reasons, when it is
 
 A caller that stops on a bad line passes ``error_cls``; one that quarantines gets the bad line
 as a :class:`BadLine` and decides itself.
+
+:func:`write_json_lines` writes a whole file atomically (a temporary file, flushed to disk, then
+renamed over the target): a reader never sees half of it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,3 +91,15 @@ def _encodable(obj: Any) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def write_json_lines(path: str | Path, rows: list[dict]) -> None:
+    """Write `rows` as JSON lines (UTF-8, non-ASCII kept), atomically; the parent directory is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -56,3 +56,16 @@ def test_the_three_stopping_readers_name_an_undecodable_line(tmp_path):
         path.write_bytes(json.dumps(row).encode() + b"\n" + bad)
         with pytest.raises(error, match=rf"{reader.__name__}.jsonl:2: not valid UTF-8"):
             reader(path)
+
+
+def test_a_written_file_reads_back_row_for_row_and_replaces_the_old_one_whole(tmp_path):
+    from rlmt.jsonl import write_json_lines
+
+    path = tmp_path / "sub" / "rows.jsonl"
+    rows = [{"id": "a", "text": "naïve — ok"}, {"id": "b", "text": "line\u2028sep"}]
+    write_json_lines(path, rows)
+    assert path.read_bytes() == ('{"id": "a", "text": "naïve — ok"}\n{"id": "b", "text": "line\u2028sep"}\n').encode()
+    assert [row for _, row in iter_json_lines(path, ValueError)] == rows
+    write_json_lines(path, rows[:1])
+    assert [row for _, row in iter_json_lines(path, ValueError)] == rows[:1]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["rows.jsonl"]  # no temporary file left behind

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from rlmt.jsonl import write_json_lines
+
 RUBRIC_SYSTEM = (
     "You write grading rubrics for answers of AI assistants. A rubric is a short list of criteria, each one "
     "self-contained statement that a grader can check against an answer on its own, specific to the "
@@ -187,8 +189,8 @@ def build_rubrics(name: str, spec, out: str | Path, *, prompt_files: Sequence[st
         raise RubricDataError(f"reward_models.{name}.rubrics: a column without a path has no rubric file to make "
                               "(the reward reads the training rows' column)")
     counts["kept"] = len(rows)
-    _write_jsonl(out, rows)
-    _write_jsonl(quarantine_path, quarantine)
+    write_json_lines(out, rows)
+    write_json_lines(quarantine_path, quarantine)
     stats = {"reward": name, "source": "generate" if source.generate is not None else "column",
              "counts": dict(sorted(counts.items()))}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,46 +214,21 @@ def _unique_prompts(rows: list[dict], counts: Counter, quarantine: list[dict]) -
 
 
 def _ask_teacher(spec, prompts: list[dict], counts: Counter, quarantine: list[dict], cache_path: Path) -> list[dict]:
-    from rlmt.data.teacher import AnswerCache, TeacherClient, TeacherError, TeacherRequest
+    """One rubric per prompt from the teacher (:func:`rlmt.data.teacher.ask_until_parsed`): a malformed rubric is
+    asked again with the reason appended; what never parses is quarantined."""
+    from rlmt.data.teacher import ask_until_parsed
 
-    cache = AnswerCache(cache_path)
-    client = TeacherClient(spec, cache)
-    done: dict[str, list] = {}
-    conversation = {p["key"]: rubric_request(p["messages"], spec) for p in prompts}
-    pending = list(prompts)
-    try:
-        for attempt in range(1, spec.max_tries + 1):
-            if not pending:
-                break
-            reqs = {p["key"]: TeacherRequest(client.cache_key(conversation[p["key"]], attempt), conversation[p["key"]])
-                    for p in pending}
-            answers = client.complete_many(list(reqs.values()), desc=f"rubrics ask {attempt}")
-            retry = []
-            for p in pending:
-                answer = answers[reqs[p["key"]].key]
-                if isinstance(answer, TeacherError):
-                    counts["teacher_error"] += 1
-                    quarantine.append({"id": p["id"], "key": p["key"], "messages": p["messages"],
-                                       "reason": "teacher_error", "detail": str(answer)})
-                    continue
-                parsed = parse_rubric_reply(answer, spec)
-                if isinstance(parsed, str):
-                    counts[f"ask{attempt}_{parsed}"] += 1
-                    if attempt < spec.max_tries:
-                        conversation[p["key"]] = [*conversation[p["key"]], {"role": "assistant", "content": answer},
-                                                  {"role": "user", "content": REPAIR_USER.format(problem=parsed)}]
-                        retry.append(p)
-                    else:
-                        counts[parsed] += 1
-                        quarantine.append({"id": p["id"], "key": p["key"], "messages": p["messages"],
-                                           "reason": parsed, "output": answer})
-                    continue
-                done[p["key"]] = parsed
-            pending = retry
-        counts["requests_sent"] = client.requests_sent
-        counts["cache_hits"] = client.cache_hits
-    finally:
-        cache.close()
+    def repair(conversation: list[dict], answer: str, problem: str) -> list[dict]:
+        return [*conversation, {"role": "assistant", "content": answer},
+                {"role": "user", "content": REPAIR_USER.format(problem=problem)}]
+
+    by_key = {p["key"]: p for p in prompts}
+    done, failures = ask_until_parsed(spec, cache_path, {k: rubric_request(p["messages"], spec) for k, p in by_key.items()},
+                                      lambda answer: parse_rubric_reply(answer, spec), counts=counts, desc="rubrics",
+                                      label="ask", repair=repair)
+    for key, failure in failures.items():
+        p = by_key[key]
+        quarantine.append({"id": p["id"], "key": key, "messages": p["messages"], **failure.record()})
     return [{"key": p["key"], "id": p["id"], "criteria": [c.to_dict() for c in done[p["key"]]]}
             for p in prompts if p["key"] in done]
 
@@ -313,9 +290,3 @@ def _prompt_of(row: dict) -> list[dict] | None:
         return canonical_prompt(msgs) or None
     return None
 
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(path)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlmt.config import SFTDataSpec, SourceSpec
-from rlmt.jsonl import BadLine, iter_json_lines
+from rlmt.jsonl import BadLine, iter_json_lines, write_json_lines
 from rlmt.thinking import WARM_NOTHINK, WARM_THINK, sft_messages
 
 # PAPER.md §2.2, appended verbatim (after a blank line) to each user prompt.
@@ -229,13 +229,13 @@ def build_sft_data(spec: SFTDataSpec, out_think: str | Path, out_nothink: str | 
         kept = accepted
 
     counts["kept"] = len(kept)
-    _write_jsonl(out_think, [{"id": r["id"], "source": r.get("source"),
+    write_json_lines(out_think, [{"id": r["id"], "source": r.get("source"),
                               "messages": sft_messages(r["messages"], r["thought"], r["response"], WARM_THINK)}
                              for r in kept])
-    _write_jsonl(out_nothink, [{"id": r["id"], "source": r.get("source"),
+    write_json_lines(out_nothink, [{"id": r["id"], "source": r.get("source"),
                                 "messages": sft_messages(r["messages"], r["thought"], r["response"], WARM_NOTHINK)}
                                for r in kept])
-    _write_jsonl(stats_path.with_name(stats_path.stem.replace(".stats", "") + ".quarantine.jsonl"), quarantine)
+    write_json_lines(stats_path.with_name(stats_path.stem.replace(".stats", "") + ".quarantine.jsonl"), quarantine)
     stats = {"counts": dict(sorted(counts.items())), "source": "path" if spec.path else "teacher"}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
     stats_path.write_text(json.dumps(stats, indent=2) + "\n")
@@ -277,47 +277,17 @@ def teacher_messages(messages: list[dict]) -> list[dict]:
 
 def _ask_teacher(spec: SFTDataSpec, rows: list[dict], counts: Counter, quarantine: list[dict],
                  cache_path: Path) -> list[dict]:
-    from rlmt.data.teacher import AnswerCache, TeacherClient, TeacherError, TeacherRequest
+    """Each row's thought and response from the teacher (:func:`rlmt.data.teacher.ask_until_parsed`): an answer
+    that does not split is asked again; what never splits is quarantined."""
+    from rlmt.data.teacher import ask_until_parsed
 
     assert spec.teacher is not None
-    cache = AnswerCache(cache_path)
-    client = TeacherClient(spec.teacher, cache)
-    accepted: dict[str, dict] = {}
-    pending = list(rows)
-    try:
-        for attempt in range(1, spec.teacher.max_tries + 1):
-            if not pending:
-                break
-            reqs = {r["id"]: TeacherRequest(client.cache_key(teacher_messages(r["messages"]), attempt),
-                                            teacher_messages(r["messages"])) for r in pending}
-            answers = client.complete_many(list(reqs.values()), desc=f"teacher try {attempt}")
-            retry = []
-            for r in pending:
-                ans = answers[reqs[r["id"]].key]
-                if isinstance(ans, TeacherError):
-                    counts["teacher_error"] += 1
-                    quarantine.append({"row": r, "reason": "teacher_error", "detail": str(ans)})
-                    continue
-                parsed = parse_teacher_output(ans)
-                if isinstance(parsed, str):
-                    counts[f"try{attempt}_{parsed}"] += 1
-                    if attempt == spec.teacher.max_tries:
-                        counts[parsed] += 1
-                        quarantine.append({"row": r, "reason": parsed, "output": ans})
-                    else:
-                        retry.append(r)
-                    continue
-                accepted[r["id"]] = {**r, "thought": parsed[0], "response": parsed[1]}
-            pending = retry
-        counts["requests_sent"] = client.requests_sent
-        counts["cache_hits"] = client.cache_hits
-    finally:
-        cache.close()
-    return [accepted[r["id"]] for r in rows if r["id"] in accepted]
+    by_id = {r["id"]: r for r in rows}
+    accepted, failures = ask_until_parsed(spec.teacher, cache_path,
+                                          {i: teacher_messages(r["messages"]) for i, r in by_id.items()},
+                                          parse_teacher_output, counts=counts, desc="teacher", label="try")
+    for row_id, failure in failures.items():
+        quarantine.append({"row": by_id[row_id], **failure.record()})
+    return [{**r, "thought": accepted[r["id"]][0], "response": accepted[r["id"]][1]} for r in rows if r["id"] in accepted]
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(path)

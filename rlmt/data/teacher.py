@@ -13,10 +13,14 @@ and the rubric writer (:mod:`rlmt.data.rubrics`) ask through :class:`TeacherClie
   ``Retry-After``, with the spec's backoff (``backoff_s`` doubling, capped at ``max_backoff_s``:
   60 s for a spec without one); a 200 whose body is not a completion is asked again; other 4xx
   fail at once. ``max_retries`` bounds the HTTP retries of one request; the spec's ``max_tries``
-  (asking again when an answer fails the caller's format check) is the caller's, not these.
+  (asking again when an answer fails the caller's format check) is :func:`ask_until_parsed`'s, not these.
 - **Failures are per prompt:** :meth:`TeacherClient.complete_many` returns a :class:`TeacherError`
   for a request that failed for good, which the caller quarantines with its reason; one failure
   never aborts the batch.
+- **Asked again when unusable:** :func:`ask_until_parsed` is the one loop both callers use: ask every
+  conversation, parse each answer with the caller's check, ask the unusable ones again (the same
+  conversation, or one the caller repairs with the reason) up to ``max_tries`` asks in all, and return
+  what parsed and why the rest failed, for the caller to quarantine.
 - **Secret-safe:** the API key is read only from the environment variable the config names
   (``api_key_env``; never from the config itself, and the SDK's own fallback to ``OPENAI_API_KEY``
   is off); it is held only by the in-memory SDK client, never logged, cached or put in an error
@@ -31,9 +35,11 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from rlmt.chat_endpoint import ChatEndpoint, EndpointError
 from rlmt.config import TeacherSpec
@@ -155,6 +161,76 @@ class TeacherClient:
     def close(self) -> None:
         """Release the endpoint's connections (the cache belongs to the caller and stays open)."""
         self.endpoint.close()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one conversation got no usable answer: ``teacher_error`` (``detail``: the request's error) or the
+    caller's parse reason for its last answer (``output``: that answer)."""
+
+    reason: str
+    detail: str | None = None
+    output: str | None = None
+
+    def record(self) -> dict[str, str]:
+        """The fields a quarantine row holds about the failure."""
+        extra = {"detail": self.detail} if self.detail is not None else {"output": self.output}
+        return {"reason": self.reason, **extra}
+
+
+def ask_until_parsed(spec, cache_path: str | Path, conversations: dict[str, list[dict]],
+                     parse: Callable[[str], Any], *, counts: Counter, desc: str, label: str = "try",
+                     repair: Callable[[list[dict], str, str], list[dict]] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, Failure]]:
+    """Ask the teacher (`spec`: a :class:`TeacherSpec` or alike) every conversation until `parse` accepts its answer.
+
+    `parse(answer)` returns the parsed value, or a str reason when the answer is unusable. An unusable answer
+    is asked again, up to ``spec.max_tries`` asks in all: as `repair(conversation, answer, reason)` returns
+    (e.g. the reason appended for the teacher to fix), or the same conversation (the try number in the cache
+    key makes it a new request). A request that fails for good is not asked again.
+
+    Returns (key -> parsed value, key -> :class:`Failure`), the failures in the order they happened. Counts:
+    ``teacher_error``; ``{label}{ask}_{reason}`` per unusable answer; the reason once more for a conversation
+    that ends unusable; ``requests_sent`` and ``cache_hits``.
+    """
+    cache = AnswerCache(cache_path)
+    parsed: dict[str, Any] = {}
+    failures: dict[str, Failure] = {}
+    conversations = dict(conversations)
+    try:
+        client = TeacherClient(spec, cache)
+        pending = list(conversations)
+        for attempt in range(1, spec.max_tries + 1):
+            if not pending:
+                break
+            requests = {key: TeacherRequest(client.cache_key(conversations[key], attempt), conversations[key])
+                        for key in pending}
+            answers = client.complete_many(list(requests.values()), desc=f"{desc} {label} {attempt}")
+            retry = []
+            for key in pending:
+                answer = answers[requests[key].key]
+                if isinstance(answer, TeacherError):
+                    counts["teacher_error"] += 1
+                    failures[key] = Failure("teacher_error", detail=str(answer))
+                    continue
+                value = parse(answer)
+                if not isinstance(value, str):
+                    parsed[key] = value
+                    continue
+                counts[f"{label}{attempt}_{value}"] += 1
+                if attempt < spec.max_tries:
+                    if repair is not None:
+                        conversations[key] = repair(conversations[key], answer, value)
+                    retry.append(key)
+                else:
+                    counts[value] += 1
+                    failures[key] = Failure(value, output=answer)
+            pending = retry
+        counts["requests_sent"] = client.requests_sent
+        counts["cache_hits"] = client.cache_hits
+    finally:
+        cache.close()
+    return parsed, failures
 
 
 def _is_local(url: str) -> bool:

@@ -30,7 +30,6 @@ Pairs and counts are saved beside the checkpoints (``OUT/pairs/{train,val}.parqu
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from collections import Counter
@@ -39,6 +38,7 @@ from typing import Any
 
 from rlmt.config import DPOConfig
 from rlmt.diagnostics import record_dpo_pairs
+from rlmt.jsonl import write_json_lines
 from rlmt.thinking import ThinkingFormat
 from rlmt.train.job import cell_reward, on_main_then_wait, process_state, wait_until
 from rlmt.train.runtime import TrainingSetupError, prompt_tokens, read_prompt_table
@@ -104,7 +104,7 @@ def sample_and_score_share(policy_dir: str | Path, reward: Any, rows: list[dict]
         scorer.close()
     del scorer
     _free_accelerator_memory()
-    _write_jsonl_atomically(scored, [{**g, "reward": float(s)} for g, s in zip(generations, batch.scores)])
+    write_json_lines(scored, [{**g, "reward": float(s)} for g, s in zip(generations, batch.scores)])
     return scored
 
 
@@ -116,15 +116,6 @@ def _free_accelerator_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _write_jsonl_atomically(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as fh:
-        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- merging, on the main process
@@ -169,7 +160,7 @@ def merged_samples(rows: list[dict], out: Path, world: int, n: int, *, poll_s: f
         samples = merge_shares(rows, scored, n)
         shares = [len(rows[r::world]) for r in range(world)]
         (out / SHARDING_FILE).write_text(json.dumps({"processes": world, "prompts_per_process": shares}) + "\n")
-        _write_jsonl_atomically(merged, samples)
+        write_json_lines(merged, samples)
         shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
     samples = read_generations(merged)
     counts = Counter(str(g["id"]) for g in samples)

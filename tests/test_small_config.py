@@ -385,7 +385,7 @@ def test_reduced_small_experiment_runs_end_to_end(tmp_path):
     assert rm_config.num_hidden_layers == 2 and rm_config.num_labels == 1
     odin = THINK.replace("__smol-rm__", "__smol-rm-odin__")
     fit = json.loads((res / "rewards" / "smol-rm-odin" / "calibration.json").read_text())
-    assert fit["split"] == "tune" and fit["n"] + fit["n_malformed_excluded"] == 6
+    assert fit["split"] == "tune" and fit["policy"] == "smollm2-instruct" and fit["n"] == 6
     for cell in (THINK, NOTHINK, odin):
         wr = json.loads((res / "eval" / cell / "reward-winrate" / "scores.json").read_text())
         assert wr["n"] == 4 and 0 <= wr["metrics"]["win_rate"]["value"] <= 100

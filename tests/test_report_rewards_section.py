@@ -76,3 +76,19 @@ def test_each_kind_describes_itself():
                                      "max_length_ratio": 1.5, "min_shorter_chosen_share": 0.5})
     assert trained.describe("rm") == ("Bradley-Terry classifier trained here on smol (first 8 layers); length-balanced "
                                       "pairs: length ratio <= 1.5, >= 50% of pairs with the shorter answer chosen")
+
+
+def test_a_kind_without_describe_is_still_listed(tmp_path, monkeypatch):
+    """describe is optional for a kind: the row then names the kind alone."""
+    from rlmt.report import rewards_section
+    from rlmt.rewards.length import LengthPenaltySpec
+
+    raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    raw["reward_models"]["tiny-rm-lp"] = {"kind": "length_penalty", "base": "tiny-rm", "tokenizer_model": "llama-base",
+                                          "max_answer_tokens": 64, "soft_punish_cache": 16}
+    raw["grid"].append({"algo": ["ppo"], "base": ["qwen-base"], "start": ["warm-start"], "think": [False],
+                        "rm": ["tiny-rm-lp"], "mixture": ["demo"]})
+    monkeypatch.delattr(LengthPenaltySpec, "describe")
+    name, kind, what, used = _row(rewards_section.markdown(_plan(tmp_path, raw)), "tiny-rm-lp")
+    assert (kind, what, used) == ("length_penalty", "a `length_penalty` reward (its kind describes nothing more)",
+                                  "ppo qwen-base nothink tiny-rm-lp demo")

@@ -34,7 +34,9 @@ def reward_rows(plan) -> list[RewardRow]:
     rows = []
     for name in sorted(used, key=list(plan.cfg.reward_models).index):
         spec = plan.cfg.reward_models[name]
-        rows.append(RewardRow(name, spec.kind, spec.describe(name, plan.root), used[name]))
+        describe = getattr(spec, "describe", None)  # optional for a kind (rlmt.rewards.registry)
+        text = describe(name, plan.root) if describe else f"a `{spec.kind}` reward (its kind describes nothing more)"
+        rows.append(RewardRow(name, spec.kind, text, used[name]))
     return rows
 
 

@@ -1,9 +1,9 @@
 """Reward kinds by name: ``reward_models.<name>.kind`` selects one.
 
 A kind is one module in ``rlmt/rewards/`` that defines its config entry (a pydantic class with a
-``kind: Literal["<name>"]`` field and a ``describe(name, results_root)`` method: one line for the
-report's Rewards section), a builder, and the inputs a training job needs for it, and registers a
-:class:`RewardKind`. No trainer changes for a new kind: every trainer, the DPO pair
+``kind: Literal["<name>"]`` field and, optionally, a ``describe(name, results_root)`` method: one
+line for the report's Rewards section), a builder, and the inputs a training job needs for it, and
+registers a :class:`RewardKind`. No trainer changes for a new kind: every trainer, the DPO pair
 builder and the ``reward-winrate`` benchmark receive an :class:`rlmt.rewards.base.AnswerReward`.
 
 Imports nothing heavy (``rlmt.config`` reads the specs; ``snakemake -n`` imports the config).

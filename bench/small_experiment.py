@@ -237,9 +237,11 @@ def table(workdir: Path, cfg: dict) -> str:
                          f"on {held['n']} pairs ({ev['train_pairs']} training pairs, train loss {ev['train_loss']:.3f})")
         else:
             lines.append(f"Reward model {rm}: no rm_eval.json")
-    for name, spec in plan.cfg.reward_models.items():
-        if spec.kind != "classifier" and any(c.rm == name for c in plan.cells):
-            lines.append(f"Reward {name} ({spec.kind}): {spec.describe(name, str(res))}")
+    from rlmt.report.rewards_section import reward_rows
+
+    for row in reward_rows(Plan(parse_config(cfg), root=str(res))):  # the report's Rewards lines, classifiers above
+        if row.kind != "classifier":
+            lines.append(f"Reward {row.name} ({row.kind}): {row.description}")
     lines += ["", "| cell | reference | reward win rate [95% CI] | LC win rate [95% CI] | win rate, both answered | "
               "IFEval prompt strict | prompt loose | inst strict | inst loose | format rate % (IFEval) | "
               "tag in answer % (IFEval) | thought words (IFEval) | reward-length Spearman in rollouts, mean "

@@ -34,7 +34,8 @@ def test_the_default_report_names_the_debiased_reward_with_its_fit(tmp_path):
     plan = _plan(tmp_path)
     fit = tmp_path / "results/rewards/tiny-rm-odin/calibration.json"
     fit.parent.mkdir(parents=True)
-    fit.write_text(json.dumps({"slope": -0.01234, "intercept": 0.5, "mean_length": 37.25, "n": 15,
+    fit.write_text(json.dumps({"reward": "tiny-rm-odin", "base": "tiny-rm", "tokenizer_model": "llama-base",
+                               "slope": -0.01234, "intercept": 0.5, "mean_length": 37.25, "n": 15,
                                "pearson_before": 0.4149, "pearson_after": 1e-17,
                                "n_malformed_excluded": 33}))
     lines = rewards_section.markdown(plan)
@@ -57,6 +58,13 @@ def test_an_unfitted_debiased_reward_says_so_and_the_html_has_the_table(tmp_path
 
     plan = _plan(tmp_path)
     assert _row(rewards_section.markdown(plan), "tiny-rm-odin")[2].endswith("48 demo/train prompts (not fitted yet)")
+    fit = tmp_path / "results/rewards/tiny-rm-odin/calibration.json"  # a fit for another tokenizer is not this one's
+    fit.parent.mkdir(parents=True)
+    fit.write_text(json.dumps({"reward": "tiny-rm-odin", "base": "tiny-rm", "tokenizer_model": "qwen-base",
+                               "slope": 0.1, "mean_length": 3.0, "n": 4}))
+    assert _row(rewards_section.markdown(plan), "tiny-rm-odin")[2].endswith(
+        f"(its calibration file is not usable: {fit} was fitted for tokenizer_model 'qwen-base', not 'llama-base': "
+        "rerun the calibration)")
     page = rewards_section.html_section(plan)
     assert page.startswith("<h2>Rewards</h2>") and page.count("<tr>") == 3  # the header and two rewards
 

@@ -230,11 +230,11 @@ def build_sft_data(spec: SFTDataSpec, out_think: str | Path, out_nothink: str | 
 
     counts["kept"] = len(kept)
     write_json_lines(out_think, [{"id": r["id"], "source": r.get("source"),
-                              "messages": sft_messages(r["messages"], r["thought"], r["response"], WARM_THINK)}
-                             for r in kept])
+                                  "messages": sft_messages(r["messages"], r["thought"], r["response"], WARM_THINK)}
+                                 for r in kept])
     write_json_lines(out_nothink, [{"id": r["id"], "source": r.get("source"),
-                                "messages": sft_messages(r["messages"], r["thought"], r["response"], WARM_NOTHINK)}
-                               for r in kept])
+                                    "messages": sft_messages(r["messages"], r["thought"], r["response"], WARM_NOTHINK)}
+                                   for r in kept])
     write_json_lines(stats_path.with_name(stats_path.stem.replace(".stats", "") + ".quarantine.jsonl"), quarantine)
     stats = {"counts": dict(sorted(counts.items())), "source": "path" if spec.path else "teacher"}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,5 +289,3 @@ def _ask_teacher(spec: SFTDataSpec, rows: list[dict], counts: Counter, quarantin
     for row_id, failure in failures.items():
         quarantine.append({"row": by_id[row_id], **failure.record()})
     return [{**r, "thought": accepted[r["id"]][0], "response": accepted[r["id"]][1]} for r in rows if r["id"] in accepted]
-
-

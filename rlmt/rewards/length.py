@@ -124,7 +124,10 @@ class LengthDebiasedSpec(Strict):
         path = Path(results_root) / calibration_file(name)
         if not path.exists():
             return text + " (not fitted yet)"
-        fit = json.loads(path.read_text())
+        try:
+            fit = read_calibration(path, reward=name, base=self.base, tokenizer_model=self.tokenizer_model)
+        except ValueError as err:
+            return text + f" (its calibration file is not usable: {err})"
         r_before, r_after = fit.get("pearson_before"), fit.get("pearson_after")
         corr = (f"reward-length Pearson r {r_before:+.2f} -> {r_after:+.2f}" if r_before is not None
                 and r_after is not None else "reward-length r undefined (constant scores)")

@@ -70,7 +70,7 @@ class MixSpec(Strict):
 
     def describe(self, name: str, results_root: str | Path = "results") -> str:
         """One line for the report: the weighted parts."""
-        terms = " + ".join(f"{w:g}·z({name})" for name, w in self.parts.items())
+        terms = " + ".join(f"{weight:g}·z({part})" for part, weight in self.parts.items())
         return f"mix: {terms}, each part z-normalised over the scored batch"
 
 

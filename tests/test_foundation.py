@@ -147,7 +147,7 @@ def _broken(mutate) -> dict:
 BAD_CONFIGS = {
     "unknown algorithm": (lambda c: c["grid"][0].update(algo=["grpo", "reinforce"]), "grid.0.algo.1", "'grpo', 'ppo' or 'dpo'"),
     "undefined model": (lambda c: c["grid"][0].update(base=["llama-base", "mistral-base"]), "grid[0].base", "allowed: ['llama-base'"),
-    "undefined reward model": (lambda c: c["grid"][0].update(rm=["skywork"]), "grid[0].rm", "allowed: ['tiny-rm']"),
+    "undefined reward model": (lambda c: c["grid"][0].update(rm=["skywork"]), "grid[0].rm", "allowed: ['tiny-rm', 'tiny-rm-odin']"),
     "wrong type": (lambda c: c["algorithms"]["grpo"].update(learning_rate="fast"), "algorithms.grpo.learning_rate", "valid number"),
     "unknown key": (lambda c: c["algorithms"]["grpo"].update(num_generation=8), "algorithms.grpo.num_generation", "unknown key"),
     "unknown benchmark": (lambda c: c["evaluation"]["benchmarks"].update({"mmlu": {}}), "evaluation.benchmarks", "allowed:"),

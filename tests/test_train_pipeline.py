@@ -117,7 +117,18 @@ def test_sft_writes_loadable_models_with_the_right_format(sft_models, work):
     assert bad.exit_code == 2 and "the cell wants think data, the file holds warm-nothink examples" in bad.output
 
 
-def test_bf16_on_cpu_computes_in_bf16_over_fp32_weights(sft_models, work, tiny_zoo, tmp_path):
+@pytest.fixture
+def accelerate_state_reset():
+    """An in-process bf16 training leaves accelerate's process-wide state at bf16 (TRL's Trainer makes the
+    Accelerator): a later test's ``Accelerator(mixed_precision='no')`` then raises, or its computation runs under
+    bf16 (both seen in a random-order run). Reset once the test is done."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+
+
+def test_bf16_on_cpu_computes_in_bf16_over_fp32_weights(sft_models, work, tiny_zoo, tmp_path, accelerate_state_reset):
     """`bf16: true` on CPU: the same SFT as the fp32 one above, under bf16 autocast (AMX/AVX512-BF16 where the
     CPU has them): the weights it writes are fp32, they differ from the fp32 run's (bf16 arithmetic ran), and
     its update points the same way as the fp32 run's."""
@@ -140,7 +151,7 @@ def test_bf16_on_cpu_computes_in_bf16_over_fp32_weights(sft_models, work, tiny_z
     assert torch.nn.functional.cosine_similarity(d32, d16, dim=0) > 0.9
 
 
-def test_grpo_with_bf16_on_cpu_steps_fp32_weights(sft_models, work, tmp_path):
+def test_grpo_with_bf16_on_cpu_steps_fp32_weights(sft_models, work, tmp_path, accelerate_state_reset):
     """TRL's GRPOTrainer under `bf16: true` on CPU (rollouts and updates in bf16 autocast): it trains, and the
     policy it writes is fp32 and moved."""
     import torch

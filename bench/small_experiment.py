@@ -226,8 +226,8 @@ def table(workdir: Path, cfg: dict) -> str:
     from rlmt.config import parse_config
     from rlmt.workflow import Plan
 
-    plan = Plan(parse_config(cfg))
     res = workdir / "results"
+    plan = Plan(parse_config(cfg), root=str(res))
     lines = []
     for rm in plan.trained_reward_models():
         ev = _json(res / "models" / rm / "rm_eval.json")
@@ -239,7 +239,7 @@ def table(workdir: Path, cfg: dict) -> str:
             lines.append(f"Reward model {rm}: no rm_eval.json")
     from rlmt.report.rewards_section import reward_rows
 
-    for row in reward_rows(Plan(parse_config(cfg), root=str(res))):  # the report's Rewards lines, classifiers above
+    for row in reward_rows(plan):  # the report's Rewards lines (the classifiers are above)
         if row.kind != "classifier":
             lines.append(f"Reward {row.name} ({row.kind}): {row.description}")
     lines += ["", "| cell | reference | reward win rate [95% CI] | LC win rate [95% CI] | win rate, both answered | "
@@ -255,7 +255,7 @@ def table(workdir: Path, cfg: dict) -> str:
         ife_metrics = [_metric(ife, k) for k in ("prompt_strict", "prompt_loose",
                                                    "instruction_strict", "instruction_loose")]
         reference = "(untrained)" if cell in baselines else plan.winrate_reference(cell)
-        corr, verdict = ("n/a", "n/a") if cell in baselines else _length_columns(Path(workdir / plan.checkpoint_dir(cell)))
+        corr, verdict = ("n/a", "n/a") if cell in baselines else _length_columns(Path(plan.checkpoint_dir(cell)))
         lines.append(f"| {cell} | {reference} | {_metric(wr, 'win_rate')} | {_metric(wr, 'lc_win_rate')} | "
                      f"{_winrate_both(wr)} | " + " | ".join(ife_metrics)
                      + f" | {rate} | {leaked} | {thought} | {corr} | {verdict} |")
